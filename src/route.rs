@@ -1,0 +1,273 @@
+//! Where a request goes, and which headers go with it.
+//!
+//! Invariant: pure, and only ever under the configured upstream base: a target is mapped
+//! to `base + rest` or refused, so the proxy can never be used to reach another host.
+
+use std::fmt;
+
+/// The client path prefixes that stand for the API base: Roo Code appends
+/// `/chat/completions` to whatever base URL the user typed, so `http://localhost:3002`,
+/// `…/v1` and `…/api/v1` must all work. The first that matches is stripped.
+const BASE_PREFIXES: [&str; 3] = ["/api/v1/", "/v1/", "/"];
+
+/// Why a request target was refused (answered 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadTarget {
+    /// Absolute-form (`http://host/…`), authority-form or `*`: only paths are proxied.
+    NotAPath,
+    /// A byte that has no place in a request target (control, space, backslash, …).
+    BadByte,
+    /// `.`/`..` segments or encoded slashes that could climb out of the upstream base.
+    Escapes,
+}
+
+impl fmt::Display for BadTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadTarget::NotAPath => {
+                "the request target must be a path such as /v1/chat/completions; this proxy only forwards to its configured upstream"
+            }
+            BadTarget::BadByte => "the request target contains a character that is not allowed",
+            BadTarget::Escapes => {
+                "the request target contains '.' or '..' segments or encoded slashes"
+            }
+        })
+    }
+}
+
+/// Maps a client request target to the upstream URL: `base` (no trailing slash) joined
+/// with the target minus its base prefix; the query string is kept as it came.
+pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
+    if !target.starts_with('/') || target.starts_with("//") {
+        return Err(BadTarget::NotAPath);
+    }
+    if target
+        .bytes()
+        .any(|b| b <= b' ' || b >= 0x7F || b == b'\\' || b == b'#')
+    {
+        return Err(BadTarget::BadByte);
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    if path.split('/').any(is_dot_segment) || contains_encoded_slash(path) {
+        return Err(BadTarget::Escapes);
+    }
+    let rest = BASE_PREFIXES
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix))
+        .unwrap_or(path);
+    let mut url = String::with_capacity(base.len() + target.len());
+    url.push_str(base);
+    url.push('/');
+    url.push_str(rest);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    Ok(url)
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
+fn contains_encoded_slash(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f") || lower.contains("%5c")
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never
+/// forwarded in either direction. `Connection` may name more; see [`connection_tokens`].
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// The lower-cased header names a `Connection` header value lists.
+pub fn connection_tokens(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether a client request header goes upstream. Besides hop-by-hop headers, the
+/// client's own credentials are dropped (the pool key replaces them), and the framing
+/// headers the HTTP client computes itself.
+pub fn forward_request_header(name: &str, named_by_connection: &[String]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(HOP_BY_HOP.contains(&lower.as_str())
+        || named_by_connection.contains(&lower)
+        || matches!(
+            lower.as_str(),
+            "host" | "content-length" | "expect" | "authorization" | "x-api-key"
+        ))
+}
+
+/// Whether an upstream response header goes to the client. Framing is ours to set
+/// (`Content-Length` or chunked), and so is CORS, which the proxy answers for.
+pub fn forward_response_header(name: &str, named_by_connection: &[String]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(HOP_BY_HOP.contains(&lower.as_str())
+        || named_by_connection.contains(&lower)
+        || lower == "content-length"
+        || lower.starts_with("access-control-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "https://openrouter.ai/api/v1";
+
+    #[test]
+    fn all_three_client_base_urls_reach_the_same_endpoint() {
+        for target in [
+            "/chat/completions",
+            "/v1/chat/completions",
+            "/api/v1/chat/completions",
+        ] {
+            assert_eq!(
+                upstream_url(BASE, target).unwrap(),
+                "https://openrouter.ai/api/v1/chat/completions"
+            );
+        }
+    }
+
+    #[test]
+    fn the_query_string_is_kept() {
+        assert_eq!(
+            upstream_url(BASE, "/api/v1/generation?id=gen-123&x=%20y").unwrap(),
+            "https://openrouter.ai/api/v1/generation?id=gen-123&x=%20y"
+        );
+        assert_eq!(
+            upstream_url(BASE, "/v1/models/anthropic/claude-sonnet-4/endpoints").unwrap(),
+            "https://openrouter.ai/api/v1/models/anthropic/claude-sonnet-4/endpoints"
+        );
+    }
+
+    #[test]
+    fn only_the_first_prefix_is_stripped() {
+        assert_eq!(
+            upstream_url(BASE, "/v1/v1/x").unwrap(),
+            "https://openrouter.ai/api/v1/v1/x"
+        );
+        assert_eq!(
+            upstream_url(BASE, "/v1").unwrap(),
+            "https://openrouter.ai/api/v1/v1"
+        );
+        assert_eq!(
+            upstream_url(BASE, "/").unwrap(),
+            "https://openrouter.ai/api/v1/"
+        );
+    }
+
+    #[test]
+    fn targets_that_are_not_paths_are_refused() {
+        for target in [
+            "http://evil.example/x",
+            "evil.example:443",
+            "*",
+            "//evil.example/x",
+            "",
+        ] {
+            assert_eq!(
+                upstream_url(BASE, target),
+                Err(BadTarget::NotAPath),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn targets_that_could_escape_the_base_are_refused() {
+        for target in [
+            "/../x",
+            "/v1/a/../../x",
+            "/%2e%2E/x",
+            "/./x",
+            "/a%2fb",
+            "/a%5Cb",
+        ] {
+            assert_eq!(
+                upstream_url(BASE, target),
+                Err(BadTarget::Escapes),
+                "{target}"
+            );
+        }
+        for target in ["/a\\b", "/a b", "/a\r\nb", "/a\0", "/a#frag", "/é"] {
+            assert_eq!(
+                upstream_url(BASE, target),
+                Err(BadTarget::BadByte),
+                "{target:?}"
+            );
+        }
+        // Dots inside a segment are ordinary.
+        assert!(upstream_url(BASE, "/models/x.y/..z").is_ok());
+    }
+
+    #[test]
+    fn client_credentials_and_hop_headers_stay_here() {
+        let named = connection_tokens("keep-alive, X-Hop ,");
+        assert_eq!(named, ["keep-alive", "x-hop"]);
+        for name in [
+            "Authorization",
+            "x-api-key",
+            "Host",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "TE",
+            "Upgrade",
+            "Proxy-Authorization",
+            "X-Hop",
+            "Expect",
+        ] {
+            assert!(!forward_request_header(name, &named), "{name}");
+        }
+        for name in [
+            "HTTP-Referer",
+            "X-Title",
+            "X-OpenRouter-Title",
+            "Content-Type",
+            "Content-Encoding",
+            "Accept-Encoding",
+            "User-Agent",
+        ] {
+            assert!(forward_request_header(name, &named), "{name}");
+        }
+    }
+
+    #[test]
+    fn response_framing_and_cors_are_ours() {
+        for name in [
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "Access-Control-Allow-Origin",
+            "Proxy-Authenticate",
+        ] {
+            assert!(!forward_response_header(name, &[]), "{name}");
+        }
+        for name in [
+            "Content-Type",
+            "Content-Encoding",
+            "X-RateLimit-Remaining",
+            "Retry-After",
+            "Set-Cookie",
+        ] {
+            assert!(forward_response_header(name, &[]), "{name}");
+        }
+    }
+}

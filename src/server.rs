@@ -1,0 +1,602 @@
+//! The proxy at work: accept a request, route it, then choose a key → forward →
+//! classify → record, again with the next key while that helps, and deliver.
+//!
+//! Invariants: the pool lock is held only for a policy decision, never across network
+//! I/O; the clock is read here and passed to the policy; a retry happens only before the
+//! first byte of a response went to the client; every response, ours or the upstream's,
+//! is written by `stream.rs`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Instant, SystemTime};
+
+use log::{debug, error, info, warn};
+use tiny_http::{HTTPVersion, Request};
+use ureq::http::HeaderMap;
+use ureq::{Agent, Body};
+
+use crate::classify::{self, Verdict};
+use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
+use crate::error::{Error, Reply};
+use crate::key;
+use crate::policy::{Change, KeyId, Outcome, Policy};
+use crate::route;
+use crate::store::{KeyEntry, KeysFile};
+use crate::stream::{self, End, Framing};
+use crate::upstream;
+
+/// Largest request body accepted from a client (it is kept in memory to be re-sent).
+const MAX_REQUEST_BODY: u64 = 32 * 1024 * 1024;
+/// Largest upstream error body kept to inspect (and to pass on if it is the answer).
+const MAX_INSPECTED_BODY: u64 = 1024 * 1024;
+/// Upstream bodies with a `Content-Length` up to this size are read whole before the
+/// client gets the head: a body that breaks off is then retried with the next key instead
+/// of leaving the client waiting for bytes that never come. Larger ones stream.
+const MAX_BUFFERED_BODY: u64 = 4 * 1024 * 1024;
+
+/// Everything a request worker needs, shared by all of them.
+struct Proxy {
+    config: Config,
+    keys: Vec<KeyEntry>,
+    pool: Mutex<Policy>,
+    agent: Agent,
+}
+
+/// Binds, prints the start line, and serves until accepting fails.
+pub fn serve(config: Config, keys: KeysFile) -> Result<(), Error> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener =
+        TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
+
+    for warning in &keys.warnings {
+        warn!("keys file '{}': {warning}", keys.path.display());
+    }
+    // The one line a user (and a test) reads to know where we are.
+    println!(
+        "roo-proxy {} listening on http://{local} → {} with {} key{} from {}",
+        env!("CARGO_PKG_VERSION"),
+        config.upstream,
+        keys.entries.len(),
+        if keys.entries.len() == 1 { "" } else { "s" },
+        keys.path.display()
+    );
+    let _ = std::io::stdout().flush();
+    if keys.entries.is_empty() {
+        warn!("{}", no_keys_hint(&keys.path, keys.found));
+    }
+
+    let proxy = Arc::new(Proxy {
+        pool: Mutex::new(Policy::new(keys.entries.len())),
+        keys: keys.entries,
+        agent: upstream::agent(),
+        config,
+    });
+    loop {
+        let request = server.recv().map_err(Error::Serve)?;
+        let proxy = Arc::clone(&proxy);
+        let spawned = thread::Builder::new()
+            .name("request".into())
+            .spawn(move || proxy.handle(request));
+        if let Err(e) = spawned {
+            // The request was dropped with the closure; tiny_http answers it with a 500.
+            error!("cannot start a thread for a request: {e}");
+        }
+    }
+}
+
+fn no_keys_hint(path: &std::path::Path, found: bool) -> String {
+    let state = if found {
+        "has no keys"
+    } else {
+        "does not exist"
+    };
+    format!(
+        "the keys file '{}' {state}: requests get 503 until you put your keys there, as [\"sk-or-v1-…\"], and restart",
+        path.display()
+    )
+}
+
+/// The request facts that outlive the `tiny_http::Request` (consumed when answering).
+struct Incoming {
+    method: String,
+    target: String,
+}
+
+impl Incoming {
+    /// The path for logs: no query string, which may carry ids people would rather not log.
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// What the request log line says about how a request ended.
+struct Done {
+    status: u16,
+    attempts: usize,
+    key: Option<KeyId>,
+    /// Set when the response did not end cleanly (stream broke off, client left).
+    note: Option<String>,
+}
+
+impl Done {
+    fn local(status: u16) -> Done {
+        Done {
+            status,
+            attempts: 0,
+            key: None,
+            note: None,
+        }
+    }
+}
+
+/// One upstream attempt's result.
+enum Attempt {
+    Deliver(Delivery),
+    Retry { outcome: Outcome, why: String },
+}
+
+/// An upstream response on its way to the client.
+enum Delivery {
+    /// Body in hand (small fixed-length bodies, and inspected error bodies).
+    Whole {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Body of unknown or large length, relayed as it arrives.
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Body,
+        sse: bool,
+    },
+    /// HEAD, 204, 304.
+    HeadOnly {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl Proxy {
+    fn pool(&self) -> MutexGuard<'_, Policy> {
+        // The policy's state stays consistent even if a worker panicked mid-request: every
+        // change is a single assignment. So a poisoned lock is still good to use.
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn handle(&self, mut request: Request) {
+        let started = Instant::now();
+        let incoming = Incoming {
+            method: request.method().as_str().to_string(),
+            target: request.url().to_string(),
+        };
+        let done = match self.prepare(&mut request, &incoming) {
+            Ok(Prepared::Preflight(headers)) => {
+                let mut to = request.into_writer();
+                let _ = stream::write_head(&mut to, 204, &headers, Framing::NoBody);
+                Done::local(204)
+            }
+            Ok(Prepared::Forward { url, headers, body }) => {
+                self.forward(request, &incoming, &url, &headers, &body)
+            }
+            Err(reply) => {
+                let _ = stream::write_reply(&mut request.into_writer(), &reply);
+                if reply.status >= 500 || reply.status == 429 {
+                    debug!("{}", reply.message);
+                }
+                Done::local(reply.status)
+            }
+        };
+        let key = done
+            .key
+            .map_or_else(|| "-".to_string(), |id| self.keys[id].name());
+        let note = done.note.map(|n| format!(" ({n})")).unwrap_or_default();
+        info!(
+            "{} {} → {} in {} ms, {} attempt{}, key {key}{note}",
+            incoming.method,
+            incoming.path(),
+            done.status,
+            started.elapsed().as_millis(),
+            done.attempts,
+            if done.attempts == 1 { "" } else { "s" },
+        );
+    }
+
+    /// Everything that can be decided before the first upstream attempt.
+    fn prepare(&self, request: &mut Request, incoming: &Incoming) -> Result<Prepared, Reply> {
+        if incoming.method == "OPTIONS" {
+            return Ok(Prepared::Preflight(preflight_headers(request)));
+        }
+        if incoming.method == "CONNECT" {
+            return Err(Reply::new(
+                400,
+                "CONNECT is not supported: this is not a general proxy; send API requests such as POST /v1/chat/completions",
+            ));
+        }
+        let url = route::upstream_url(&self.config.upstream, &incoming.target)
+            .map_err(|e| Reply::new(400, e.to_string()))?;
+        if self.keys.is_empty() {
+            let found = self.config.keys_file.exists();
+            return Err(Reply::new(503, no_keys_hint(&self.config.keys_file, found)));
+        }
+        if request
+            .body_length()
+            .is_some_and(|len| len as u64 > MAX_REQUEST_BODY)
+        {
+            return Err(too_large());
+        }
+        let body = stream::read_bounded(request.as_reader(), MAX_REQUEST_BODY).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Other {
+                too_large()
+            } else {
+                Reply::new(400, format!("could not read the request body: {e}"))
+            }
+        })?;
+
+        let connection = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"));
+        let named = connection
+            .map(|h| route::connection_tokens(h.value.as_str()))
+            .unwrap_or_default();
+        let headers = request
+            .headers()
+            .iter()
+            .filter(|h| route::forward_request_header(h.field.as_str().as_str(), &named))
+            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+            .collect();
+        Ok(Prepared::Forward { url, headers, body })
+    }
+
+    /// Tries keys until one gets an answer worth delivering, or none is left to try.
+    fn forward(
+        &self,
+        request: Request,
+        incoming: &Incoming,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Done {
+        let budget = self.config.max_attempts.unwrap_or_else(|| {
+            self.pool()
+                .ready(Instant::now())
+                .clamp(1, MAX_DEFAULT_ATTEMPTS)
+        });
+        let mut tried: Vec<KeyId> = Vec::with_capacity(budget);
+        let mut last_failure: Option<String> = None;
+        while tried.len() < budget {
+            let picked = self.pool().pick(Instant::now(), &tried);
+            let Some((id, change)) = picked else { break };
+            if let Some(change) = change {
+                self.log_change(id, change, "its rest is over");
+            }
+            tried.push(id);
+            match self.attempt(incoming, url, headers, &self.keys[id], body) {
+                Attempt::Deliver(delivery) => {
+                    let _ = self.pool().record(id, Outcome::Served, Instant::now());
+                    let (status, note) = deliver(request, delivery);
+                    return Done {
+                        status,
+                        attempts: tried.len(),
+                        key: Some(id),
+                        note,
+                    };
+                }
+                Attempt::Retry { outcome, why } => {
+                    debug!(
+                        "attempt {} with key {}: {why}",
+                        tried.len(),
+                        self.keys[id].name()
+                    );
+                    if let Some(change) = self.pool().record(id, outcome, Instant::now()) {
+                        self.log_change(id, change, &why);
+                    }
+                    if outcome == Outcome::Failed {
+                        last_failure = Some(why);
+                    }
+                }
+            }
+        }
+        let reply = self.exhausted(tried.len(), last_failure);
+        let _ = stream::write_reply(&mut request.into_writer(), &reply);
+        Done {
+            status: reply.status,
+            attempts: tried.len(),
+            key: tried.last().copied(),
+            note: None,
+        }
+    }
+
+    /// Sends one attempt and decides whether its answer goes to the client.
+    fn attempt(
+        &self,
+        incoming: &Incoming,
+        url: &str,
+        headers: &[(String, String)],
+        entry: &KeyEntry,
+        body: &[u8],
+    ) -> Attempt {
+        let failed = |why: String| Attempt::Retry {
+            outcome: Outcome::Failed,
+            why,
+        };
+        let response = match upstream::send(
+            &self.agent,
+            &incoming.method,
+            url,
+            headers,
+            &entry.key,
+            body,
+        ) {
+            Ok(response) => response,
+            Err(e) => return failed(key::redact(&upstream::describe(&e), [&entry.key])),
+        };
+        let status = response.status().as_u16();
+        let (parts, upstream_body) = response.into_parts();
+        let mut out = response_headers(&parts.headers);
+        let length = parts
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+
+        if classify::needs_body(status) {
+            let bytes =
+                match stream::read_bounded(&mut upstream_body.into_reader(), MAX_INSPECTED_BODY) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        return failed(format!("HTTP {status}, and reading its body failed: {e}"));
+                    }
+                };
+            return match classify::classify(
+                status,
+                &parts.headers,
+                &bytes,
+                SystemTime::now(),
+                self.config.cooldown,
+            ) {
+                Verdict::Pass => Attempt::Deliver(Delivery::Whole {
+                    status,
+                    headers: out,
+                    body: bytes,
+                }),
+                Verdict::Retry(outcome) => {
+                    let message = classify::error_message(&bytes)
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default();
+                    Attempt::Retry {
+                        outcome,
+                        why: key::redact(&format!("HTTP {status}{message}"), [&entry.key]),
+                    }
+                }
+            };
+        }
+        let no_body = incoming.method == "HEAD" || matches!(status, 204 | 304) || status < 200;
+        if no_body {
+            if let Some(length) = length.filter(|_| incoming.method == "HEAD") {
+                out.push(("Content-Length".into(), length.to_string()));
+            }
+            return Attempt::Deliver(Delivery::HeadOnly {
+                status,
+                headers: out,
+            });
+        }
+        if let Some(length) = length.filter(|len| *len <= MAX_BUFFERED_BODY) {
+            return match stream::read_bounded(&mut upstream_body.into_reader(), length) {
+                Ok(bytes) => Attempt::Deliver(Delivery::Whole {
+                    status,
+                    headers: out,
+                    body: bytes,
+                }),
+                Err(e) => failed(format!("HTTP {status}, but the body broke off: {e}")),
+            };
+        }
+        let sse = is_event_stream(&parts.headers);
+        Attempt::Deliver(Delivery::Stream {
+            status,
+            headers: out,
+            body: upstream_body,
+            sse,
+        })
+    }
+
+    /// The answer when no key could serve: wait (429), the upstream fails (502), or no key
+    /// is usable at all (503).
+    fn exhausted(&self, attempts: usize, last_failure: Option<String>) -> Reply {
+        let now = Instant::now();
+        let outlook = self.pool().outlook(now);
+        let file = self.config.keys_file.display();
+        if outlook.ready > 0 {
+            if let Some(why) = last_failure {
+                return Reply::new(
+                    502,
+                    format!(
+                        "the upstream {} failed on {attempts} attempt{} (last: {why}); check that it is reachable, or try again",
+                        self.config.upstream,
+                        if attempts == 1 { "" } else { "s" }
+                    ),
+                );
+            }
+            return Reply::wait(
+                std::time::Duration::ZERO,
+                format!(
+                    "rate limited on all {attempts} attempts this request may make (--max-attempts); other keys are ready, send it again"
+                ),
+            );
+        }
+        let resting = outlook.total - outlook.invalid;
+        match outlook.next_free {
+            Some(free) => Reply::wait(
+                free.saturating_duration_since(now),
+                format!(
+                    "all {} keys are resting after rate limits or spent credits{}; the first is free again in {} s. Wait, or add keys to '{file}'",
+                    resting,
+                    if outlook.invalid > 0 {
+                        format!(" ({} more are invalid)", outlook.invalid)
+                    } else {
+                        String::new()
+                    },
+                    free.saturating_duration_since(now).as_secs_f64().ceil() as u64
+                ),
+            ),
+            None => Reply::new(
+                503,
+                format!(
+                    "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}' and restart",
+                    outlook.total
+                ),
+            ),
+        }
+    }
+
+    fn log_change(&self, id: KeyId, change: Change, why: &str) {
+        let name = self.keys[id].name();
+        match change {
+            Change::Back => info!("key {name} is back in rotation: {why}"),
+            Change::Resting { until } => {
+                let secs = until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil();
+                info!("key {name} rests for {secs} s: {why}");
+            }
+            Change::Disabled => warn!("key {name} is taken out of rotation: {why}"),
+        }
+    }
+}
+
+enum Prepared {
+    Preflight(Vec<(String, String)>),
+    Forward {
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+}
+
+fn too_large() -> Reply {
+    Reply::new(
+        413,
+        format!(
+            "the request body is larger than {} MiB",
+            MAX_REQUEST_BODY / (1024 * 1024)
+        ),
+    )
+}
+
+/// Writes an upstream response to the client; returns the status and, when the body did
+/// not end cleanly, why.
+fn deliver(request: Request, delivery: Delivery) -> (u16, Option<String>) {
+    let http10 = *request.http_version() == HTTPVersion(1, 0);
+    let mut to = request.into_writer();
+    let gone = |e: std::io::Error| Some(format!("client went away: {e}"));
+    match delivery {
+        Delivery::Whole {
+            status,
+            headers,
+            body,
+        } => (
+            status,
+            stream::write_full(&mut to, status, &headers, &body)
+                .err()
+                .and_then(gone),
+        ),
+        Delivery::HeadOnly { status, headers } => (
+            status,
+            stream::write_head(&mut to, status, &headers, Framing::NoBody)
+                .err()
+                .and_then(gone),
+        ),
+        Delivery::Stream {
+            status,
+            headers,
+            body,
+            sse,
+        } => {
+            let framing = Framing::streaming(http10);
+            if let Err(e) = stream::write_head(&mut to, status, &headers, framing) {
+                return (status, gone(e));
+            }
+            let (end, bytes) = stream::relay(&mut body.into_reader(), &mut to, framing, sse);
+            let note = match end {
+                End::Complete => None,
+                End::UpstreamFailed(e) => {
+                    Some(format!("upstream broke off after {bytes} bytes: {e}"))
+                }
+                End::ClientGone(e) => gone(e),
+            };
+            (status, note)
+        }
+    }
+}
+
+/// The upstream's end-to-end response headers.
+fn response_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let named = headers
+        .get_all("connection")
+        .iter()
+        .flat_map(|v| route::connection_tokens(&String::from_utf8_lossy(v.as_bytes())))
+        .collect::<Vec<_>>();
+    headers
+        .iter()
+        .filter(|(name, _)| route::forward_response_header(name.as_str(), &named))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("text/event-stream")
+        && !headers.contains_key("content-encoding")
+}
+
+/// The answer to a CORS preflight: anything is allowed, since the proxy listens locally
+/// and Roo Code's web view calls it from its own origin.
+fn preflight_headers(request: &Request) -> Vec<(String, String)> {
+    let asked = |name: &str| {
+        let header = request
+            .headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
+        header.map(|h| h.value.as_str().to_string())
+    };
+    let mut headers = vec![
+        (
+            "Access-Control-Allow-Methods".to_string(),
+            "GET, POST, PUT, PATCH, DELETE, OPTIONS".to_string(),
+        ),
+        (
+            "Access-Control-Allow-Headers".to_string(),
+            asked("Access-Control-Request-Headers").unwrap_or_else(|| "*".into()),
+        ),
+        ("Access-Control-Max-Age".to_string(), "86400".to_string()),
+    ];
+    if asked("Access-Control-Request-Private-Network").is_some() {
+        headers.push((
+            "Access-Control-Allow-Private-Network".to_string(),
+            "true".to_string(),
+        ));
+    }
+    headers
+}

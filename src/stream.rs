@@ -1,0 +1,351 @@
+//! Writing responses to the client socket: status line, headers, framing, body.
+//!
+//! tiny_http's own `Response` gathers a chunked body in 8 KiB pieces and flushes only at
+//! the end, which would hold back every token of a stream. So the proxy writes the
+//! response itself, through `Request::into_writer`, and flushes after every upstream
+//! read. Invariants: every body the proxy starts is ended in a way the client can see
+//! (a terminating chunk, an exact `Content-Length`, or a closed HTTP/1.0 connection), so
+//! no client ever waits on a dead stream; this module never sees a key.
+
+use std::io::{self, Read, Write};
+
+use ureq::http::StatusCode;
+
+use crate::error::Reply;
+
+/// How a response body is delimited on the client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length`, the body is already in hand.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, one chunk per upstream read.
+    Chunked,
+    /// HTTP/1.0 client: the body ends when the connection closes.
+    Close,
+    /// HEAD, 204, 304: headers only.
+    NoBody,
+}
+
+impl Framing {
+    /// The framing for a body of unknown length on this client connection.
+    pub fn streaming(http10: bool) -> Framing {
+        if http10 {
+            Framing::Close
+        } else {
+            Framing::Chunked
+        }
+    }
+}
+
+/// How a relayed body ended.
+#[derive(Debug)]
+pub enum End {
+    Complete,
+    /// The upstream body broke off; the client's body was ended (and told, for SSE).
+    UpstreamFailed(io::Error),
+    /// Writing to the client failed: it went away.
+    ClientGone(io::Error),
+}
+
+/// Writes the status line and headers, the framing header and our CORS header, then
+/// flushes so the client has the head at once.
+pub fn write_head(
+    to: &mut dyn Write,
+    status: u16,
+    headers: &[(String, String)],
+    framing: Framing,
+) -> io::Result<()> {
+    let mut head = Vec::with_capacity(256);
+    head_bytes(&mut head, status, headers, framing);
+    to.write_all(&head)?;
+    to.flush()
+}
+
+fn head_bytes(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], framing: Framing) {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown");
+    // Always 1.1: a 1.0 client understands it, and `Close` framing keeps the body valid.
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    match framing {
+        Framing::Length(len) => {
+            let _ = write!(out, "Content-Length: {len}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        Framing::NoBody => {}
+    }
+    out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n\r\n");
+}
+
+/// Writes a complete response whose body is in hand, in one write.
+pub fn write_full(
+    to: &mut dyn Write,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    head_bytes(
+        &mut out,
+        status,
+        headers,
+        Framing::Length(body.len() as u64),
+    );
+    out.extend_from_slice(body);
+    to.write_all(&out)?;
+    to.flush()
+}
+
+/// Writes one of the proxy's own answers (JSON error shape).
+pub fn write_reply(to: &mut dyn Write, reply: &Reply) -> io::Result<()> {
+    let mut headers: Vec<(String, String)> =
+        vec![("Content-Type".into(), "application/json".into())];
+    headers.extend(reply.headers().into_iter().map(|(n, v)| (n.to_string(), v)));
+    write_full(to, reply.status, &headers, &reply.body())
+}
+
+/// Size of one read from the upstream: bigger reads only wait for more bytes that a
+/// stream does not have yet, smaller ones cost more calls for large bodies.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Copies `from` to the client as it arrives, one flushed chunk per read, after
+/// [`write_head`] was written with the same `framing` (`Chunked` or `Close`). When the
+/// upstream breaks off, the body is still ended; if it is a server-sent event stream
+/// (`sse`), an error event in OpenRouter's in-stream shape goes first, so SDKs raise an
+/// error rather than take a cut-off answer for a complete one.
+pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: bool) -> (End, u64) {
+    let chunked = framing == Framing::Chunked;
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut frame = Vec::with_capacity(READ_SIZE + 16);
+    let mut sent: u64 = 0;
+    let mut tail = [b'\n', b'\n'];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let mut end = Vec::new();
+                if sse {
+                    let separator: &[u8] = match tail {
+                        [b'\n', b'\n'] => b"",
+                        [_, b'\n'] => b"\n",
+                        _ => b"\n\n",
+                    };
+                    end.extend_from_slice(separator);
+                    end.extend_from_slice(&sse_error_event(&e));
+                }
+                let ended = send(to, &mut frame, &end, chunked).and_then(|()| finish(to, chunked));
+                return match ended {
+                    Ok(()) => (End::UpstreamFailed(e), sent),
+                    Err(client) => (End::ClientGone(client), sent),
+                };
+            }
+        };
+        if let Err(e) = send(to, &mut frame, &buf[..n], chunked) {
+            return (End::ClientGone(e), sent);
+        }
+        sent += n as u64;
+        tail = match n {
+            1 => [tail[1], buf[0]],
+            _ => [buf[n - 2], buf[n - 1]],
+        };
+    }
+    match finish(to, chunked) {
+        Ok(()) => (End::Complete, sent),
+        Err(e) => (End::ClientGone(e), sent),
+    }
+}
+
+/// Sends `data` as one chunk (or raw), in one write, and flushes.
+fn send(to: &mut dyn Write, frame: &mut Vec<u8>, data: &[u8], chunked: bool) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    frame.clear();
+    if chunked {
+        let _ = write!(frame, "{:x}\r\n", data.len());
+    }
+    frame.extend_from_slice(data);
+    if chunked {
+        frame.extend_from_slice(b"\r\n");
+    }
+    to.write_all(frame)?;
+    to.flush()
+}
+
+fn finish(to: &mut dyn Write, chunked: bool) -> io::Result<()> {
+    if chunked {
+        to.write_all(b"0\r\n\r\n")?;
+    }
+    to.flush()
+}
+
+/// The event OpenRouter itself sends when a stream fails after it began.
+fn sse_error_event(cause: &io::Error) -> Vec<u8> {
+    let event = serde_json::json!({
+        "error": {
+            "code": 502,
+            "message": format!("roo-proxy: the upstream stream broke off ({cause}); the answer is incomplete, send the request again"),
+        },
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "error" }],
+    });
+    format!("data: {event}\n\n").into_bytes()
+}
+
+/// Reads a whole body of at most `limit` bytes (for bodies kept to inspect or to send
+/// with an exact length). More than `limit` is an error.
+pub fn read_bounded(from: &mut dyn Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    from.take(limit + 1).read_to_end(&mut body)?;
+    if body.len() as u64 > limit {
+        return Err(io::Error::other(format!("body larger than {limit} bytes")));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that yields the given pieces, then fails or ends.
+    struct Pieces(Vec<&'static [u8]>, bool);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return if self.1 {
+                    Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+                } else {
+                    Ok(0)
+                };
+            }
+            let piece = self.0.remove(0);
+            buf[..piece.len()].copy_from_slice(piece);
+            Ok(piece.len())
+        }
+    }
+
+    /// A writer that records what each flush made visible.
+    #[derive(Default)]
+    struct Wire {
+        bytes: Vec<u8>,
+        flushed: Vec<usize>,
+    }
+
+    impl Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushed.push(self.bytes.len());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_read_is_one_flushed_chunk() {
+        let mut wire = Wire::default();
+        let (end, sent) = relay(
+            &mut Pieces(vec![b"data: 1\n\n", b"data: 2\n\n"], false),
+            &mut wire,
+            Framing::Chunked,
+            true,
+        );
+        assert!(matches!(end, End::Complete));
+        assert_eq!(sent, 18);
+        assert_eq!(
+            wire.bytes,
+            b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
+        );
+        assert_eq!(wire.flushed, [14, 28, 33]);
+    }
+
+    #[test]
+    fn a_broken_sse_stream_gets_an_error_event_and_an_end() {
+        let mut wire = Wire::default();
+        let (end, _) = relay(
+            &mut Pieces(vec![b"data: {\"a\":1}\n\ndata: {\"b\""], true),
+            &mut wire,
+            Framing::Chunked,
+            true,
+        );
+        assert!(matches!(end, End::UpstreamFailed(_)));
+        let text = String::from_utf8(wire.bytes).unwrap();
+        assert!(text.ends_with("\r\n0\r\n\r\n"), "{text}");
+        // The cut-off event is closed off before the error event starts.
+        assert!(text.contains("data: {\"b\"\r\n"), "{text}");
+        let event_line = text
+            .lines()
+            .find(|l| l.starts_with("data: {\"choices\"") || l.starts_with("data: {\"error\""))
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&event_line["data: ".len()..]).unwrap();
+        assert_eq!(json["error"]["code"], 502);
+        assert_eq!(json["choices"][0]["finish_reason"], "error");
+    }
+
+    #[test]
+    fn a_broken_plain_body_is_ended_without_an_event() {
+        let mut wire = Wire::default();
+        let (end, _) = relay(
+            &mut Pieces(vec![b"{\"par"], true),
+            &mut wire,
+            Framing::Chunked,
+            false,
+        );
+        assert!(matches!(end, End::UpstreamFailed(_)));
+        assert_eq!(wire.bytes, b"5\r\n{\"par\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn close_framing_copies_raw_bytes() {
+        let mut wire = Wire::default();
+        let (end, _) = relay(
+            &mut Pieces(vec![b"abc", b"def"], false),
+            &mut wire,
+            Framing::Close,
+            false,
+        );
+        assert!(matches!(end, End::Complete));
+        assert_eq!(wire.bytes, b"abcdef");
+    }
+
+    #[test]
+    fn heads_carry_framing_and_cors() {
+        let mut wire = Wire::default();
+        let headers = vec![("Content-Type".to_string(), "text/event-stream".to_string())];
+        write_head(&mut wire, 200, &headers, Framing::Chunked).unwrap();
+        assert_eq!(
+            String::from_utf8(wire.bytes).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nAccess-Control-Allow-Origin: *\r\n\r\n"
+        );
+        assert_eq!(wire.flushed.len(), 1);
+    }
+
+    #[test]
+    fn replies_are_complete_json_responses() {
+        let mut wire = Wire::default();
+        write_reply(
+            &mut wire,
+            &Reply::wait(std::time::Duration::from_secs(30), "all keys rest"),
+        )
+        .unwrap();
+        let text = String::from_utf8(wire.bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(head.contains("\r\nRetry-After: 30\r\nx-should-retry: false\r\n"));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+    }
+
+    #[test]
+    fn bounded_reads_refuse_more() {
+        assert_eq!(read_bounded(&mut &b"abc"[..], 3).unwrap(), b"abc");
+        assert!(read_bounded(&mut &b"abcd"[..], 3).is_err());
+    }
+}

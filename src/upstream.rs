@@ -1,0 +1,77 @@
+//! The HTTP client side: one shared `ureq` agent, set up for a proxy, and one call that
+//! sends a request with a given pool key.
+//!
+//! Invariants: upstream status codes are answers, never errors (`http_status_as_error`
+//! off), redirects are not followed, bodies are not decompressed (no `gzip` feature), and
+//! no environment proxy is used. This is the only place a raw key is put on the wire.
+
+use std::time::Duration;
+
+use ureq::http::{self, Response};
+use ureq::{Agent, Body, SendBody};
+
+use crate::key::ApiKey;
+
+/// Time to open a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time to send the request body.
+const SEND_BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time from request sent to response headers. Non-streamed completions of slow
+/// reasoning models arrive only when done, which can take many minutes.
+const HEADERS_TIMEOUT: Duration = Duration::from_secs(900);
+/// Longest silence between two reads of a body. Never a total: a stream is not cut while
+/// bytes flow. OpenRouter sends keep-alive comments well within this.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Idle upstream connections kept for reuse; one busy client keeps a few in flight.
+const IDLE_CONNECTIONS: usize = 64;
+
+pub fn agent() -> Agent {
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        // Send only what the client sent: no invented Accept header.
+        .accept("")
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_send_body(Some(SEND_BODY_TIMEOUT))
+        .timeout_recv_response(Some(HEADERS_TIMEOUT))
+        .timeout_per_read(Some(SILENCE_TIMEOUT))
+        .max_idle_connections(IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(IDLE_CONNECTIONS)
+        .build();
+    Agent::new_with_config(config)
+}
+
+/// Sends one attempt: `headers` are the client's end-to-end headers (already filtered),
+/// to which the pool key is added as `Authorization: Bearer`.
+pub fn send(
+    agent: &Agent,
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    key: &ApiKey,
+    body: &[u8],
+) -> Result<Response<Body>, ureq::Error> {
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    request = request.header("authorization", format!("Bearer {}", key.expose()));
+    // No body at all (rather than an empty one) keeps GETs free of `Content-Length: 0`.
+    if body.is_empty() {
+        agent.run(request.body(SendBody::none())?)
+    } else {
+        agent.run(request.body(body)?)
+    }
+}
+
+/// A short description of a failed attempt, for logs and for the 502 a client gets.
+pub fn describe(error: &ureq::Error) -> String {
+    match error {
+        ureq::Error::ConnectionFailed => "could not connect".to_string(),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::Timeout(which) => format!("timed out ({which})"),
+        ureq::Error::Io(e) => format!("connection error: {e}"),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,419 @@
+//! `mock-upstream`: a small HTTP/1.1 server that answers like OpenRouter, for the
+//! integration tests and `scripts/smoke.sh`. Not part of the product.
+//!
+//! Usage: `mock-upstream [--port N]` (default 0: a free port). It prints one line,
+//! `mock-upstream listening on http://127.0.0.1:PORT`, then serves until killed.
+//!
+//! What it answers is chosen per request: first from the plan of the request's key
+//! (`Authorization: Bearer KEY`), else from the `x-mock-reply` request header, else `ok`.
+//!
+//! Control endpoints (never forwarded by the proxy's tests as API calls):
+//! - `POST /_mock/plan` `{"key":"KEY","replies":["429:30","ok"]}`: queue replies for a key.
+//! - `GET /_mock/requests`: every API request seen, oldest first, as JSON
+//!   `[{"method","target","headers":[[name,value]…],"body"}]`.
+//! - `POST /_mock/reset`: forget plans and requests.
+//!
+//! Replies:
+//! - `ok`: a chat completion as JSON (`Content-Length`), or as SSE when the request body
+//!   has `"stream": true`. `sse:N:MS`: N events, MS milliseconds apart, after a
+//!   `: OPENROUTER PROCESSING` comment, then `data: [DONE]`.
+//! - `429:S` OpenRouter's own rate limit, reset now+S seconds in the `X-RateLimit-Reset`
+//!   header (epoch ms) and in `error.metadata.headers`; `429body:S` the body only;
+//!   `429retry:S` only `Retry-After: S`; `429bare` no reset at all; `429provider` a
+//!   provider's rate limit (`metadata.provider_name`).
+//! - `401`, `402`, `403`, `500`, `502`, `503`: OpenRouter error bodies.
+//! - `drop`: close the connection without answering. `dropmid`: two SSE events, then
+//!   close without ending the chunked body. `cldrop`: promise 100 bytes, send 10, close.
+//! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
+//!   with hop-by-hop headers that must not cross a proxy. `chunked`: JSON without a
+//!   length. `large:N`: N bytes with a `Content-Length`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+/// Fixed bytes for the `gzip` reply: a real gzip of `{"ok":true}`.
+pub const GZIP_BODY: &[u8] = &[
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0x56, 0xca, 0xcf, 0x56, 0xb2,
+    0x2a, 0x29, 0x2a, 0x4d, 0xad, 0x05, 0x00, 0x90, 0x5f, 0xd4, 0xa7, 0x0b, 0x00, 0x00, 0x00,
+];
+
+#[derive(Default)]
+struct State {
+    plans: HashMap<String, VecDeque<String>>,
+    seen: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+struct Incoming {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Incoming {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn key(&self) -> Option<String> {
+        let auth = self.header("authorization")?;
+        auth.strip_prefix("Bearer ").map(str::to_string)
+    }
+}
+
+fn main() {
+    let mut port = 0u16;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => {
+                port = args
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("--port takes a number")
+            }
+            other => panic!("unknown argument {other}; usage: mock-upstream [--port N]"),
+        }
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
+    println!(
+        "mock-upstream listening on http://{}",
+        listener.local_addr().expect("local address")
+    );
+    io::stdout().flush().ok();
+    let state: Shared = Arc::default();
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let state = Arc::clone(&state);
+        thread::spawn(move || {
+            let _ = serve_connection(stream, &state);
+        });
+    }
+}
+
+fn serve_connection(stream: TcpStream, state: &Shared) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    while let Some(request) = read_request(&mut reader)? {
+        if !respond(&mut out, &request, state)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Incoming>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(io::Error::other("bad request line"));
+    };
+    let (method, target) = (method.to_string(), target.to_string());
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _): &&(String, String)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(io::Error::other)?;
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            line.clear();
+            reader.read_line(&mut line)?;
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Ok(Some(Incoming {
+        method,
+        target,
+        headers,
+        body,
+    }))
+}
+
+/// Answers one request; false means the connection must close.
+fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<bool> {
+    if let Some(control) = rq.target.strip_prefix("/_mock/") {
+        return control_endpoint(out, control, rq, state).map(|()| true);
+    }
+    let planned = {
+        let mut state = state.lock().unwrap();
+        state.seen.push(json!({
+            "method": rq.method,
+            "target": rq.target,
+            "headers": rq.headers,
+            "body": String::from_utf8_lossy(&rq.body),
+        }));
+        rq.key()
+            .and_then(|k| state.plans.get_mut(&k).and_then(VecDeque::pop_front))
+    };
+    let reply = planned
+        .or_else(|| rq.header("x-mock-reply").map(str::to_string))
+        .unwrap_or_else(|| "ok".into());
+    let (kind, arg) = reply.split_once(':').unwrap_or((reply.as_str(), ""));
+    let secs: u64 = arg.parse().unwrap_or(30);
+    let wants_stream = serde_json::from_slice::<Value>(&rq.body)
+        .ok()
+        .and_then(|v| v.get("stream")?.as_bool())
+        == Some(true);
+    match kind {
+        "ok" if wants_stream => sse(out, 3, 0, false),
+        "ok" => json_reply(out, 200, &[], &completion()),
+        "sse" => {
+            let mut nums = arg.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
+            let n = nums.next().unwrap_or(3);
+            sse(out, n, nums.next().unwrap_or(0), false)
+        }
+        "dropmid" => sse(out, 2, 0, true),
+        "429" | "429body" => {
+            let reset = (now_ms() + secs * 1000).to_string();
+            let body = json!({"error": {"code": 429, "message": "Rate limit exceeded: limit_rpm/mock/model: limited to 1 requests per minute",
+                "metadata": {"headers": {"X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}}}});
+            let headers: &[(&str, &str)] = if kind == "429" {
+                &[("X-RateLimit-Reset", &reset)]
+            } else {
+                &[]
+            };
+            json_reply(out, 429, headers, &body)
+        }
+        "429retry" => json_reply(
+            out,
+            429,
+            &[("Retry-After", &secs.to_string())],
+            &error_body(429, "Rate limit exceeded"),
+        ),
+        "429bare" => json_reply(out, 429, &[], &error_body(429, "Rate limit exceeded")),
+        "429provider" => {
+            let body = json!({"error": {"code": 429, "message": "Provider returned error",
+                "metadata": {"provider_name": "MockProvider", "raw": "mock/model is temporarily rate-limited upstream"}}});
+            json_reply(out, 429, &[], &body)
+        }
+        "401" => json_reply(out, 401, &[], &error_body(401, "User not found.")),
+        "402" => json_reply(
+            out,
+            402,
+            &[],
+            &error_body(
+                402,
+                "Insufficient credits. Add more using https://openrouter.ai/credits",
+            ),
+        ),
+        "403" => json_reply(
+            out,
+            403,
+            &[],
+            &error_body(403, "Input was flagged by moderation"),
+        ),
+        "500" | "502" | "503" => {
+            let code: u16 = kind.parse().unwrap_or(500);
+            json_reply(out, code, &[], &error_body(code, "mock upstream failure"))
+        }
+        "drop" => Ok(false),
+        "cldrop" => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\"")?;
+            out.flush()?;
+            Ok(false)
+        }
+        "gzip" => raw_reply(
+            out,
+            200,
+            &[
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "gzip"),
+            ],
+            GZIP_BODY,
+        ),
+        "hop" => json_reply(
+            out,
+            200,
+            &[
+                ("Connection", "X-Hop-Secret"),
+                ("X-Hop-Secret", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Authenticate", "Basic"),
+                ("Access-Control-Allow-Origin", "https://elsewhere.example"),
+                ("X-End-To-End", "yes"),
+            ],
+            &completion(),
+        ),
+        "chunked" => {
+            let body = completion().to_string();
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )?;
+            out.flush()?;
+            Ok(true)
+        }
+        "large" => {
+            let n: usize = arg.parse().unwrap_or(1024);
+            raw_reply(
+                out,
+                200,
+                &[("Content-Type", "application/octet-stream")],
+                &vec![b'x'; n],
+            )
+        }
+        other => json_reply(
+            out,
+            500,
+            &[],
+            &error_body(500, &format!("mock-upstream: unknown reply '{other}'")),
+        ),
+    }
+}
+
+fn control_endpoint(
+    out: &mut TcpStream,
+    what: &str,
+    rq: &Incoming,
+    state: &Shared,
+) -> io::Result<()> {
+    let mut state = state.lock().unwrap();
+    match what {
+        "plan" => {
+            let plan: Value = serde_json::from_slice(&rq.body).unwrap_or(Value::Null);
+            let key = plan["key"].as_str().unwrap_or_default().to_string();
+            let replies = plan["replies"].as_array().cloned().unwrap_or_default();
+            let queue = state.plans.entry(key).or_default();
+            queue.extend(
+                replies
+                    .iter()
+                    .filter_map(|r| r.as_str().map(str::to_string)),
+            );
+            json_reply(out, 200, &[], &json!({"ok": true}))?;
+        }
+        "requests" => {
+            let seen = Value::Array(state.seen.clone());
+            json_reply(out, 200, &[], &seen)?;
+        }
+        "reset" => {
+            *state = State::default();
+            json_reply(out, 200, &[], &json!({"ok": true}))?;
+        }
+        _ => {
+            json_reply(
+                out,
+                404,
+                &[],
+                &error_body(404, "unknown mock control endpoint"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn sse(out: &mut TcpStream, events: u64, gap_ms: u64, die: bool) -> io::Result<bool> {
+    out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+    chunk(out, b": OPENROUTER PROCESSING\n\n")?;
+    for i in 0..events {
+        if i > 0 && gap_ms > 0 {
+            thread::sleep(Duration::from_millis(gap_ms));
+        }
+        let event = json!({"id": "gen-mock", "object": "chat.completion.chunk", "model": "mock/model",
+            "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});
+        chunk(out, format!("data: {event}\n\n").as_bytes())?;
+    }
+    if die {
+        return Ok(false);
+    }
+    chunk(out, b"data: [DONE]\n\n")?;
+    out.write_all(b"0\r\n\r\n")?;
+    out.flush()?;
+    Ok(true)
+}
+
+fn chunk(out: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    write!(out, "{:x}\r\n", data.len())?;
+    out.write_all(data)?;
+    out.write_all(b"\r\n")?;
+    out.flush()
+}
+
+fn json_reply(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> io::Result<bool> {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    raw_reply(out, status, &all, body.to_string().as_bytes())
+}
+
+fn raw_reply(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<bool> {
+    let mut head = format!(
+        "HTTP/1.1 {status} Mock\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut all = head.into_bytes();
+    all.extend_from_slice(body);
+    out.write_all(&all)?;
+    out.flush()?;
+    Ok(true)
+}
+
+fn completion() -> Value {
+    json!({"id": "gen-mock", "object": "chat.completion", "model": "mock/model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+}
+
+fn error_body(code: u16, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message}})
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

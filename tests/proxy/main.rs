@@ -1,0 +1,10 @@
+//! Integration tests: the real `roo-proxy` binary against the `mock-upstream` binary,
+//! speaking real HTTP on 127.0.0.1. See `support.rs` for the harness.
+
+mod support;
+
+mod forwarding;
+mod rotation;
+mod secrets;
+mod startup;
+mod streaming;

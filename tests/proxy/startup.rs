@@ -1,0 +1,166 @@
+//! Starting up: flags, environment, the start line, and keys files good and bad.
+
+use crate::support::*;
+
+#[test]
+fn the_start_line_says_where_what_and_how_many() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(3).start();
+    let line = &proxy.start_line;
+    assert!(
+        line.contains(&format!("http://127.0.0.1:{}", proxy.port)),
+        "{line}"
+    );
+    assert!(line.contains(&mock.base()), "{line}");
+    assert!(line.contains("with 3 keys"), "{line}");
+    let keys_file = proxy.dir.path().join("keys.json");
+    assert!(line.contains(&keys_file.display().to_string()), "{line}");
+}
+
+#[test]
+fn every_flag_has_an_environment_variable() {
+    let mock = Mock::start();
+    let dir = TempDir::new();
+    let keys = dir.path().join("elsewhere.json");
+    std::fs::write(
+        &keys,
+        format!(r#"{{"keys":[{{"key":"{}","label":"work"}}]}}"#, key(1)),
+    )
+    .unwrap();
+    let proxy = Proxy::bare()
+        .env("ROO_PROXY_UPSTREAM", &mock.base())
+        .env("ROO_PROXY_KEYS_FILE", keys.to_str().unwrap())
+        .env("ROO_PROXY_HOST", "127.0.0.1")
+        .env("ROO_PROXY_COOLDOWN", "9")
+        .env("ROO_PROXY_MAX_ATTEMPTS", "1")
+        .start();
+    assert!(
+        proxy.start_line.contains("with 1 key from"),
+        "{}",
+        proxy.start_line
+    );
+    assert!(
+        proxy.start_line.contains("elsewhere.json"),
+        "{}",
+        proxy.start_line
+    );
+    mock.plan(&key(1), &["429bare"]);
+    let reply = proxy.chat();
+    assert_eq!(reply.status, 429);
+    assert!((8..=9).contains(&reply.header("retry-after").unwrap().parse::<u64>().unwrap()));
+    // Labels name keys in the logs.
+    proxy.wait_for_log(&format!("key 'work' ({}) rests for 9 s", masked(1)));
+}
+
+#[test]
+fn a_flag_wins_over_its_environment_variable() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .env("ROO_PROXY_UPSTREAM", "http://127.0.0.1:9/nowhere")
+        .start();
+    assert!(
+        proxy.start_line.contains(&mock.base()),
+        "{}",
+        proxy.start_line
+    );
+    assert_eq!(proxy.chat().status, 200);
+}
+
+#[test]
+fn help_lists_every_flag_and_version_prints_one() {
+    let (status, out, _) = Proxy::bare().arg("--help").run();
+    assert!(status.success());
+    for flag in [
+        "--host",
+        "--port",
+        "--upstream",
+        "--keys-file",
+        "--cooldown",
+        "--max-attempts",
+        "--version",
+        "ROO_PROXY_",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+    }
+    let (status, out, _) = Proxy::bare().arg("--version").run();
+    assert!(status.success());
+    assert_eq!(
+        out.trim(),
+        format!("roo-proxy {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_flags_and_values_stop_with_a_clear_message() {
+    let (status, _, err) = Proxy::bare().arg("--prot").arg("1").run();
+    assert!(!status.success());
+    assert!(err.contains("--prot"), "{err}");
+    let (status, _, err) = Proxy::bare().arg("--upstream").arg("openrouter.ai").run();
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("--upstream 'openrouter.ai'"), "{err}");
+    let (status, _, err) = Proxy::bare().env("ROO_PROXY_COOLDOWN", "soon").run();
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("ROO_PROXY_COOLDOWN='soon'"), "{err}");
+}
+
+#[test]
+fn a_malformed_keys_file_stops_the_start_with_path_line_and_column() {
+    let bad = format!(
+        "[\n  \"{}\",\n  \"{}\"\n  \"{}\"\n]\n",
+        key(1),
+        key(2),
+        key(3)
+    );
+    let builder = Proxy::bare().keys_file(&bad);
+    let (status, out, err) = builder.run();
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.contains("keys.json' is not valid JSON at line 4, column 3"),
+        "{err}"
+    );
+    for n in 1..=3 {
+        assert!(!err.contains(&key(n)), "a key leaked into: {err}");
+    }
+}
+
+#[test]
+fn a_keys_file_with_a_bad_entry_names_the_entry() {
+    let (status, _, err) = Proxy::bare()
+        .keys_file(r#"["sk-or-v1-good0000000000000000000000", "has space"]"#)
+        .run();
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        err.contains("entry 2: the key has whitespace at character 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (status, _, err) = Proxy::no_args().arg("--port").arg(&port).run();
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("the port is in use"), "{err}");
+}
+
+#[test]
+fn keys_files_written_by_windows_powershell_are_read() {
+    let mock = Mock::start();
+    // Windows PowerShell 5's Out-File writes UTF-16LE with a byte-order mark.
+    let text = format!(r#"["{}","{}"]"#, key(1), key(2));
+    let bytes: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let builder = Proxy::with(&mock);
+    std::fs::write(builder_dir(&builder).join("keys.json"), bytes).unwrap();
+    let proxy = builder.start();
+    assert!(
+        proxy.start_line.contains("with 2 keys"),
+        "{}",
+        proxy.start_line
+    );
+    assert_eq!(proxy.chat().status, 200);
+}

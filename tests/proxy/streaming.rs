@@ -1,0 +1,128 @@
+//! Streaming: bytes reach the client as the upstream sends them, and every stream ends.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Reads from `stream` until `done` says the bytes so far are complete; returns them
+/// with the instant each `data:` event was first seen. Fails the test at the deadline.
+fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, Vec<Instant>) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let (mut bytes, mut events) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 4096];
+    while !done(&bytes) {
+        assert!(
+            Instant::now() < deadline,
+            "stream never ended: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes.extend_from_slice(&buf[..n]);
+                let seen = String::from_utf8_lossy(&bytes).matches("data: {").count();
+                events.resize(seen, Instant::now());
+            }
+            Err(_) => continue,
+        }
+    }
+    (bytes, events)
+}
+
+fn ends_chunked(bytes: &[u8]) -> bool {
+    bytes.ends_with(b"\r\n0\r\n\r\n")
+}
+
+fn stream_request(reply: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: {reply}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"stream\":true}}"
+    )
+}
+
+#[test]
+fn sse_events_arrive_one_by_one_as_the_upstream_sends_them() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    socket
+        .write_all(stream_request("sse:5:300").as_bytes())
+        .unwrap();
+    let (bytes, events) = read_until(&mut socket, ends_chunked);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("Transfer-Encoding: chunked"), "{text}");
+    assert!(text.contains(": OPENROUTER PROCESSING"), "{text}");
+    assert_eq!(events.len(), 5, "{text}");
+    // The upstream sends an event every 300 ms. Held back and sent together, they would
+    // arrive within a few milliseconds of each other.
+    for pair in events.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(150),
+            "events arrived bunched: gap {gap:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_that_breaks_off_still_ends_with_an_error_event() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    socket
+        .write_all(stream_request("dropmid").as_bytes())
+        .unwrap();
+    let (bytes, _) = read_until(&mut socket, ends_chunked);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("tok0") && text.contains("tok1"), "{text}");
+    let error_event = text
+        .lines()
+        .find(|l| l.starts_with("data: {\"choices\"") && l.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event: {text}"));
+    let json: serde_json::Value = serde_json::from_str(&error_event["data: ".len()..]).unwrap();
+    assert_eq!(json["error"]["code"], 502);
+    assert_eq!(json["choices"][0]["finish_reason"], "error");
+    assert!(!text.contains("[DONE]"));
+
+    // The connection is still in a clean state: a second request on it is served.
+    socket.write_all(stream_request("ok").as_bytes()).unwrap();
+    let (bytes, _) = read_until(&mut socket, ends_chunked);
+    assert!(String::from_utf8_lossy(&bytes).contains("data: [DONE]"));
+    proxy.wait_for_log("upstream broke off after");
+}
+
+#[test]
+fn a_streamed_response_keeps_the_connection_reusable() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(2).start();
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    for _ in 0..3 {
+        socket
+            .write_all(stream_request("sse:2:0").as_bytes())
+            .unwrap();
+        let (bytes, events) = read_until(&mut socket, ends_chunked);
+        assert_eq!(events.len(), 2, "{}", String::from_utf8_lossy(&bytes));
+    }
+    assert_eq!(mock.requests().len(), 3);
+}
+
+#[test]
+fn a_429_before_the_stream_starts_is_retried_invisibly() {
+    let mock = Mock::start();
+    mock.plan(&key(1), &["429:60"]);
+    let proxy = Proxy::with(&mock).keys(2).start();
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    socket
+        .write_all(stream_request("sse:3:0").as_bytes())
+        .unwrap();
+    let (bytes, events) = read_until(&mut socket, ends_chunked);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(events.len(), 3);
+    assert_eq!(mock.keys_used(), [bearer(1), bearer(2)]);
+}

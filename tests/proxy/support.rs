@@ -1,0 +1,431 @@
+//! Test harness: the real `roo-proxy` binary in front of the real `mock-upstream`
+//! binary, both on 127.0.0.1 port 0, each test in its own temporary folder. Waiting is
+//! always polling with a deadline, never a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const PROXY: &str = env!("CARGO_BIN_EXE_roo-proxy");
+pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-upstream");
+
+/// How long anything in a test may take before the test fails instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Realistic OpenRouter-shaped keys; `key(n)` differ in their middle and last four.
+pub fn key(n: usize) -> String {
+    format!(
+        "sk-or-v1-{n:02}{}{n:04}",
+        "0123456789abcdef".repeat(3) + "0123456789ab"
+    )
+}
+
+pub fn masked(n: usize) -> String {
+    format!("sk-or-v1-{n:02}…{n:04}")
+}
+
+/// A folder under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("roo-proxy-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `program` and returns it with the first line it prints on stdout.
+fn spawn_and_read_line(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(Some(Ok(line))) => (child, line),
+        other => {
+            let _ = child.kill();
+            panic!("no start line from {command:?}: {other:?}")
+        }
+    }
+}
+
+fn port_of(line: &str) -> u16 {
+    let at = line
+        .find("127.0.0.1:")
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let digits: String = line[at + 10..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// The OpenRouter look-alike.
+pub struct Mock {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        let (child, line) = spawn_and_read_line(Command::new(MOCK));
+        Mock {
+            port: port_of(&line),
+            child,
+        }
+    }
+
+    /// The API base the proxy should forward to.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1", self.port)
+    }
+
+    /// Queues replies for a key (see `tests/mock_upstream.rs` for their names).
+    pub fn plan(&self, key: &str, replies: &[&str]) {
+        let r = client()
+            .post(&format!("http://127.0.0.1:{}/_mock/plan", self.port))
+            .send(json!({"key": key, "replies": replies}).to_string());
+        assert_eq!(r.unwrap().status(), 200);
+    }
+
+    /// Every API request the mock received, oldest first.
+    pub fn requests(&self) -> Vec<Value> {
+        let mut r = client()
+            .get(&format!("http://127.0.0.1:{}/_mock/requests", self.port))
+            .call()
+            .unwrap();
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v.as_array().unwrap().clone()
+    }
+
+    /// The pool key each request carried, as `n` of `key(n)` (or the raw header).
+    pub fn keys_used(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| header_of(r, "authorization").unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A header value from a request the mock recorded.
+pub fn header_of(request: &Value, name: &str) -> Option<String> {
+    request["headers"].as_array()?.iter().find_map(|pair| {
+        let pair = pair.as_array()?;
+        pair[0]
+            .as_str()?
+            .eq_ignore_ascii_case(name)
+            .then(|| pair[1].as_str().unwrap().to_string())
+    })
+}
+
+pub fn bearer(n: usize) -> String {
+    format!("Bearer {}", key(n))
+}
+
+/// A running proxy, its folder, and its logs.
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub start_line: String,
+    pub dir: TempDir,
+    log: PathBuf,
+}
+
+pub struct ProxyBuilder {
+    dir: TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// The folder a proxy will run in, to put files there before it starts.
+pub fn builder_dir(builder: &ProxyBuilder) -> &Path {
+    builder.dir.path()
+}
+
+impl ProxyBuilder {
+    pub fn keys(self, n: usize) -> ProxyBuilder {
+        let keys: Vec<String> = (1..=n).map(key).collect();
+        self.keys_file(&serde_json::to_string(&keys).unwrap())
+    }
+
+    pub fn keys_file(self, content: &str) -> ProxyBuilder {
+        fs::write(self.dir.path().join("keys.json"), content).unwrap();
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> ProxyBuilder {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> ProxyBuilder {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(PROXY);
+        command
+            .current_dir(self.dir.path())
+            .args(&self.args)
+            .env_remove("RUST_LOG");
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ROO_PROXY_") {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    pub fn start(self) -> Proxy {
+        let log = self.dir.path().join("proxy.log");
+        let mut command = self.command();
+        command.stderr(fs::File::create(&log).unwrap());
+        let (child, start_line) = spawn_and_read_line(command);
+        Proxy {
+            port: port_of(&start_line),
+            child,
+            start_line,
+            dir: self.dir,
+            log,
+        }
+    }
+
+    /// Runs the binary to completion (for start-up failures and `--help`).
+    pub fn run(self) -> (ExitStatus, String, String) {
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(_status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                return (
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).into(),
+                    String::from_utf8_lossy(&out.stderr).into(),
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("roo-proxy {:?} did not exit", self.args);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy in front of `mock`, on a free port, in a fresh folder.
+    pub fn with(mock: &Mock) -> ProxyBuilder {
+        Proxy::bare().arg("--upstream").arg(&mock.base())
+    }
+
+    /// A proxy with no upstream set (for start-up tests).
+    pub fn bare() -> ProxyBuilder {
+        Proxy::no_args().arg("--port").arg("0")
+    }
+
+    /// Exactly the command line the test gives (not even `--port 0`).
+    pub fn no_args() -> ProxyBuilder {
+        ProxyBuilder {
+            dir: TempDir::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the logs contain `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}; logs:\n{logs}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        Reply::from(
+            client()
+                .post(&self.url(path))
+                .header("Content-Type", "application/json")
+                .send(body.to_string())
+                .unwrap(),
+        )
+    }
+
+    pub fn chat(&self) -> Reply {
+        self.post(
+            "/v1/chat/completions",
+            r#"{"model":"mock/model","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(client().get(&self.url(path)).call().unwrap())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test HTTP client: status codes are answers, nothing is followed or decompressed.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .into()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl From<ureq::http::Response<ureq::Body>> for Reply {
+    fn from(mut r: ureq::http::Response<ureq::Body>) -> Reply {
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap();
+        Reply {
+            status: r.status().as_u16(),
+            headers,
+            body,
+        }
+    }
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The proxy's own error message (asserting the OpenRouter error shape on the way).
+    pub fn error_message(&self) -> String {
+        let json = self.json();
+        assert_eq!(json["error"]["code"], self.status, "{json}");
+        json["error"]["message"].as_str().unwrap().to_string()
+    }
+}
+
+/// Sends raw bytes and returns everything the server sends until it closes the
+/// connection or goes quiet for `quiet`.
+pub fn raw_exchange(addr: &str, request: &[u8], quiet: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(quiet)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The status code of a raw HTTP response.
+pub fn raw_status(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
