@@ -41,4 +41,94 @@ pub struct Args {
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
+
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Keys(KeysArgs),
+}
+
+/// Manage the keys file: add, remove, list and check keys. A running proxy picks up
+/// changes within a second.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "keys")]
+pub struct KeysArgs {
+    #[argh(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum KeysAction {
+    Add(AddArgs),
+    Remove(RemoveArgs),
+    List(ListArgs),
+    Check(CheckArgs),
+}
+
+/// Add a key. Without KEY (or with -) it is read from standard input, hidden when typed
+/// at a terminal, so it stays out of your shell history.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct AddArgs {
+    /// the key; omit it (or give -) to read it from standard input
+    #[argh(positional)]
+    pub key: Option<String>,
+
+    /// a name for the key, shown in logs and lists
+    #[argh(option)]
+    pub label: Option<String>,
+
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Remove the keys that start with PREFIX (at least 8 characters), or whose label is
+/// PREFIX.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "remove")]
+pub struct RemoveArgs {
+    /// the start of the key (8 characters or more), or its label
+    #[argh(positional)]
+    pub prefix: String,
+
+    /// remove every key that matches, when several do
+    #[argh(switch)]
+    pub all: bool,
+
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// List the keys, masked, with their state as the proxy last saved it.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct ListArgs {
+    /// print JSON, for scripts
+    #[argh(switch)]
+    pub json: bool,
+
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Ask the upstream about each key (GET <upstream>/key on OpenRouter): valid or not,
+/// usage, limit and what remains. Exits 1 when a key is not valid.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check")]
+pub struct CheckArgs {
+    /// the API base to ask (default https://openrouter.ai/api/v1)
+    #[argh(option)]
+    pub upstream: Option<String>,
+
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
 }

@@ -55,19 +55,8 @@ impl Config {
                 None => DEFAULT_PORT,
             },
         };
-        let (upstream, upstream_source) = match args.upstream {
-            Some(u) => (u, "--upstream"),
-            None => match env("ROO_PROXY_UPSTREAM") {
-                Some(u) => (u, "ROO_PROXY_UPSTREAM"),
-                None => (DEFAULT_UPSTREAM.to_string(), "--upstream"),
-            },
-        };
-        let upstream = check_upstream(&upstream)
-            .map_err(|why| Error::Config(format!("{upstream_source} '{upstream}' {why}")))?;
-        let keys_file = args
-            .keys_file
-            .or_else(|| env("ROO_PROXY_KEYS_FILE").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_FILE));
+        let upstream = upstream(args.upstream, env)?;
+        let keys_file = keys_file(args.keys_file, env);
         let cooldown = match (args.cooldown, env("ROO_PROXY_COOLDOWN")) {
             (Some(v), _) => parse_duration(&v)
                 .map_err(|why| Error::Config(format!("--cooldown '{v}': {why}")))?,
@@ -91,11 +80,38 @@ impl Config {
             host: host.trim().to_string(),
             port,
             upstream,
-            keys_file: store::absolute(&keys_file),
+            keys_file,
             cooldown,
             max_attempts,
         })
     }
+}
+
+/// The keys file: the flag, else `ROO_PROXY_KEYS_FILE`, else `keys.json` here; absolute.
+pub fn keys_file(flag: Option<PathBuf>, env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    let path = flag
+        .or_else(|| {
+            env("ROO_PROXY_KEYS_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_FILE));
+    store::absolute(&path)
+}
+
+/// The API base: the flag, else `ROO_PROXY_UPSTREAM`, else OpenRouter; checked.
+pub fn upstream(
+    flag: Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, Error> {
+    let (url, source) = match flag {
+        Some(url) => (url, "--upstream"),
+        None => match env("ROO_PROXY_UPSTREAM").filter(|v| !v.trim().is_empty()) {
+            Some(url) => (url, "ROO_PROXY_UPSTREAM"),
+            None => (DEFAULT_UPSTREAM.to_string(), "--upstream"),
+        },
+    };
+    check_upstream(&url).map_err(|why| Error::Config(format!("{source} '{url}' {why}")))
 }
 
 /// Checks an API base URL and returns it without a trailing slash.

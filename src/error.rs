@@ -17,6 +17,8 @@ pub enum Error {
     /// A flag or environment variable has a value we cannot use.
     Config(String),
     Keys(StoreError),
+    /// A `keys` command could not do what was asked (no match, bad key, …).
+    Refused(String),
     Bind {
         addr: String,
         source: io::Error,
@@ -29,7 +31,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Keys(_) => 2,
-            Error::Bind { .. } | Error::Serve(_) => 1,
+            Error::Refused(_) | Error::Bind { .. } | Error::Serve(_) => 1,
         }
     }
 }
@@ -37,7 +39,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(message) => f.write_str(message),
+            Error::Config(message) | Error::Refused(message) => f.write_str(message),
             Error::Keys(e) => e.fmt(f),
             Error::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => write!(
                 f,

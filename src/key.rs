@@ -1,9 +1,11 @@
 //! An API key, and the only ways to show one.
 //!
-//! Invariant: the raw key string leaves this type only through [`ApiKey::expose`], which
-//! is called in one place (building the upstream `Authorization` header). `Debug` and
-//! `Display` print the masked form (`sk-or-v1-ab…9f3c`), so a key that slips into a log
-//! line, an error or a panic message is still masked.
+//! Invariant: the raw key string leaves this type only through [`ApiKey::expose`], whose
+//! only uses are the upstream `Authorization` header (`upstream.rs`, and `commands.rs`
+//! for `keys check`), the keys file itself (`keys add`), the prefix match of
+//! `keys remove`, and the one-way fingerprint (`state.rs`). `Debug` and `Display` print the masked form
+//! (`sk-or-v1-ab…9f3c`), so a key that slips into a log line, an error or a panic message
+//! is still masked.
 
 use std::fmt;
 

@@ -5,15 +5,19 @@
 
 mod classify;
 mod cli;
+mod commands;
 mod config;
 mod error;
 mod key;
 mod policy;
+mod pool;
 mod route;
 mod server;
+mod state;
 mod store;
 mod stream;
 mod upstream;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -21,7 +25,7 @@ use crate::config::Config;
 use crate::error::Error;
 
 fn main() -> ExitCode {
-    let args: cli::Args = argh::from_env();
+    let args = parse_args(std::env::args().collect());
     if args.version {
         println!("roo-proxy {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -30,7 +34,7 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("roo-proxy: {e}");
             ExitCode::from(e.exit_code())
@@ -38,8 +42,48 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: cli::Args) -> Result<(), Error> {
-    let config = Config::build(args, |name| std::env::var(name).ok())?;
-    let keys = store::load(&config.keys_file)?;
-    server::serve(config, keys)
+/// argh, except that `keys add -` means `keys add` (read the key from standard input):
+/// argh takes a lone `-` for an unknown flag.
+fn parse_args(mut argv: Vec<String>) -> cli::Args {
+    if let Some(at) = argv
+        .windows(2)
+        .position(|w| w[0] == "keys" && w[1] == "add")
+    {
+        let mut i = 0;
+        argv.retain(|a| {
+            i += 1;
+            !(i > at + 2 && a == "-")
+        });
+    }
+    let command = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map_or("roo-proxy".into(), |n| n.to_string_lossy().into_owned());
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    match <cli::Args as argh::FromArgs>::from_args(&[&command], &rest) {
+        Ok(args) => args,
+        Err(early) => {
+            let failed = early.status.is_err();
+            if failed {
+                eprintln!("{}", early.output);
+            } else {
+                println!("{}", early.output);
+            }
+            std::process::exit(i32::from(failed));
+        }
+    }
+}
+
+fn run(mut args: cli::Args) -> Result<u8, Error> {
+    let env = |name: &str| std::env::var(name).ok();
+    if let Some(cli::Command::Keys(keys)) = args.command.take() {
+        return commands::run(keys.action, args.keys_file, env);
+    }
+    let config = Config::build(args, env)?;
+    let keys = store::load_with_env(&config.keys_file, env)?;
+    let env_keys = store::KEY_VARIABLES
+        .iter()
+        .filter_map(|name| Some((name.to_string(), env(name)?)))
+        .collect();
+    server::serve(config, keys, env_keys).map(|()| 0)
 }

@@ -91,14 +91,26 @@ pub struct Policy {
 }
 
 impl Policy {
+    #[cfg(test)]
     pub fn new(keys: usize) -> Policy {
-        Policy {
-            states: vec![KeyState::Ready; keys],
-            cursor: 0,
-        }
+        Policy::with_states(vec![KeyState::Ready; keys], 0)
     }
 
-    #[cfg(test)]
+    /// A pool whose keys start in the given states (remembered, or carried over when the
+    /// keys file changed). Round-robin starts at `cursor` (wrapped to the pool's size).
+    pub fn with_states(states: Vec<KeyState>, cursor: usize) -> Policy {
+        let cursor = if states.is_empty() {
+            0
+        } else {
+            cursor % states.len()
+        };
+        Policy { states, cursor }
+    }
+
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
     pub fn state(&self, id: KeyId) -> KeyState {
         self.states[id]
     }

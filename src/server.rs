@@ -8,7 +8,8 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Instant, SystemTime};
 
@@ -21,11 +22,14 @@ use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::error::{Error, Reply};
 use crate::key;
-use crate::policy::{Change, KeyId, Outcome, Policy};
+use crate::policy::{Change, Outcome};
+use crate::pool::{Now, Pool};
 use crate::route;
-use crate::store::{KeyEntry, KeysFile};
+use crate::state;
+use crate::store::{self, KeyEntry, KeysFile, Source};
 use crate::stream::{self, End, Framing};
 use crate::upstream;
+use crate::watch::{self, EnvKeys, Watch};
 
 /// Largest request body accepted from a client (it is kept in memory to be re-sent).
 const MAX_REQUEST_BODY: u64 = 32 * 1024 * 1024;
@@ -39,13 +43,12 @@ const MAX_BUFFERED_BODY: u64 = 4 * 1024 * 1024;
 /// Everything a request worker needs, shared by all of them.
 struct Proxy {
     config: Config,
-    keys: Vec<KeyEntry>,
-    pool: Mutex<Policy>,
+    pool: Arc<Pool>,
     agent: Agent,
 }
 
 /// Binds, prints the start line, and serves until accepting fails.
-pub fn serve(config: Config, keys: KeysFile) -> Result<(), Error> {
+pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener =
         TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| Error::Bind {
@@ -59,25 +62,48 @@ pub fn serve(config: Config, keys: KeysFile) -> Result<(), Error> {
         .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
 
     for warning in &keys.warnings {
-        warn!("keys file '{}': {warning}", keys.path.display());
+        warn!("{warning}");
     }
+    let from = match keys.source {
+        Source::Env(variable) => variable.to_string(),
+        Source::File | Source::Nothing => keys.path.display().to_string(),
+    };
     // The one line a user (and a test) reads to know where we are.
     println!(
-        "roo-proxy {} listening on http://{local} → {} with {} key{} from {}",
+        "roo-proxy {} listening on http://{local} → {} with {} key{} from {from}",
         env!("CARGO_PKG_VERSION"),
         config.upstream,
         keys.entries.len(),
         if keys.entries.len() == 1 { "" } else { "s" },
-        keys.path.display()
     );
     let _ = std::io::stdout().flush();
     if keys.entries.is_empty() {
-        warn!("{}", no_keys_hint(&keys.path, keys.found));
+        warn!("{}", no_keys_hint(&keys.path));
     }
 
+    let state_file = state::path_for(&keys.path);
+    let (remembered, problem) = state::load(&state_file);
+    if let Some(problem) = problem {
+        warn!("{problem}");
+    }
+    let pool = Arc::new(Pool::new(keys.entries, &remembered, Now::read()));
+    let keys_file = keys.path;
+    let watch = Watch {
+        pool: Arc::clone(&pool),
+        keys_file: keys_file.clone(),
+        state_file,
+        seen: (keys.source == Source::File).then_some(keys.bytes),
+        env,
+    };
+    watch.spawn().map_err(Error::Serve)?;
+    on_shutdown(Arc::clone(&pool), keys_file.clone());
+    // Spawning git takes milliseconds; serve meanwhile.
+    let _ = thread::Builder::new()
+        .name("git-check".into())
+        .spawn(move || store::git_warning(&keys_file).inspect(|w| warn!("{w}")));
+
     let proxy = Arc::new(Proxy {
-        pool: Mutex::new(Policy::new(keys.entries.len())),
-        keys: keys.entries,
+        pool,
         agent: upstream::agent(),
         config,
     });
@@ -94,14 +120,21 @@ pub fn serve(config: Config, keys: KeysFile) -> Result<(), Error> {
     }
 }
 
-fn no_keys_hint(path: &std::path::Path, found: bool) -> String {
-    let state = if found {
-        "has no keys"
-    } else {
-        "does not exist"
+/// On SIGINT/SIGTERM (Ctrl-C on Windows): save what the pool remembers, then exit 0.
+fn on_shutdown(pool: Arc<Pool>, keys_file: PathBuf) {
+    let handler = move || {
+        info!("stopping: saving key state");
+        watch::save_now(&pool, &keys_file);
+        std::process::exit(0);
     };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        warn!("cannot handle stop signals ({e}); key state is saved every second instead");
+    }
+}
+
+fn no_keys_hint(path: &Path) -> String {
     format!(
-        "the keys file '{}' {state}: requests get 503 until you put your keys there, as [\"sk-or-v1-…\"], and restart",
+        "no API keys: add one with `roo-proxy keys add` (it goes to '{}'; the running proxy picks it up within a second), or set ROO_PROXY_KEYS",
         path.display()
     )
 }
@@ -123,7 +156,7 @@ impl Incoming {
 struct Done {
     status: u16,
     attempts: usize,
-    key: Option<KeyId>,
+    key: Option<Arc<KeyEntry>>,
     /// Set when the response did not end cleanly (stream broke off, client left).
     note: Option<String>,
 }
@@ -168,12 +201,6 @@ enum Delivery {
 }
 
 impl Proxy {
-    fn pool(&self) -> MutexGuard<'_, Policy> {
-        // The policy's state stays consistent even if a worker panicked mid-request: every
-        // change is a single assignment. So a poisoned lock is still good to use.
-        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn handle(&self, mut request: Request) {
         let started = Instant::now();
         let incoming = Incoming {
@@ -199,7 +226,7 @@ impl Proxy {
         };
         let key = done
             .key
-            .map_or_else(|| "-".to_string(), |id| self.keys[id].name());
+            .map_or_else(|| "-".to_string(), |entry| entry.name());
         let note = done.note.map(|n| format!(" ({n})")).unwrap_or_default();
         info!(
             "{} {} → {} in {} ms, {} attempt{}, key {key}{note}",
@@ -225,9 +252,8 @@ impl Proxy {
         }
         let url = route::upstream_url(&self.config.upstream, &incoming.target)
             .map_err(|e| Reply::new(400, e.to_string()))?;
-        if self.keys.is_empty() {
-            let found = self.config.keys_file.exists();
-            return Err(Reply::new(503, no_keys_hint(&self.config.keys_file, found)));
+        if self.pool.len() == 0 {
+            return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
         }
         if request
             .body_length()
@@ -268,39 +294,37 @@ impl Proxy {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Done {
-        let budget = self.config.max_attempts.unwrap_or_else(|| {
-            self.pool()
-                .ready(Instant::now())
-                .clamp(1, MAX_DEFAULT_ATTEMPTS)
-        });
-        let mut tried: Vec<KeyId> = Vec::with_capacity(budget);
+        let budget = self
+            .config
+            .max_attempts
+            .unwrap_or_else(|| self.pool.ready(Now::read()).clamp(1, MAX_DEFAULT_ATTEMPTS));
+        let mut tried: Vec<Arc<KeyEntry>> = Vec::with_capacity(budget);
         let mut last_failure: Option<String> = None;
         while tried.len() < budget {
-            let picked = self.pool().pick(Instant::now(), &tried);
-            let Some((id, change)) = picked else { break };
+            let now = Now::read();
+            let Some((entry, change)) = self.pool.pick(now, &tried) else {
+                break;
+            };
             if let Some(change) = change {
-                self.log_change(id, change, "its rest is over");
+                log_change(&entry, change, now, "its rest is over");
             }
-            tried.push(id);
-            match self.attempt(incoming, url, headers, &self.keys[id], body) {
+            tried.push(Arc::clone(&entry));
+            match self.attempt(incoming, url, headers, &entry, body) {
                 Attempt::Deliver(delivery) => {
-                    let _ = self.pool().record(id, Outcome::Served, Instant::now());
+                    let _ = self.pool.record(&entry, Outcome::Served, Now::read());
                     let (status, note) = deliver(request, delivery);
                     return Done {
                         status,
                         attempts: tried.len(),
-                        key: Some(id),
+                        key: Some(entry),
                         note,
                     };
                 }
                 Attempt::Retry { outcome, why } => {
-                    debug!(
-                        "attempt {} with key {}: {why}",
-                        tried.len(),
-                        self.keys[id].name()
-                    );
-                    if let Some(change) = self.pool().record(id, outcome, Instant::now()) {
-                        self.log_change(id, change, &why);
+                    debug!("attempt {} with key {}: {why}", tried.len(), entry.name());
+                    let now = Now::read();
+                    if let Some(change) = self.pool.record(&entry, outcome, now) {
+                        log_change(&entry, change, now, &why);
                     }
                     if outcome == Outcome::Failed {
                         last_failure = Some(why);
@@ -313,7 +337,7 @@ impl Proxy {
         Done {
             status: reply.status,
             attempts: tried.len(),
-            key: tried.last().copied(),
+            key: tried.pop(),
             note: None,
         }
     }
@@ -413,9 +437,13 @@ impl Proxy {
     /// The answer when no key could serve: wait (429), the upstream fails (502), or no key
     /// is usable at all (503).
     fn exhausted(&self, attempts: usize, last_failure: Option<String>) -> Reply {
-        let now = Instant::now();
-        let outlook = self.pool().outlook(now);
+        let now = Now::read();
+        let outlook = self.pool.outlook(now);
+        let now = now.mono;
         let file = self.config.keys_file.display();
+        if outlook.total == 0 {
+            return Reply::new(503, no_keys_hint(&self.config.keys_file));
+        }
         if outlook.ready > 0 {
             if let Some(why) = last_failure {
                 return Reply::new(
@@ -452,26 +480,26 @@ impl Proxy {
             None => Reply::new(
                 503,
                 format!(
-                    "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}' and restart",
+                    "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}'; the proxy picks up the change within a second",
                     outlook.total
                 ),
             ),
         }
     }
+}
 
-    fn log_change(&self, id: KeyId, change: Change, why: &str) {
-        let name = self.keys[id].name();
-        match change {
-            Change::Back => info!("key {name} is back in rotation: {why}"),
-            Change::Resting { until } => {
-                let secs = until
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-                    .ceil();
-                info!("key {name} rests for {secs} s: {why}");
-            }
-            Change::Disabled => warn!("key {name} is taken out of rotation: {why}"),
+fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
+    let name = entry.name();
+    match change {
+        Change::Back => info!("key {name} is back in rotation: {why}"),
+        Change::Resting { until } => {
+            let secs = until
+                .saturating_duration_since(now.mono)
+                .as_secs_f64()
+                .ceil();
+            info!("key {name} rests for {secs} s: {why}");
         }
+        Change::Disabled => warn!("key {name} is taken out of rotation: {why}"),
     }
 }
 

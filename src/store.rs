@@ -1,21 +1,27 @@
-//! The keys file: finding, decoding and validating it.
+//! The keys file: reading, validating, and (for `roo-proxy keys`) changing it safely.
 //!
 //! Two formats are read: a JSON array of key strings (what the old Node script and the
-//! PowerShell helpers used) and `{"keys":[{"key":"…","label":"…"}]}`. Files the helpers
-//! wrote with Windows PowerShell may start with a UTF-8 byte-order mark or be UTF-16;
-//! both are accepted. Invariant: this module only reads; a file that does not parse is
-//! reported with its path (and line and column for JSON syntax) and never touched.
+//! PowerShell helpers used) and `{"keys":[{"key":"…","label":"…"}]}`; the object form is
+//! written. Files the helpers wrote with Windows PowerShell may start with a UTF-8
+//! byte-order mark or be UTF-16; both are accepted.
+//!
+//! Invariants: a file that does not parse is reported with its path (and line and column
+//! for JSON syntax) and never rewritten. Every write holds an exclusive lock on
+//! `<file>.lock` (so writers in several processes are serialised) and replaces the file
+//! atomically (temporary file in the same folder, synced, renamed over), so a crash at
+//! any moment leaves the old file or the new one. Fields we do not know survive a rewrite.
 
 use std::fmt;
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::key::{ApiKey, KeyProblem};
 
 /// One key of the pool, as the keys file describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     pub key: ApiKey,
     pub label: Option<String>,
@@ -31,16 +37,30 @@ impl KeyEntry {
     }
 }
 
-/// What was read from the keys file.
+/// Where the pool came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    File,
+    /// No keys file; this environment variable supplied the keys.
+    Env(&'static str),
+    /// No keys file and no variable: an empty pool.
+    Nothing,
+}
+
+/// The variables that supply keys when there is no keys file, in the order they are asked.
+pub const KEY_VARIABLES: [&str; 2] = ["ROO_PROXY_KEYS", "OPENROUTER_API_KEY"];
+
+/// What was read.
 #[derive(Debug)]
 pub struct KeysFile {
-    /// Absolute path, so messages say exactly which file was meant.
+    /// Absolute, so messages say exactly which file was meant.
     pub path: PathBuf,
-    /// False when there was no file: the pool is empty but that is not an error.
-    pub found: bool,
+    pub source: Source,
     pub entries: Vec<KeyEntry>,
-    /// Things worth telling the user that did not stop loading (duplicates).
+    /// Things worth telling the user that did not stop loading (duplicates, permissions).
     pub warnings: Vec<String>,
+    /// The file's bytes as read (empty without a file), to notice when it changes.
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -63,6 +83,18 @@ pub enum StoreError {
         path: PathBuf,
         detail: String,
     },
+    Env {
+        variable: &'static str,
+        detail: String,
+    },
+    Lock {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Write {
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 const FORMAT_HINT: &str =
@@ -74,13 +106,11 @@ impl fmt::Display for StoreError {
             StoreError::Read { path, source } => {
                 write!(f, "cannot read keys file '{}': {source}", path.display())
             }
-            StoreError::Encoding { path, detail } => {
-                write!(
-                    f,
-                    "keys file '{}' is not valid text: {detail}; save it as UTF-8",
-                    path.display()
-                )
-            }
+            StoreError::Encoding { path, detail } => write!(
+                f,
+                "keys file '{}' is not valid text: {detail}; save it as UTF-8",
+                path.display()
+            ),
             StoreError::Syntax {
                 path,
                 line,
@@ -94,6 +124,15 @@ impl fmt::Display for StoreError {
             StoreError::Shape { path, detail } => {
                 write!(f, "keys file '{}': {detail}; {FORMAT_HINT}", path.display())
             }
+            StoreError::Env { variable, detail } => {
+                write!(f, "{variable}: {detail}; expected keys separated by commas")
+            }
+            StoreError::Lock { path, source } => {
+                write!(f, "cannot lock '{}': {source}", path.display())
+            }
+            StoreError::Write { path, source } => {
+                write!(f, "cannot write '{}': {source}", path.display())
+            }
         }
     }
 }
@@ -106,44 +145,283 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// `<file><suffix>` beside the file: `keys.json` → `keys.json.lock`.
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// Reads the keys file at `path`. A missing file gives an empty pool, not an error.
 pub fn load(path: &Path) -> Result<KeysFile, StoreError> {
     let path = absolute(path);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(KeysFile {
                 path,
-                found: false,
+                source: Source::Nothing,
                 entries: Vec::new(),
                 warnings: Vec::new(),
+                bytes: Vec::new(),
             });
         }
         Err(source) => return Err(StoreError::Read { path, source }),
     };
-    let text = match decode(&bytes) {
-        Ok(text) => text,
-        Err(detail) => return Err(StoreError::Encoding { path, detail }),
-    };
-    match parse(&text) {
-        Ok((entries, warnings)) => Ok(KeysFile {
-            path,
-            found: true,
-            entries,
-            warnings,
-        }),
-        Err(ParseError::Syntax {
-            line,
-            column,
-            detail,
-        }) => Err(StoreError::Syntax {
-            path,
-            line,
-            column,
-            detail,
-        }),
-        Err(ParseError::Shape(detail)) => Err(StoreError::Shape { path, detail }),
+    let (_, entries, mut warnings) = parse_bytes(&path, &bytes)?;
+    warnings.extend(permission_warning(&path));
+    Ok(KeysFile {
+        path,
+        source: Source::File,
+        entries,
+        warnings,
+        bytes,
+    })
+}
+
+/// Like [`load`], but when there is no keys file the keys come from the first of
+/// [`KEY_VARIABLES`] that is set (comma-separated), so CI can run without a file.
+pub fn load_with_env(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<KeysFile, StoreError> {
+    let mut file = load(path)?;
+    if file.source != Source::Nothing {
+        return Ok(file);
     }
+    for variable in KEY_VARIABLES {
+        let Some(value) = env(variable).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let mut entries: Vec<KeyEntry> = Vec::new();
+        for (i, raw) in value
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .enumerate()
+        {
+            let key = ApiKey::parse(raw).map_err(|problem| StoreError::Env {
+                variable,
+                detail: format!("key {}: {problem}", i + 1),
+            })?;
+            if !entries.iter().any(|e| e.key == key) {
+                entries.push(KeyEntry { key, label: None });
+            }
+        }
+        file.entries = entries;
+        file.source = Source::Env(variable);
+        return Ok(file);
+    }
+    Ok(file)
+}
+
+/// Decodes and validates keys-file bytes: the JSON value (object form, legacy arrays
+/// turned into it), the entries, and warnings.
+pub fn parse_bytes(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Value, Vec<KeyEntry>, Vec<String>), StoreError> {
+    let text = decode(bytes).map_err(|detail| StoreError::Encoding {
+        path: path.into(),
+        detail,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ParseError::Syntax {
+            line,
+            column,
+            detail,
+        } => StoreError::Syntax {
+            path: path.into(),
+            line,
+            column,
+            detail,
+        },
+        ParseError::Shape(detail) => StoreError::Shape {
+            path: path.into(),
+            detail,
+        },
+    })
+}
+
+/// Whether [`edit`] should write the file back.
+pub enum Edit<T> {
+    Write(T),
+    Keep(T),
+}
+
+/// Changes the keys file under its lock: reads it (a missing file is an empty pool),
+/// lets `change` edit the entries (each an object with at least a valid `"key"`), and
+/// writes the result atomically when `change` says so. A file that does not parse is left
+/// exactly as it is.
+pub fn edit<T, E: From<StoreError>>(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<Value>) -> Result<Edit<T>, E>,
+) -> Result<T, E> {
+    let path = absolute(path);
+    let _lock = lock(&path)?;
+    remove_stale_temporaries(&path);
+    let mut document = match fs::read(&path) {
+        Ok(bytes) => parse_bytes(&path, &bytes)?.0,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => empty_document(),
+        Err(source) => return Err(StoreError::Read { path, source }.into()),
+    };
+    let Some(Value::Array(entries)) = document.get_mut("keys") else {
+        unreachable!("parse_bytes and empty_document always give an object with a keys array")
+    };
+    match change(entries)? {
+        Edit::Keep(result) => Ok(result),
+        Edit::Write(result) => {
+            let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+            text.push('\n');
+            write_atomic(&path, text.as_bytes()).map_err(|source| StoreError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(result)
+        }
+    }
+}
+
+/// Reads one entry of a document [`edit`] passes (already validated).
+pub fn entry_of(value: &Value) -> Option<KeyEntry> {
+    entry_from(value).ok()
+}
+
+fn empty_document() -> Value {
+    let mut map = Map::new();
+    map.insert("keys".into(), Value::Array(Vec::new()));
+    Value::Object(map)
+}
+
+/// Holds an exclusive lock on `<file>.lock` until dropped. A separate file, because the
+/// atomic rename replaces the keys file itself (and with it any lock on it).
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let lock_path = sibling(path, ".lock");
+    let file = private_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|source| StoreError::Lock {
+            path: lock_path,
+            source,
+        })?;
+    Ok(file)
+}
+
+/// Options that create files readable by their owner only (on Unix; elsewhere the
+/// folder's permissions apply).
+fn private_options() -> OpenOptions {
+    #[allow(unused_mut)]
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+const TEMPORARY_MARK: &str = ".tmp-";
+
+/// Replaces `path` with `bytes` atomically: a temporary file in the same folder, written
+/// and synced, then renamed over `path`. Readers see the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let temporary = folder.join(format!(
+        ".{name}{TEMPORARY_MARK}{}-{nanos}",
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut file = private_options()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+        return written;
+    }
+    #[cfg(unix)]
+    {
+        // Make the rename itself durable.
+        let _ = File::open(folder).and_then(|dir| dir.sync_all());
+    }
+    Ok(())
+}
+
+/// Temporary files a killed writer left behind. Called under the lock, so no live
+/// writer's file is among them.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}{TEMPORARY_MARK}", name.to_string_lossy());
+    let Ok(listing) = fs::read_dir(folder) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A warning when other users may read the keys file (Unix only).
+pub fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Some(format!(
+                "'{}' can be read by other users (mode {mode:o}); run: chmod 600 '{}'",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
+}
+
+/// A warning when the keys file sits in a git work tree and git would not ignore it,
+/// with the line to add to `.gitignore`. Silent without git or outside a work tree.
+pub fn git_warning(path: &Path) -> Option<String> {
+    let folder = path.parent()?;
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(folder)
+        .args(["check-ignore", "-q", "--"])
+        .arg(&name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    // 0: ignored; 1: in a work tree and not ignored; anything else: no repo, no answer.
+    if status.code() != Some(1) {
+        return None;
+    }
+    Some(format!(
+        "'{}' is inside a git work tree and not ignored, so it could be committed with your keys; add this line to .gitignore: {name}*",
+        path.display()
+    ))
 }
 
 /// Turns file bytes into text: UTF-8 with or without BOM, or UTF-16 with a BOM.
@@ -178,11 +456,12 @@ enum ParseError {
     Shape(String),
 }
 
-/// Parses keys-file text into entries (duplicates dropped, with a warning each).
-fn parse(text: &str) -> Result<(Vec<KeyEntry>, Vec<String>), ParseError> {
+/// Parses keys-file text into the document in object form and its entries (duplicates
+/// dropped from the entries, with a warning each; the document keeps them).
+fn parse(text: &str) -> Result<(Value, Vec<KeyEntry>, Vec<String>), ParseError> {
     // An empty or blank file is an empty pool, as a missing one is.
     if text.trim().is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((empty_document(), Vec::new(), Vec::new()));
     }
     let value: Value = serde_json::from_str(text).map_err(|e| ParseError::Syntax {
         line: e.line(),
@@ -218,7 +497,26 @@ fn parse(text: &str) -> Result<(Vec<KeyEntry>, Vec<String>), ParseError> {
         }
         entries.push(entry);
     }
-    Ok((entries, warnings))
+    let document = match value {
+        Value::Array(items) => {
+            let objects = items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(key) => {
+                        let mut map = Map::new();
+                        map.insert("key".into(), Value::String(key));
+                        Value::Object(map)
+                    }
+                    other => other,
+                })
+                .collect();
+            let mut map = Map::new();
+            map.insert("keys".into(), Value::Array(objects));
+            Value::Object(map)
+        }
+        object => object,
+    };
+    Ok((document, entries, warnings))
 }
 
 fn entry_from(item: &Value) -> Result<KeyEntry, String> {
@@ -264,7 +562,7 @@ mod tests {
     fn keys(text: &str) -> Vec<String> {
         parse(text)
             .unwrap()
-            .0
+            .1
             .iter()
             .map(|e| e.key.expose().to_string())
             .collect()
@@ -277,7 +575,7 @@ mod tests {
 
     #[test]
     fn reads_the_object_form_with_labels() {
-        let (entries, _) =
+        let (_, entries, _) =
             parse(r#"{"keys":[{"key":"sk-a1","label":" work "},{"key":"sk-b2","extra":1}]}"#)
                 .unwrap();
         assert_eq!(entries[0].label.as_deref(), Some("work"));
@@ -294,7 +592,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_used_once_with_a_warning() {
-        let (entries, warnings) = parse(r#"["sk-a1","sk-b2","sk-a1"]"#).unwrap();
+        let (_, entries, warnings) = parse(r#"["sk-a1","sk-b2","sk-a1"]"#).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(
             warnings,

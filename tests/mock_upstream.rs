@@ -15,7 +15,7 @@
 //!
 //! Replies:
 //! - `ok`: a chat completion as JSON (`Content-Length`), or as SSE when the request body
-//!   has `"stream": true`. `sse:N:MS`: N events, MS milliseconds apart, after a
+//!   has `"stream": true`; for `GET …/key`, OpenRouter's key information. `sse:N:MS`: N events, MS milliseconds apart, after a
 //!   `: OPENROUTER PROCESSING` comment, then `data: [DONE]`.
 //! - `429:S` OpenRouter's own rate limit, reset now+S seconds in the `X-RateLimit-Reset`
 //!   header (epoch ms) and in `error.metadata.headers`; `429body:S` the body only;
@@ -195,7 +195,9 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         .ok()
         .and_then(|v| v.get("stream")?.as_bool())
         == Some(true);
+    let path = rq.target.split('?').next().unwrap_or("");
     match kind {
+        "ok" if path.ends_with("/key") => json_reply(out, 200, &[], &key_info(rq.key().as_deref())),
         "ok" if wants_stream => sse(out, 3, 0, false),
         "ok" => json_reply(out, 200, &[], &completion()),
         "sse" => {
@@ -406,6 +408,14 @@ fn completion() -> Value {
     json!({"id": "gen-mock", "object": "chat.completion", "model": "mock/model",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+}
+
+/// OpenRouter's `GET /key` answer (its label is a masked form of the key).
+fn key_info(key: Option<&str>) -> Value {
+    let key = key.unwrap_or("");
+    let tail = &key[key.len().saturating_sub(3)..];
+    json!({"data": {"label": format!("sk-or-v1-…{tail}"), "limit": 10.0, "limit_remaining": 8.5, "limit_reset": null,
+        "usage": 1.5, "usage_daily": 0.25, "is_free_tier": false, "rate_limit": {"requests": -1, "interval": "10s"}}})
 }
 
 fn error_body(code: u16, message: &str) -> Value {

@@ -4,6 +4,8 @@
 mod support;
 
 mod forwarding;
+mod keys;
+mod reload;
 mod rotation;
 mod secrets;
 mod startup;

@@ -257,7 +257,7 @@ fn no_keys_means_503_with_what_to_do() {
     assert_eq!(reply.status, 503);
     let message = reply.error_message();
     assert!(
-        message.contains("keys.json") && message.contains("does not exist"),
+        message.contains("keys.json") && message.contains("roo-proxy keys add"),
         "{message}"
     );
     assert!(mock.requests().is_empty());

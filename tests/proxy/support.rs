@@ -219,6 +219,12 @@ impl ProxyBuilder {
         command
     }
 
+    /// Starts in an existing folder (a restart), keeping its files.
+    pub fn in_dir(mut self, dir: TempDir) -> ProxyBuilder {
+        self.dir = dir;
+        self
+    }
+
     pub fn start(self) -> Proxy {
         let log = self.dir.path().join("proxy.log");
         let mut command = self.command();
@@ -282,6 +288,41 @@ impl Proxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn keys_file(&self) -> PathBuf {
+        self.dir.path().join("keys.json")
+    }
+
+    /// Stops the proxy at once (SIGKILL): nothing gets a chance to be saved.
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, TempDir::new())
+    }
+
+    /// Asks the proxy to stop (SIGTERM) and returns its exit status.
+    #[cfg(unix)]
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not stop on SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -428,4 +469,88 @@ pub fn raw_status(response: &[u8]) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `program args` in `dir` with `stdin`, no `ROO_PROXY_*` or key variables from the
+/// test's own environment, and the given extra variables; fails the test past the deadline.
+pub fn run_in(dir: &Path, program: &str, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Ran {
+    let mut command = Command::new(program);
+    command
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("OPENROUTER_API_KEY");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ROO_PROXY_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{program} {args:?} did not finish");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let _ = writer.join();
+    let out = child.wait_with_output().unwrap();
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// `roo-proxy keys ARGS` in `dir`.
+pub fn keys_cmd(dir: &Path, args: &[&str], stdin: &str) -> Ran {
+    let mut all = vec!["keys"];
+    all.extend_from_slice(args);
+    run_in(dir, PROXY, &all, stdin, &[])
+}
+
+/// The keys in a keys file, in order.
+pub fn keys_in(file: &Path) -> Vec<String> {
+    let v: Value = serde_json::from_slice(&fs::read(file).unwrap()).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls `check` until it holds; fails the test at the deadline.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
 }

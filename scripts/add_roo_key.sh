@@ -1,0 +1,36 @@
+#!/bin/sh
+# Adds an API key to roo-proxy's keys file (replaces the old add_roo_key.ps1).
+#
+#   add_roo_key.sh [KEY] [--label NAME] [--keys-file FILE]
+#
+# Without KEY, the key is read from standard input (hidden when typed at a terminal), which
+# keeps it out of your shell history. A KEY given here is handed to roo-proxy on standard
+# input, so it does not show in the process list either.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+
+# roo-proxy beside this script, then on PATH, then in this repo's target/release.
+find_roo_proxy() {
+  for candidate in "$here/roo-proxy" "$here/roo-proxy.exe"; do
+    if [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
+  done
+  if command -v roo-proxy >/dev/null 2>&1; then command -v roo-proxy; return 0; fi
+  for candidate in "$here/../target/release/roo-proxy" "$here/../target/release/roo-proxy.exe"; do
+    if [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+if ! proxy=$(find_roo_proxy); then
+  echo "$(basename "$0"): cannot find roo-proxy (looked beside this script in $here, on PATH, and in $here/../target/release)." >&2
+  echo "Build it with 'cargo build --release', or put the roo-proxy binary beside this script." >&2
+  exit 127
+fi
+
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  key=$1
+  shift
+  printf '%s\n' "$key" | "$proxy" keys add "$@"
+else
+  exec "$proxy" keys add "$@"
+fi

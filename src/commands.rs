@@ -1,0 +1,406 @@
+//! `roo-proxy keys …`: add, remove, list and check keys from the command line.
+//!
+//! Invariants: keys are printed masked, and so is nothing a user typed that could be a
+//! key (a remove prefix is never echoed). Every change goes through `store::edit`
+//! (locked, atomic, malformed files untouched). Each command first prints the absolute
+//! path of the keys file it used.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+
+use crate::cli::{AddArgs, CheckArgs, KeysAction, ListArgs, RemoveArgs};
+use crate::config;
+use crate::error::Error;
+use crate::key::{self, ApiKey};
+use crate::pool::epoch_ms;
+use crate::state::{self, SavedState};
+use crate::store::{self, Edit, KeyEntry};
+
+/// Shortest remove prefix: fewer characters would match most keys (`sk-or-v1` alone
+/// is 8 and still needs `--all` when it matches several).
+const MIN_PREFIX: usize = 8;
+
+/// Runs a `keys` command; the exit status is 0, or 1 when `check` found a bad key.
+/// `top_keys_file` is a `--keys-file` given before `keys`, used when the command has none.
+pub fn run(
+    action: KeysAction,
+    top_keys_file: Option<PathBuf>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<u8, Error> {
+    let file = |own: Option<PathBuf>| config::keys_file(own.or(top_keys_file.clone()), &env);
+    match action {
+        KeysAction::Add(args) => add(file(args.keys_file.clone()), args),
+        KeysAction::Remove(args) => remove(file(args.keys_file.clone()), args),
+        KeysAction::List(args) => list(file(args.keys_file.clone()), args),
+        KeysAction::Check(args) => check(file(args.keys_file.clone()), args, &env),
+    }
+}
+
+fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
+    println!("keys file: {}", path.display());
+    let raw = match args.key.as_deref() {
+        None | Some("-") => read_key_from_stdin()?,
+        Some(raw) => raw.to_string(),
+    };
+    let key = ApiKey::parse(raw.trim())
+        .map_err(|problem| Error::Refused(format!("not adding the key: {problem}")))?;
+    let label = args
+        .label
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    if label
+        .as_deref()
+        .is_some_and(|l| l.chars().any(char::is_control))
+    {
+        return Err(Error::Refused("the label has a control character".into()));
+    }
+
+    let added = store::edit(&path, |entries| {
+        if entries
+            .iter()
+            .filter_map(store::entry_of)
+            .any(|e| e.key == key)
+        {
+            return Ok::<_, Error>(Edit::Keep(None));
+        }
+        let mut entry = Map::new();
+        entry.insert("key".into(), Value::String(key.expose().to_string()));
+        if let Some(label) = &label {
+            entry.insert("label".into(), Value::String(label.clone()));
+        }
+        entries.push(Value::Object(entry));
+        Ok(Edit::Write(Some(entries.len())))
+    })?;
+    let name = KeyEntry { key, label }.name();
+    match added {
+        Some(total) => println!("added {name}; {total} key{} in the file", plural(total)),
+        None => println!("{name} is already in the file; nothing changed"),
+    }
+    warn_about_exposure(&path);
+    Ok(0)
+}
+
+/// Reads one key from standard input: hidden when typed at a terminal, else the whole
+/// input (so `echo $KEY | roo-proxy keys add` and `< key.txt` work).
+fn read_key_from_stdin() -> Result<String, Error> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("Paste the key (input is hidden) and press Enter: ")
+            .map_err(|e| Error::Refused(format!("cannot read the key from the terminal: {e}")));
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Refused(format!("cannot read the key from standard input: {e}")))?;
+    Ok(text)
+}
+
+fn remove(path: PathBuf, args: RemoveArgs) -> Result<u8, Error> {
+    let wanted = args.prefix.trim().to_string();
+    println!("keys file: {}", path.display());
+    let removed = store::edit(&path, |entries| {
+        let matches = |value: &Value| {
+            store::entry_of(value).is_some_and(|e| {
+                e.label.as_deref() == Some(wanted.as_str())
+                    || (wanted.len() >= MIN_PREFIX && e.key.expose().starts_with(&wanted))
+            })
+        };
+        let found: Vec<KeyEntry> = entries
+            .iter()
+            .filter(|v| matches(v))
+            .filter_map(store::entry_of)
+            .collect();
+        if found.is_empty() {
+            return Err(Error::Refused(if wanted.len() < MIN_PREFIX {
+                format!(
+                    "no label matches, and a key prefix needs at least {MIN_PREFIX} characters (a shorter one would match most keys)"
+                )
+            } else {
+                "no key starts with that prefix and no label equals it".to_string()
+            }));
+        }
+        if found.len() > 1 && !args.all {
+            let names: Vec<String> = found.iter().map(KeyEntry::name).collect();
+            return Err(Error::Refused(format!(
+                "{} keys match ({}); add --all to remove them all, or give a longer prefix",
+                found.len(),
+                names.join(", ")
+            )));
+        }
+        entries.retain(|v| !matches(v));
+        Ok(Edit::Write((found, entries.len())))
+    })?;
+    let (found, left) = removed;
+    for entry in found {
+        println!("removed {}", entry.name());
+    }
+    println!("{left} key{} left in the file", plural(left));
+    Ok(0)
+}
+
+fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
+    let file = store::load(&path)?;
+    let (remembered, problem) = state::load(&state::path_for(&path));
+    let now = SystemTime::now();
+    let rows: Vec<Row> = file
+        .entries
+        .iter()
+        .map(|entry| {
+            let saved = remembered.keys.get(&state::fingerprint(&entry.key));
+            let left = saved
+                .and_then(|s| s.until_ms)
+                .map(|until| Duration::from_millis(until.saturating_sub(epoch_ms(now))))
+                .filter(|left| !left.is_zero());
+            let state = match (saved.map(|s| s.state), left) {
+                (Some(SavedState::Invalid), _) => "invalid",
+                (Some(SavedState::Cooling), Some(_)) => "cooling",
+                (Some(SavedState::OutOfCredits), Some(_)) => "out of credits",
+                _ => "ready",
+            };
+            Row {
+                entry,
+                state,
+                left: if state == "cooling" || state == "out of credits" {
+                    left
+                } else {
+                    None
+                },
+                last_used_ms: saved.and_then(|s| s.last_used_ms),
+            }
+        })
+        .collect();
+
+    if args.json {
+        let keys: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                json!({
+                    "key": row.entry.key.masked(),
+                    "label": row.entry.label,
+                    "state": row.state,
+                    "seconds_left": row.left.map(|d| d.as_secs_f64().ceil() as u64),
+                    "last_used_ms": row.last_used_ms,
+                })
+            })
+            .collect();
+        let out = json!({"keys_file": path.display().to_string(), "keys": keys});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(0);
+    }
+
+    println!("keys file: {}", path.display());
+    for warning in file.warnings.iter().chain(problem.iter()) {
+        eprintln!("warning: {warning}");
+    }
+    if rows.is_empty() {
+        let hint = if file.source == store::Source::File {
+            "it has no keys"
+        } else {
+            "it does not exist"
+        };
+        println!("{hint}; add one with: roo-proxy keys add");
+        return Ok(0);
+    }
+    let width = |f: &dyn Fn(&Row) -> usize| rows.iter().map(f).max().unwrap_or(0);
+    let key_w = width(&|r| r.entry.key.masked().chars().count()).max(3);
+    let label_w = width(&|r| r.entry.label.as_deref().unwrap_or("-").chars().count()).max(5);
+    let state_text = |r: &Row| match r.left {
+        Some(left) => format!("{} {}", r.state, short_duration(left)),
+        None => r.state.to_string(),
+    };
+    let state_w = width(&|r| state_text(r).len()).max(5);
+    println!(
+        "{:key_w$}  {:label_w$}  {:state_w$}  LAST USED",
+        "KEY", "LABEL", "STATE"
+    );
+    for row in &rows {
+        let last_used = match row.last_used_ms {
+            Some(ms) => format!(
+                "{} ago",
+                short_duration(Duration::from_millis(epoch_ms(now).saturating_sub(ms)))
+            ),
+            None => "never".to_string(),
+        };
+        println!(
+            "{:key_w$}  {:label_w$}  {:state_w$}  {last_used}",
+            row.entry.key.masked(),
+            row.entry.label.as_deref().unwrap_or("-"),
+            state_text(row),
+        );
+    }
+    Ok(0)
+}
+
+struct Row<'a> {
+    entry: &'a KeyEntry,
+    state: &'static str,
+    left: Option<Duration>,
+    last_used_ms: Option<u64>,
+}
+
+/// `42s`, `5m`, `3h 20m`, `2d`.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs_f64().ceil() as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// How long `keys check` waits for one key's answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn check(
+    path: PathBuf,
+    args: CheckArgs,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<u8, Error> {
+    let upstream = config::upstream(args.upstream, env)?;
+    let file = store::load_with_env(&path, env)?;
+    match file.source {
+        store::Source::Env(variable) => {
+            println!("keys from {variable} (no keys file at {})", path.display())
+        }
+        _ => println!("keys file: {}", path.display()),
+    }
+    if file.entries.is_empty() {
+        println!("no keys to check; add one with: roo-proxy keys add");
+        return Ok(0);
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(CHECK_TIMEOUT))
+        .build()
+        .into();
+    let url = format!("{upstream}/key");
+    // One thread a key: a slow key does not hold up the others.
+    let results: Vec<(bool, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = file
+            .entries
+            .iter()
+            .map(|entry| scope.spawn(|| check_one(&agent, &url, &entry.key)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or((false, "error: the check crashed".into()))
+            })
+            .collect()
+    });
+    let mut bad = 0;
+    for (entry, (valid, text)) in file.entries.iter().zip(results) {
+        bad += usize::from(!valid);
+        println!("{}  {text}", entry.name());
+    }
+    println!(
+        "{} of {} key{} valid",
+        file.entries.len() - bad,
+        file.entries.len(),
+        plural(file.entries.len())
+    );
+    Ok(u8::from(bad > 0))
+}
+
+/// Asks the key-info endpoint about one key: (valid, what to print).
+fn check_one(agent: &ureq::Agent, url: &str, key: &ApiKey) -> (bool, String) {
+    let response = agent
+        .get(url)
+        .header("Authorization", &format!("Bearer {}", key.expose()))
+        .call();
+    let mut response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            return (
+                false,
+                format!(
+                    "error: {}",
+                    key::redact(&crate::upstream::describe(&e), [key])
+                ),
+            );
+        }
+    };
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_vec()
+        .unwrap_or_default();
+    let message = crate::classify::error_message(&body)
+        .map(|m| format!(": {}", key::redact(&m, [key])))
+        .unwrap_or_default();
+    match status {
+        200..=299 => {
+            let data = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .map(|v| v["data"].clone())
+                .unwrap_or_default();
+            let money = |field: &str| match data[field].as_f64() {
+                Some(n) => format!("${n:.2}"),
+                None => "none".to_string(),
+            };
+            let free = match data["is_free_tier"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            };
+            let text = format!(
+                "valid  usage {}  limit {}  remaining {}  free tier {free}",
+                money("usage"),
+                money("limit"),
+                money("limit_remaining")
+            );
+            (true, text)
+        }
+        401 => (false, format!("invalid (401{message})")),
+        402 => (false, format!("out of credits (402{message})")),
+        _ => (false, format!("HTTP {status}{message}")),
+    }
+}
+
+/// Warnings a person should see when a keys file is written: readable by others, or
+/// about to be committed to git.
+fn warn_about_exposure(path: &Path) {
+    for warning in store::permission_warning(path)
+        .into_iter()
+        .chain(store::git_warning(path))
+    {
+        eprintln!("warning: {warning}");
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        let d = |s: u64| short_duration(Duration::from_secs(s));
+        assert_eq!(
+            [
+                d(0),
+                d(42),
+                d(119),
+                d(120),
+                d(3599),
+                d(7200),
+                d(7260),
+                d(200_000)
+            ],
+            ["0s", "42s", "119s", "2m", "59m", "2h 0m", "2h 1m", "2d"]
+        );
+        assert_eq!(short_duration(Duration::from_millis(41_200)), "42s");
+    }
+}

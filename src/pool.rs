@@ -1,0 +1,383 @@
+//! The shared key pool: the keys, the rotation policy over them, and what is remembered
+//! of each, behind one mutex.
+//!
+//! Invariants: the lock is held only to decide or record, never across I/O (saving takes
+//! a snapshot under the lock and writes after releasing it). Callers name keys by entry,
+//! never by index, so a request that began before the keys file changed records its
+//! outcome against the right key, or against nothing if the key was removed. When the
+//! keys file changes, keys that stay keep their state, except that an `invalid` mark is
+//! cleared (the user may have fixed the key).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::key::ApiKey;
+use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy};
+use crate::state::{self, Saved, SavedState, StateFile};
+use crate::store::KeyEntry;
+
+/// The clock, read once per event by the caller: monotonic for rests, wall-clock for what
+/// is remembered and shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: SystemTime,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn to_wall_ms(self, at: Instant) -> u64 {
+        let wall = match at.checked_duration_since(self.mono) {
+            Some(ahead) => self.wall + ahead,
+            None => self.wall - self.mono.duration_since(at),
+        };
+        epoch_ms(wall)
+    }
+
+    fn to_mono(self, wall_ms: u64) -> Instant {
+        let at = UNIX_EPOCH + Duration::from_millis(wall_ms);
+        match at.duration_since(self.wall) {
+            Ok(ahead) => self.mono + ahead,
+            Err(_) => self.mono,
+        }
+    }
+}
+
+pub fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How a keys-file change altered the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: usize,
+    pub removed: usize,
+    pub total: usize,
+}
+
+pub struct Pool {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    entries: Vec<Arc<KeyEntry>>,
+    index: HashMap<ApiKey, KeyId>,
+    policy: Policy,
+    last_used: Vec<Option<SystemTime>>,
+    /// Something worth saving changed since the last snapshot.
+    dirty: bool,
+}
+
+impl Pool {
+    /// A pool of `entries`, each starting as `remembered` says (by fingerprint).
+    pub fn new(entries: Vec<KeyEntry>, remembered: &StateFile, now: Now) -> Pool {
+        let mut states = Vec::with_capacity(entries.len());
+        let mut last_used = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let saved = remembered.keys.get(&state::fingerprint(&entry.key));
+            states.push(saved.map_or(KeyState::Ready, |s| restore(s, now)));
+            last_used.push(
+                saved
+                    .and_then(|s| s.last_used_ms)
+                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            );
+        }
+        let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
+        Pool {
+            inner: Mutex::new(Inner {
+                index: index_of(&entries),
+                entries,
+                policy: Policy::with_states(states, 0),
+                last_used,
+                dirty: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every change under this lock is a few plain assignments, so the state stays
+        // consistent even if a worker panicked while holding it.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// The next key for a request that already tried `tried`; the change is `Back` when
+    /// the key just came back from a rest.
+    pub fn pick(
+        &self,
+        now: Now,
+        tried: &[Arc<KeyEntry>],
+    ) -> Option<(Arc<KeyEntry>, Option<Change>)> {
+        let mut inner = self.lock();
+        let tried: Vec<KeyId> = tried
+            .iter()
+            .filter_map(|e| inner.index.get(&e.key).copied())
+            .collect();
+        let (id, change) = inner.policy.pick(now.mono, &tried)?;
+        inner.last_used[id] = Some(now.wall);
+        inner.dirty = true;
+        Some((Arc::clone(&inner.entries[id]), change))
+    }
+
+    /// Records what an attempt with `entry` taught us. A key removed from the pool since
+    /// the attempt began is ignored.
+    pub fn record(&self, entry: &KeyEntry, outcome: Outcome, now: Now) -> Option<Change> {
+        let mut inner = self.lock();
+        let id = *inner.index.get(&entry.key)?;
+        let change = inner.policy.record(id, outcome, now.mono);
+        inner.dirty |= change.is_some();
+        change
+    }
+
+    pub fn ready(&self, now: Now) -> usize {
+        self.lock().policy.ready(now.mono)
+    }
+
+    pub fn outlook(&self, now: Now) -> Outlook {
+        self.lock().policy.outlook(now.mono)
+    }
+
+    /// Replaces the keys (the keys file changed). Keys that stay keep their rests and
+    /// history; new keys start ready; removed keys are no longer picked.
+    pub fn replace(&self, entries: Vec<KeyEntry>) -> Reloaded {
+        let mut inner = self.lock();
+        let mut states = Vec::with_capacity(entries.len());
+        let mut last_used = Vec::with_capacity(entries.len());
+        let mut kept = 0;
+        for entry in &entries {
+            match inner.index.get(&entry.key) {
+                Some(&old) => {
+                    kept += 1;
+                    states.push(match inner.policy.state(old) {
+                        KeyState::Invalid => KeyState::Ready,
+                        other => other,
+                    });
+                    last_used.push(inner.last_used[old]);
+                }
+                None => {
+                    states.push(KeyState::Ready);
+                    last_used.push(None);
+                }
+            }
+        }
+        let reloaded = Reloaded {
+            added: entries.len() - kept,
+            removed: inner.entries.len() - kept,
+            total: entries.len(),
+        };
+        let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
+        inner.policy = Policy::with_states(states, inner.policy.cursor());
+        inner.index = index_of(&entries);
+        inner.entries = entries;
+        inner.last_used = last_used;
+        inner.dirty = true;
+        reloaded
+    }
+
+    /// What should be remembered, if anything changed since the last call.
+    pub fn take_snapshot(&self, now: Now) -> Option<StateFile> {
+        let mut inner = self.lock();
+        if !inner.dirty {
+            return None;
+        }
+        inner.dirty = false;
+        Some(snapshot(&inner, now))
+    }
+
+    /// What is remembered, whether or not it changed (for shutdown).
+    pub fn snapshot(&self, now: Now) -> StateFile {
+        let mut inner = self.lock();
+        inner.dirty = false;
+        snapshot(&inner, now)
+    }
+}
+
+fn index_of(entries: &[Arc<KeyEntry>]) -> HashMap<ApiKey, KeyId> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(id, e)| (e.key.clone(), id))
+        .collect()
+}
+
+fn snapshot(inner: &Inner, now: Now) -> StateFile {
+    let mut file = StateFile::default();
+    for (id, entry) in inner.entries.iter().enumerate() {
+        let mut saved = save(inner.policy.state(id), now);
+        saved.last_used_ms = inner.last_used[id].map(epoch_ms);
+        file.keys.insert(state::fingerprint(&entry.key), saved);
+    }
+    file
+}
+
+/// A key's state as remembered. Rests that are over are remembered as ready.
+pub fn save(state: KeyState, now: Now) -> Saved {
+    let (state, until_ms) = match state {
+        KeyState::Cooling { until } if until > now.mono => {
+            (SavedState::Cooling, Some(now.to_wall_ms(until)))
+        }
+        KeyState::OutOfCredits { until } if until > now.mono => {
+            (SavedState::OutOfCredits, Some(now.to_wall_ms(until)))
+        }
+        KeyState::Invalid => (SavedState::Invalid, None),
+        _ => (SavedState::Ready, None),
+    };
+    Saved {
+        state,
+        until_ms,
+        last_used_ms: None,
+    }
+}
+
+/// A remembered state as a live one. Rests that ended while we were down are over.
+pub fn restore(saved: &Saved, now: Now) -> KeyState {
+    let until = saved
+        .until_ms
+        .map(|ms| now.to_mono(ms))
+        .filter(|until| *until > now.mono);
+    match (saved.state, until) {
+        (SavedState::Cooling, Some(until)) => KeyState::Cooling { until },
+        (SavedState::OutOfCredits, Some(until)) => KeyState::OutOfCredits { until },
+        (SavedState::Invalid, _) => KeyState::Invalid,
+        _ => KeyState::Ready,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> KeyEntry {
+        let raw = format!("sk-test-{}", (b'a' + n) as char).repeat(3);
+        KeyEntry {
+            key: ApiKey::parse(&raw).unwrap(),
+            label: None,
+        }
+    }
+
+    fn now() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        }
+    }
+
+    fn rest(secs: u64) -> Outcome {
+        Outcome::RateLimited {
+            rest: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn outcomes_are_recorded_by_key_not_by_position() {
+        let t = now();
+        let pool = Pool::new(vec![entry(0), entry(1)], &StateFile::default(), t);
+        let (first, _) = pool.pick(t, &[]).unwrap();
+        assert_eq!(*first, entry(0));
+        // The file changes while the request is in flight: key 0 moves to position 1.
+        pool.replace(vec![entry(2), entry(0)]);
+        assert!(pool.record(&first, rest(60), t).is_some());
+        let picks: Vec<KeyEntry> = (0..3)
+            .map(|_| (*pool.pick(t, &[]).unwrap().0).clone())
+            .collect();
+        assert_eq!(picks, [entry(2), entry(2), entry(2)]);
+        // A removed key's outcome is dropped.
+        pool.replace(vec![entry(2)]);
+        assert_eq!(pool.record(&entry(0), Outcome::Invalid, t), None);
+    }
+
+    #[test]
+    fn reloads_keep_rests_clear_invalid_marks_and_add_ready_keys() {
+        let t = now();
+        let pool = Pool::new(vec![entry(0), entry(1)], &StateFile::default(), t);
+        let _ = pool.record(&entry(0), rest(60), t);
+        let _ = pool.record(&entry(1), Outcome::Invalid, t);
+        let reloaded = pool.replace(vec![entry(0), entry(1), entry(3)]);
+        assert_eq!(
+            reloaded,
+            Reloaded {
+                added: 1,
+                removed: 0,
+                total: 3
+            }
+        );
+        assert_eq!(
+            pool.ready(t),
+            2,
+            "key 0 still rests; key 1's invalid mark is cleared"
+        );
+        assert_eq!(
+            pool.replace(vec![entry(3)]),
+            Reloaded {
+                added: 0,
+                removed: 2,
+                total: 1
+            }
+        );
+    }
+
+    #[test]
+    fn tried_keys_are_skipped_across_a_reload() {
+        let t = now();
+        let pool = Pool::new(vec![entry(0), entry(1)], &StateFile::default(), t);
+        let (first, _) = pool.pick(t, &[]).unwrap();
+        pool.replace(vec![entry(1), entry(0)]);
+        let (second, _) = pool.pick(t, std::slice::from_ref(&first)).unwrap();
+        assert_ne!(*second, *first);
+        assert!(pool.pick(t, &[first, second]).is_none());
+    }
+
+    #[test]
+    fn rests_survive_a_restart_through_the_state_file() {
+        let t = now();
+        let pool = Pool::new(vec![entry(0), entry(1), entry(2)], &StateFile::default(), t);
+        let _ = pool.record(&entry(0), rest(300), t);
+        let _ = pool.record(&entry(1), Outcome::Invalid, t);
+        let remembered = pool.take_snapshot(t).unwrap();
+        assert_eq!(pool.take_snapshot(t), None, "nothing changed since");
+
+        // Restarted 100 s later: 200 s of rest are left.
+        let later = Now {
+            mono: t.mono + Duration::from_secs(100),
+            wall: t.wall + Duration::from_secs(100),
+        };
+        let restarted = Pool::new(vec![entry(0), entry(1), entry(2)], &remembered, later);
+        assert_eq!(restarted.ready(later), 1);
+        let outlook = restarted.outlook(later);
+        assert_eq!(
+            outlook.next_free,
+            Some(later.mono + Duration::from_secs(200))
+        );
+        // Restarted after the rest ended: ready again.
+        let much_later = Now {
+            mono: t.mono + Duration::from_secs(400),
+            wall: t.wall + Duration::from_secs(400),
+        };
+        assert_eq!(
+            Pool::new(vec![entry(0)], &remembered, much_later).ready(much_later),
+            1
+        );
+    }
+
+    #[test]
+    fn picking_remembers_when_a_key_was_last_used() {
+        let t = now();
+        let pool = Pool::new(vec![entry(0)], &StateFile::default(), t);
+        let _ = pool.pick(t, &[]);
+        let file = pool.take_snapshot(t).unwrap();
+        let saved = file.keys.values().next().unwrap();
+        assert_eq!(saved.last_used_ms, Some(epoch_ms(t.wall)));
+        assert_eq!(saved.state, SavedState::Ready);
+    }
+}
