@@ -53,8 +53,16 @@ pub fn classify(
             if json.as_ref().is_some_and(blames_provider) {
                 return Verdict::Pass;
             }
-            let rest = rate_limit_rest(headers, json.as_ref(), now).unwrap_or(cooldown);
-            Verdict::Retry(Outcome::RateLimited { rest: clamp(rest) })
+            let rest = rate_limit_rest(headers, json.as_ref(), now)
+                .or_else(|| json.as_ref().and_then(|j| limit_period_rest(j, now)))
+                .unwrap_or(cooldown);
+            // Repeated 429s may lengthen a rest up to the end of the UTC day, when daily
+            // limits reset.
+            let longest = until_midnight(now).max(SHORTEST_REST);
+            Verdict::Retry(Outcome::RateLimited {
+                rest: clamp(rest),
+                longest,
+            })
         }
         401 => Verdict::Retry(Outcome::Invalid),
         402 => {
@@ -66,6 +74,51 @@ pub fn classify(
     }
 }
 
+/// An error in the first event of a 200 stream, as OpenRouter sends it when a request
+/// fails after the stream began: `{"error":{"code":429,"message":…},"choices":[…]}`.
+/// Rate limits (429) and spent credits (402) are judged as if they had come as the HTTP
+/// status; anything else is not for us to judge (`None`: pass the stream on).
+pub fn stream_error(
+    data: &[u8],
+    headers: &HeaderMap,
+    now: SystemTime,
+    cooldown: Duration,
+) -> Option<Verdict> {
+    let json: Value = serde_json::from_slice(data).ok()?;
+    let error = json.get("error")?;
+    let code = match error.get("code")? {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    if code != 429 && code != 402 {
+        return None;
+    }
+    let body = serde_json::json!({ "error": error }).to_string();
+    match classify(code as u16, headers, body.as_bytes(), now, cooldown) {
+        Verdict::Retry(outcome) => Some(Verdict::Retry(outcome)),
+        Verdict::Pass => None,
+    }
+}
+
+/// The message of an error event in a stream, for logs.
+pub fn stream_error_message(data: &[u8]) -> Option<String> {
+    let json: Value = serde_json::from_slice(data).ok()?;
+    let code = json
+        .pointer("/error/code")
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let message = json
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    Some(format!(
+        "{} {}",
+        code.trim_matches('"'),
+        message.chars().take(300).collect::<String>()
+    ))
+}
+
 /// The upstream's own error message from an OpenAI/OpenRouter error body, if any.
 pub fn error_message(body: &[u8]) -> Option<String> {
     let json: Value = serde_json::from_slice(body).ok()?;
@@ -75,6 +128,34 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 
 fn clamp(rest: Duration) -> Duration {
     rest.clamp(SHORTEST_REST, LONGEST_REST)
+}
+
+/// A rest inferred from what the message says the limit is: a daily limit
+/// (`free-models-per-day`) resets at 00:00 UTC, a per-minute one on the next minute.
+fn limit_period_rest(json: &Value, now: SystemTime) -> Option<Duration> {
+    let message = json
+        .pointer("/error/message")?
+        .as_str()?
+        .to_ascii_lowercase();
+    if message.contains("per-day") || message.contains("per day") {
+        return Some(until_midnight(now));
+    }
+    if message.contains("per minute")
+        || message.contains("per-minute")
+        || message.contains("limit_rpm")
+    {
+        let into_minute = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 60_000) as u64;
+        return Some(Duration::from_millis(60_000 - into_minute));
+    }
+    None
+}
+
+/// Time left until the next 00:00 UTC.
+fn until_midnight(now: SystemTime) -> Duration {
+    let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as u64;
+    Duration::from_millis(86_400_000 - ms % 86_400_000)
 }
 
 /// A 429 from the model's provider rather than from the key's limits.
@@ -165,7 +246,7 @@ mod tests {
 
     fn rest_of(verdict: Verdict) -> Duration {
         match verdict {
-            Verdict::Retry(Outcome::RateLimited { rest }) => rest,
+            Verdict::Retry(Outcome::RateLimited { rest, .. }) => rest,
             other => panic!("not a rate limit: {other:?}"),
         }
     }
@@ -328,6 +409,73 @@ mod tests {
                 Verdict::Pass,
                 "{s}"
             );
+        }
+    }
+
+    /// 2026-05-20T23:58:30Z
+    fn late_evening() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_779_321_600_000) - Duration::from_secs(90)
+    }
+
+    #[test]
+    fn a_daily_limit_without_a_reset_rests_until_midnight_utc() {
+        let body = r#"{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day"}}"#;
+        let v = classify(
+            429,
+            &HeaderMap::new(),
+            body.as_bytes(),
+            late_evening(),
+            COOLDOWN,
+        );
+        assert_eq!(rest_of(v), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn a_per_minute_limit_without_a_reset_rests_until_the_next_minute() {
+        let body = r#"{"error":{"code":429,"message":"limited to 20 requests per minute"}}"#;
+        let at = UNIX_EPOCH + Duration::from_millis(1_779_321_600_000 + 15_250);
+        let v = classify(429, &HeaderMap::new(), body.as_bytes(), at, COOLDOWN);
+        assert_eq!(rest_of(v), Duration::from_millis(44_750));
+    }
+
+    #[test]
+    fn every_429_may_back_off_until_the_end_of_the_day() {
+        let v = classify(
+            429,
+            &headers(&[("Retry-After", "5")]),
+            b"",
+            late_evening(),
+            COOLDOWN,
+        );
+        assert_eq!(
+            v,
+            Verdict::Retry(Outcome::RateLimited {
+                rest: Duration::from_secs(5),
+                longest: Duration::from_secs(90)
+            })
+        );
+    }
+
+    #[test]
+    fn errors_in_the_first_stream_event_are_judged_like_statuses() {
+        let h = HeaderMap::new();
+        let limited = br#"{"id":"x","error":{"code":429,"message":"Rate limit exceeded","metadata":{"headers":{"X-RateLimit-Reset":"1779321600000"}}},"choices":[{"index":0,"delta":{},"finish_reason":"error"}]}"#;
+        let v = stream_error(limited, &h, now(), COOLDOWN).unwrap();
+        assert_eq!(rest_of(v), Duration::from_secs(90));
+        let credits = br#"{"error":{"code":"402","message":"Insufficient credits"}}"#;
+        assert!(matches!(
+            stream_error(credits, &h, now(), COOLDOWN),
+            Some(Verdict::Retry(Outcome::OutOfCredits { .. }))
+        ));
+        let provider = br#"{"error":{"code":429,"message":"Provider returned error","metadata":{"provider_name":"X"}}}"#;
+        assert_eq!(stream_error(provider, &h, now(), COOLDOWN), None);
+        for other in [
+            &br#"{"error":{"code":500,"message":"x"}}"#[..],
+            br#"{"choices":[]}"#,
+            b"[DONE]",
+            b"not json",
+        ] {
+            assert_eq!(stream_error(other, &h, now(), COOLDOWN), None);
         }
     }
 

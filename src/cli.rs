@@ -38,6 +38,16 @@ pub struct Args {
     #[argh(option)]
     pub max_attempts: Option<usize>,
 
+    /// how requests are spread over keys: round-robin (default), or sticky (the same key
+    /// until it fails, which keeps provider prompt caches warm)
+    #[argh(option)]
+    pub strategy: Option<String>,
+
+    /// when every key rests, let a request wait this long for the first to come back
+    /// instead of answering 429: 0 (default), 30, 30s, 2m
+    #[argh(option)]
+    pub wait: Option<String>,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
@@ -68,6 +78,8 @@ pub enum KeysAction {
     Remove(RemoveArgs),
     List(ListArgs),
     Check(CheckArgs),
+    Disable(DisableArgs),
+    Enable(EnableArgs),
 }
 
 /// Add a key. Without KEY (or with -) it is read from standard input, hidden when typed
@@ -82,6 +94,11 @@ pub struct AddArgs {
     /// a name for the key, shown in logs and lists
     #[argh(option)]
     pub label: Option<String>,
+
+    /// the account the key belongs to: keys of one account share its rate limits, so a
+    /// 429 rests them all
+    #[argh(option)]
+    pub account: Option<String>,
 
     /// the keys file (default keys.json in the current directory)
     #[argh(option)]
@@ -131,4 +148,65 @@ pub struct CheckArgs {
     /// the keys file (default keys.json in the current directory)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
+}
+
+/// Take keys out of rotation until `keys enable`: the ones that start with PREFIX (at
+/// least 8 characters) or whose label is PREFIX. A running proxy stops using them within
+/// a second.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "disable")]
+pub struct DisableArgs {
+    /// the start of the key (8 characters or more), or its label
+    #[argh(positional)]
+    pub prefix: String,
+
+    /// disable every key that matches, when several do
+    #[argh(switch)]
+    pub all: bool,
+
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Put keys back into rotation, clearing a rest or an invalid mark too: the ones that
+/// start with PREFIX (at least 8 characters) or whose label is PREFIX.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "enable")]
+pub struct EnableArgs {
+    /// the start of the key (8 characters or more), or its label
+    #[argh(positional)]
+    pub prefix: String,
+
+    /// enable every key that matches, when several do
+    #[argh(switch)]
+    pub all: bool,
+
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// What `keys disable` and `keys enable` share.
+pub struct SwitchArgs {
+    pub prefix: String,
+    pub all: bool,
+}
+
+impl From<DisableArgs> for SwitchArgs {
+    fn from(a: DisableArgs) -> SwitchArgs {
+        SwitchArgs {
+            prefix: a.prefix,
+            all: a.all,
+        }
+    }
+}
+
+impl From<EnableArgs> for SwitchArgs {
+    fn from(a: EnableArgs) -> SwitchArgs {
+        SwitchArgs {
+            prefix: a.prefix,
+            all: a.all,
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
-use crate::cli::{AddArgs, CheckArgs, KeysAction, ListArgs, RemoveArgs};
+use crate::cli::{AddArgs, CheckArgs, KeysAction, ListArgs, RemoveArgs, SwitchArgs};
 use crate::config;
 use crate::error::Error;
 use crate::key::{self, ApiKey};
@@ -36,6 +36,8 @@ pub fn run(
         KeysAction::Remove(args) => remove(file(args.keys_file.clone()), args),
         KeysAction::List(args) => list(file(args.keys_file.clone()), args),
         KeysAction::Check(args) => check(file(args.keys_file.clone()), args, &env),
+        KeysAction::Disable(args) => set_enabled(file(args.keys_file.clone()), args.into(), false),
+        KeysAction::Enable(args) => set_enabled(file(args.keys_file.clone()), args.into(), true),
     }
 }
 
@@ -47,16 +49,20 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
     };
     let key = ApiKey::parse(raw.trim())
         .map_err(|problem| Error::Refused(format!("not adding the key: {problem}")))?;
-    let label = args
-        .label
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty());
-    if label
-        .as_deref()
-        .is_some_and(|l| l.chars().any(char::is_control))
-    {
-        return Err(Error::Refused("the label has a control character".into()));
-    }
+    let tidy = |text: Option<String>, what: &str| {
+        let text = text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        if text
+            .as_deref()
+            .is_some_and(|t| t.chars().any(char::is_control))
+        {
+            return Err(Error::Refused(format!(
+                "the {what} has a control character"
+            )));
+        }
+        Ok(text)
+    };
+    let label = tidy(args.label, "label")?;
+    let account = tidy(args.account, "account")?;
 
     let added = store::edit(&path, |entries| {
         if entries
@@ -71,10 +77,18 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
         if let Some(label) = &label {
             entry.insert("label".into(), Value::String(label.clone()));
         }
+        if let Some(account) = &account {
+            entry.insert("account".into(), Value::String(account.clone()));
+        }
         entries.push(Value::Object(entry));
         Ok(Edit::Write(Some(entries.len())))
     })?;
-    let name = KeyEntry { key, label }.name();
+    let name = KeyEntry {
+        label,
+        account,
+        ..KeyEntry::bare(key)
+    }
+    .name();
     match added {
         Some(total) => println!("added {name}; {total} key{} in the file", plural(total)),
         None => println!("{name} is already in the file; nothing changed"),
@@ -98,46 +112,112 @@ fn read_key_from_stdin() -> Result<String, Error> {
 }
 
 fn remove(path: PathBuf, args: RemoveArgs) -> Result<u8, Error> {
-    let wanted = args.prefix.trim().to_string();
     println!("keys file: {}", path.display());
-    let removed = store::edit(&path, |entries| {
-        let matches = |value: &Value| {
-            store::entry_of(value).is_some_and(|e| {
-                e.label.as_deref() == Some(wanted.as_str())
-                    || (wanted.len() >= MIN_PREFIX && e.key.expose().starts_with(&wanted))
-            })
-        };
-        let found: Vec<KeyEntry> = entries
+    let (found, left) = store::edit(&path, |entries| {
+        let chosen = select(entries, &args.prefix, args.all, "remove")?;
+        let found: Vec<KeyEntry> = chosen
             .iter()
-            .filter(|v| matches(v))
-            .filter_map(store::entry_of)
+            .filter_map(|&i| store::entry_of(&entries[i]))
             .collect();
-        if found.is_empty() {
-            return Err(Error::Refused(if wanted.len() < MIN_PREFIX {
-                format!(
-                    "no label matches, and a key prefix needs at least {MIN_PREFIX} characters (a shorter one would match most keys)"
-                )
-            } else {
-                "no key starts with that prefix and no label equals it".to_string()
-            }));
-        }
-        if found.len() > 1 && !args.all {
-            let names: Vec<String> = found.iter().map(KeyEntry::name).collect();
-            return Err(Error::Refused(format!(
-                "{} keys match ({}); add --all to remove them all, or give a longer prefix",
-                found.len(),
-                names.join(", ")
-            )));
-        }
-        entries.retain(|v| !matches(v));
-        Ok(Edit::Write((found, entries.len())))
+        let mut i = 0;
+        entries.retain(|_| {
+            i += 1;
+            !chosen.contains(&(i - 1))
+        });
+        Ok::<_, Error>(Edit::Write((found, entries.len())))
     })?;
-    let (found, left) = removed;
     for entry in found {
         println!("removed {}", entry.name());
     }
     println!("{left} key{} left in the file", plural(left));
     Ok(0)
+}
+
+/// `keys disable` / `keys enable`: marks the matching entries; a running proxy picks the
+/// change up. Enabling also clears a rest or an invalid mark, in the running proxy (a new
+/// `enabled_at`) and in the state file (for the next start).
+fn set_enabled(path: PathBuf, args: SwitchArgs, enable: bool) -> Result<u8, Error> {
+    println!("keys file: {}", path.display());
+    let verb = if enable { "enable" } else { "disable" };
+    let changed = store::edit(&path, |entries| {
+        let chosen = select(entries, &args.prefix, args.all, verb)?;
+        let stamp = epoch_ms(SystemTime::now());
+        for &i in &chosen {
+            if let Value::Object(entry) = &mut entries[i] {
+                if enable {
+                    entry.remove("disabled");
+                    entry.insert("enabled_at".into(), Value::from(stamp));
+                } else {
+                    entry.insert("disabled".into(), Value::Bool(true));
+                }
+            }
+        }
+        let changed: Vec<KeyEntry> = chosen
+            .iter()
+            .filter_map(|&i| store::entry_of(&entries[i]))
+            .collect();
+        Ok::<_, Error>(Edit::Write(changed))
+    })?;
+    if enable {
+        let state_file = state::path_for(&path);
+        let (mut remembered, _) = state::load(&state_file);
+        let before = remembered.keys.len();
+        for entry in &changed {
+            remembered.keys.remove(&state::fingerprint(&entry.key));
+        }
+        if remembered.keys.len() != before {
+            state::save(&state_file, &remembered).map_err(|source| {
+                Error::Keys(store::StoreError::Write {
+                    path: state_file,
+                    source,
+                })
+            })?;
+        }
+    }
+    for entry in changed {
+        println!("{verb}d {}", entry.name());
+    }
+    Ok(0)
+}
+
+/// The entries `wanted` names: keys that start with it (at least [`MIN_PREFIX`]
+/// characters) or whose label equals it. Matching nothing is an error, and so is matching
+/// several without `all`. `wanted` is never echoed: it may be most of a key.
+fn select(entries: &[Value], wanted: &str, all: bool, verb: &str) -> Result<Vec<usize>, Error> {
+    let wanted = wanted.trim();
+    let chosen: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, value)| {
+            store::entry_of(value).is_some_and(|e| {
+                e.label.as_deref() == Some(wanted)
+                    || (wanted.len() >= MIN_PREFIX && e.key.expose().starts_with(wanted))
+            })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if chosen.is_empty() {
+        return Err(Error::Refused(if wanted.len() < MIN_PREFIX {
+            format!(
+                "no label matches, and a key prefix needs at least {MIN_PREFIX} characters (a shorter one would match most keys)"
+            )
+        } else {
+            "no key starts with that prefix and no label equals it".to_string()
+        }));
+    }
+    if chosen.len() > 1 && !all {
+        let names: Vec<String> = chosen
+            .iter()
+            .filter_map(|&i| store::entry_of(&entries[i]))
+            .map(|e| e.name())
+            .collect();
+        return Err(Error::Refused(format!(
+            "{} keys match ({}); add --all to {verb} them all, or give a longer prefix",
+            chosen.len(),
+            names.join(", ")
+        )));
+    }
+    Ok(chosen)
 }
 
 fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
@@ -154,6 +234,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
                 .map(|until| Duration::from_millis(until.saturating_sub(epoch_ms(now))))
                 .filter(|left| !left.is_zero());
             let state = match (saved.map(|s| s.state), left) {
+                _ if entry.disabled => "disabled",
                 (Some(SavedState::Invalid), _) => "invalid",
                 (Some(SavedState::Cooling), Some(_)) => "cooling",
                 (Some(SavedState::OutOfCredits), Some(_)) => "out of credits",
@@ -179,6 +260,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
                 json!({
                     "key": row.entry.key.masked(),
                     "label": row.entry.label,
+                    "account": row.entry.account,
                     "state": row.state,
                     "seconds_left": row.left.map(|d| d.as_secs_f64().ceil() as u64),
                     "last_used_ms": row.last_used_ms,
@@ -206,14 +288,15 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
     let width = |f: &dyn Fn(&Row) -> usize| rows.iter().map(f).max().unwrap_or(0);
     let key_w = width(&|r| r.entry.key.masked().chars().count()).max(3);
     let label_w = width(&|r| r.entry.label.as_deref().unwrap_or("-").chars().count()).max(5);
+    let account_w = width(&|r| r.entry.account.as_deref().unwrap_or("-").chars().count()).max(7);
     let state_text = |r: &Row| match r.left {
         Some(left) => format!("{} {}", r.state, short_duration(left)),
         None => r.state.to_string(),
     };
     let state_w = width(&|r| state_text(r).len()).max(5);
     println!(
-        "{:key_w$}  {:label_w$}  {:state_w$}  LAST USED",
-        "KEY", "LABEL", "STATE"
+        "{:key_w$}  {:label_w$}  {:account_w$}  {:state_w$}  LAST USED",
+        "KEY", "LABEL", "ACCOUNT", "STATE"
     );
     for row in &rows {
         let last_used = match row.last_used_ms {
@@ -224,9 +307,10 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
             None => "never".to_string(),
         };
         println!(
-            "{:key_w$}  {:label_w$}  {:state_w$}  {last_used}",
+            "{:key_w$}  {:label_w$}  {:account_w$}  {:state_w$}  {last_used}",
             row.entry.key.masked(),
             row.entry.label.as_deref().unwrap_or("-"),
+            row.entry.account.as_deref().unwrap_or("-"),
             state_text(row),
         );
     }

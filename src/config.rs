@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cli::Args;
 use crate::error::Error;
+use crate::policy::Strategy;
 use crate::store;
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -29,6 +30,9 @@ pub struct Config {
     pub cooldown: Duration,
     /// `None`: one try per available key, at most [`MAX_DEFAULT_ATTEMPTS`].
     pub max_attempts: Option<usize>,
+    pub strategy: Strategy,
+    /// How long a request may wait for a resting key; zero answers 429 at once.
+    pub wait: Duration,
 }
 
 impl Config {
@@ -76,6 +80,21 @@ impl Config {
         if max_attempts == Some(0) {
             return Err(Error::Config("--max-attempts must be at least 1".into()));
         }
+        let strategy = match (args.strategy, env("ROO_PROXY_STRATEGY")) {
+            (Some(v), _) => parse_strategy(&v)
+                .map_err(|why| Error::Config(format!("--strategy '{v}': {why}")))?,
+            (None, Some(v)) => parse_strategy(&v)
+                .map_err(|why| Error::Config(format!("ROO_PROXY_STRATEGY='{v}': {why}")))?,
+            (None, None) => Strategy::RoundRobin,
+        };
+        let wait = match (args.wait, env("ROO_PROXY_WAIT")) {
+            (Some(v), _) => {
+                parse_wait(&v).map_err(|why| Error::Config(format!("--wait '{v}': {why}")))?
+            }
+            (None, Some(v)) => parse_wait(&v)
+                .map_err(|why| Error::Config(format!("ROO_PROXY_WAIT='{v}': {why}")))?,
+            (None, None) => Duration::ZERO,
+        };
         Ok(Config {
             host: host.trim().to_string(),
             port,
@@ -83,6 +102,8 @@ impl Config {
             keys_file,
             cooldown,
             max_attempts,
+            strategy,
+            wait,
         })
     }
 }
@@ -128,6 +149,22 @@ fn check_upstream(url: &str) -> Result<String, &'static str> {
         return Err("must not have a query string");
     }
     Ok(url.trim().trim_end_matches('/').to_string())
+}
+
+fn parse_strategy(text: &str) -> Result<Strategy, &'static str> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "round-robin" | "roundrobin" | "rr" => Ok(Strategy::RoundRobin),
+        "sticky" => Ok(Strategy::Sticky),
+        _ => Err("must be round-robin or sticky"),
+    }
+}
+
+/// Like [`parse_duration`], and `0` (no waiting) is allowed.
+fn parse_wait(text: &str) -> Result<Duration, &'static str> {
+    if text.trim().trim_end_matches(['s', 'm', 'h']) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 /// Reads `90`, `90s`, `2m`, `1h` (whole numbers; at least one second).
@@ -241,6 +278,33 @@ mod tests {
                 no_env
             ),
             "--upstream 'https://x/v1?a=b' must not have a query string"
+        );
+    }
+
+    #[test]
+    fn strategy_and_wait() {
+        let args = Args {
+            strategy: Some("Sticky".into()),
+            wait: Some("30s".into()),
+            ..Args::default()
+        };
+        let c = Config::build(args, no_env).unwrap();
+        assert_eq!(
+            (c.strategy, c.wait),
+            (Strategy::Sticky, Duration::from_secs(30))
+        );
+        let env = |n: &str| (n == "ROO_PROXY_WAIT").then(|| "0".to_string());
+        assert_eq!(
+            Config::build(Args::default(), env).unwrap().wait,
+            Duration::ZERO
+        );
+        let bad = Args {
+            strategy: Some("random".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            Config::build(bad, no_env).unwrap_err().to_string(),
+            "--strategy 'random': must be round-robin or sticky"
         );
     }
 

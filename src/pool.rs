@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::ApiKey;
-use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy};
+use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy, Slot, Strategy};
 use crate::state::{self, Saved, SavedState, StateFile};
 use crate::store::KeyEntry;
 
@@ -71,6 +71,7 @@ struct Inner {
     entries: Vec<Arc<KeyEntry>>,
     index: HashMap<ApiKey, KeyId>,
     policy: Policy,
+    strategy: Strategy,
     last_used: Vec<Option<SystemTime>>,
     /// Something worth saving changed since the last snapshot.
     dirty: bool,
@@ -78,12 +79,23 @@ struct Inner {
 
 impl Pool {
     /// A pool of `entries`, each starting as `remembered` says (by fingerprint).
-    pub fn new(entries: Vec<KeyEntry>, remembered: &StateFile, now: Now) -> Pool {
-        let mut states = Vec::with_capacity(entries.len());
+    pub fn new(
+        entries: Vec<KeyEntry>,
+        remembered: &StateFile,
+        strategy: Strategy,
+        now: Now,
+    ) -> Pool {
+        let groups = groups_of(&entries);
+        let mut slots = Vec::with_capacity(entries.len());
         let mut last_used = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        for (entry, group) in entries.iter().zip(groups) {
             let saved = remembered.keys.get(&state::fingerprint(&entry.key));
-            states.push(saved.map_or(KeyState::Ready, |s| restore(s, now)));
+            let state = match saved {
+                _ if entry.disabled => KeyState::Disabled,
+                Some(saved) => restore(saved, now),
+                None => KeyState::Ready,
+            };
+            slots.push(Slot::new(state, group));
             last_used.push(
                 saved
                     .and_then(|s| s.last_used_ms)
@@ -95,7 +107,8 @@ impl Pool {
             inner: Mutex::new(Inner {
                 index: index_of(&entries),
                 entries,
-                policy: Policy::with_states(states, 0),
+                policy: Policy::with_slots(slots, 0, strategy),
+                strategy,
                 last_used,
                 dirty: false,
             }),
@@ -149,27 +162,38 @@ impl Pool {
     }
 
     /// Replaces the keys (the keys file changed). Keys that stay keep their rests and
-    /// history; new keys start ready; removed keys are no longer picked.
+    /// history, except that an invalid mark is cleared, and `keys enable` (a new
+    /// `enabled_at`) clears everything; new keys start ready; removed keys are no longer
+    /// picked; disabled keys are out.
     pub fn replace(&self, entries: Vec<KeyEntry>) -> Reloaded {
         let mut inner = self.lock();
-        let mut states = Vec::with_capacity(entries.len());
+        let groups = groups_of(&entries);
+        let mut slots = Vec::with_capacity(entries.len());
         let mut last_used = Vec::with_capacity(entries.len());
         let mut kept = 0;
-        for entry in &entries {
-            match inner.index.get(&entry.key) {
-                Some(&old) => {
-                    kept += 1;
-                    states.push(match inner.policy.state(old) {
-                        KeyState::Invalid => KeyState::Ready,
-                        other => other,
-                    });
-                    last_used.push(inner.last_used[old]);
+        let mut enabled = 0;
+        for (entry, group) in entries.iter().zip(groups) {
+            let old = inner.index.get(&entry.key).copied();
+            kept += usize::from(old.is_some());
+            enabled += usize::from(
+                old.is_some_and(|old| inner.entries[old].enabled_at != entry.enabled_at),
+            );
+            let mut slot = match old {
+                Some(old) if inner.entries[old].enabled_at == entry.enabled_at => {
+                    let mut slot = inner.policy.slot(old);
+                    if matches!(slot.state, KeyState::Invalid | KeyState::Disabled) {
+                        slot.state = KeyState::Ready;
+                    }
+                    slot
                 }
-                None => {
-                    states.push(KeyState::Ready);
-                    last_used.push(None);
-                }
+                _ => Slot::new(KeyState::Ready, group),
+            };
+            slot.group = group;
+            if entry.disabled {
+                slot.state = KeyState::Disabled;
             }
+            slots.push(slot);
+            last_used.push(old.and_then(|old| inner.last_used[old]));
         }
         let reloaded = Reloaded {
             added: entries.len() - kept,
@@ -177,7 +201,12 @@ impl Pool {
             total: entries.len(),
         };
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
-        inner.policy = Policy::with_states(states, inner.policy.cursor());
+        let pause = inner.policy.pause();
+        inner.policy = Policy::with_slots(slots, inner.policy.cursor(), inner.strategy);
+        // New or re-enabled keys are new capacity: a pool-wide pause does not hold them back.
+        if reloaded.added == 0 && enabled == 0 {
+            inner.policy.set_pause(pause);
+        }
         inner.index = index_of(&entries);
         inner.entries = entries;
         inner.last_used = last_used;
@@ -201,6 +230,23 @@ impl Pool {
         inner.dirty = false;
         snapshot(&inner, now)
     }
+}
+
+/// Account groups: keys of one account share a number; keys without one get their own.
+fn groups_of(entries: &[KeyEntry]) -> Vec<usize> {
+    let mut accounts: HashMap<&str, usize> = HashMap::new();
+    let mut groups = Vec::with_capacity(entries.len());
+    for (id, entry) in entries.iter().enumerate() {
+        groups.push(match entry.account.as_deref() {
+            // Account groups are numbered past the key ids, so they never collide.
+            Some(account) => {
+                let next = entries.len() + accounts.len();
+                *accounts.entry(account).or_insert(next)
+            }
+            None => id,
+        });
+    }
+    groups
 }
 
 fn index_of(entries: &[Arc<KeyEntry>]) -> HashMap<ApiKey, KeyId> {
@@ -231,6 +277,7 @@ pub fn save(state: KeyState, now: Now) -> Saved {
             (SavedState::OutOfCredits, Some(now.to_wall_ms(until)))
         }
         KeyState::Invalid => (SavedState::Invalid, None),
+        // Disabled is the keys file's to say, not the state file's.
         _ => (SavedState::Ready, None),
     };
     Saved {
@@ -261,6 +308,9 @@ mod tests {
     fn entry(n: u8) -> KeyEntry {
         let raw = format!("sk-test-{}", (b'a' + n) as char).repeat(3);
         KeyEntry {
+            account: None,
+            disabled: false,
+            enabled_at: None,
             key: ApiKey::parse(&raw).unwrap(),
             label: None,
         }
@@ -276,13 +326,19 @@ mod tests {
     fn rest(secs: u64) -> Outcome {
         Outcome::RateLimited {
             rest: Duration::from_secs(secs),
+            longest: Duration::from_secs(86_400),
         }
     }
 
     #[test]
     fn outcomes_are_recorded_by_key_not_by_position() {
         let t = now();
-        let pool = Pool::new(vec![entry(0), entry(1)], &StateFile::default(), t);
+        let pool = Pool::new(
+            vec![entry(0), entry(1)],
+            &StateFile::default(),
+            Strategy::RoundRobin,
+            t,
+        );
         let (first, _) = pool.pick(t, &[]).unwrap();
         assert_eq!(*first, entry(0));
         // The file changes while the request is in flight: key 0 moves to position 1.
@@ -300,7 +356,12 @@ mod tests {
     #[test]
     fn reloads_keep_rests_clear_invalid_marks_and_add_ready_keys() {
         let t = now();
-        let pool = Pool::new(vec![entry(0), entry(1)], &StateFile::default(), t);
+        let pool = Pool::new(
+            vec![entry(0), entry(1)],
+            &StateFile::default(),
+            Strategy::RoundRobin,
+            t,
+        );
         let _ = pool.record(&entry(0), rest(60), t);
         let _ = pool.record(&entry(1), Outcome::Invalid, t);
         let reloaded = pool.replace(vec![entry(0), entry(1), entry(3)]);
@@ -330,7 +391,12 @@ mod tests {
     #[test]
     fn tried_keys_are_skipped_across_a_reload() {
         let t = now();
-        let pool = Pool::new(vec![entry(0), entry(1)], &StateFile::default(), t);
+        let pool = Pool::new(
+            vec![entry(0), entry(1)],
+            &StateFile::default(),
+            Strategy::RoundRobin,
+            t,
+        );
         let (first, _) = pool.pick(t, &[]).unwrap();
         pool.replace(vec![entry(1), entry(0)]);
         let (second, _) = pool.pick(t, std::slice::from_ref(&first)).unwrap();
@@ -341,7 +407,12 @@ mod tests {
     #[test]
     fn rests_survive_a_restart_through_the_state_file() {
         let t = now();
-        let pool = Pool::new(vec![entry(0), entry(1), entry(2)], &StateFile::default(), t);
+        let pool = Pool::new(
+            vec![entry(0), entry(1), entry(2)],
+            &StateFile::default(),
+            Strategy::RoundRobin,
+            t,
+        );
         let _ = pool.record(&entry(0), rest(300), t);
         let _ = pool.record(&entry(1), Outcome::Invalid, t);
         let remembered = pool.take_snapshot(t).unwrap();
@@ -352,7 +423,12 @@ mod tests {
             mono: t.mono + Duration::from_secs(100),
             wall: t.wall + Duration::from_secs(100),
         };
-        let restarted = Pool::new(vec![entry(0), entry(1), entry(2)], &remembered, later);
+        let restarted = Pool::new(
+            vec![entry(0), entry(1), entry(2)],
+            &remembered,
+            Strategy::RoundRobin,
+            later,
+        );
         assert_eq!(restarted.ready(later), 1);
         let outlook = restarted.outlook(later);
         assert_eq!(
@@ -365,7 +441,13 @@ mod tests {
             wall: t.wall + Duration::from_secs(400),
         };
         assert_eq!(
-            Pool::new(vec![entry(0)], &remembered, much_later).ready(much_later),
+            Pool::new(
+                vec![entry(0)],
+                &remembered,
+                Strategy::RoundRobin,
+                much_later
+            )
+            .ready(much_later),
             1
         );
     }
@@ -373,7 +455,12 @@ mod tests {
     #[test]
     fn picking_remembers_when_a_key_was_last_used() {
         let t = now();
-        let pool = Pool::new(vec![entry(0)], &StateFile::default(), t);
+        let pool = Pool::new(
+            vec![entry(0)],
+            &StateFile::default(),
+            Strategy::RoundRobin,
+            t,
+        );
         let _ = pool.pick(t, &[]);
         let file = pool.take_snapshot(t).unwrap();
         let saved = file.keys.values().next().unwrap();

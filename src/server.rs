@@ -6,17 +6,18 @@
 //! first byte of a response went to the client; every response, ours or the upstream's,
 //! is written by `stream.rs`.
 
+use std::io::Read;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
 use tiny_http::{HTTPVersion, Request};
 use ureq::http::HeaderMap;
-use ureq::{Agent, Body};
+use ureq::{Agent, BodyReader};
 
 use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
@@ -39,6 +40,9 @@ const MAX_INSPECTED_BODY: u64 = 1024 * 1024;
 /// client gets the head: a body that breaks off is then retried with the next key instead
 /// of leaving the client waiting for bytes that never come. Larger ones stream.
 const MAX_BUFFERED_BODY: u64 = 4 * 1024 * 1024;
+/// Most bytes held while looking for a stream's first event (keep-alive comments are a
+/// few dozen bytes each): past this the stream goes on to the client unexamined.
+const MAX_HELD_STREAM_START: usize = 64 * 1024;
 
 /// Everything a request worker needs, shared by all of them.
 struct Proxy {
@@ -86,7 +90,12 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
     if let Some(problem) = problem {
         warn!("{problem}");
     }
-    let pool = Arc::new(Pool::new(keys.entries, &remembered, Now::read()));
+    let pool = Arc::new(Pool::new(
+        keys.entries,
+        &remembered,
+        config.strategy,
+        Now::read(),
+    ));
     let keys_file = keys.path;
     let watch = Watch {
         pool: Arc::clone(&pool),
@@ -186,11 +195,13 @@ enum Delivery {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
-    /// Body of unknown or large length, relayed as it arrives.
+    /// Body of unknown or large length, relayed as it arrives, after the bytes already
+    /// read to look at its first event.
     Stream {
         status: u16,
         headers: Vec<(String, String)>,
-        body: Body,
+        held: Vec<u8>,
+        body: BodyReader<'static>,
         sse: bool,
     },
     /// HEAD, 204, 304.
@@ -285,7 +296,8 @@ impl Proxy {
         Ok(Prepared::Forward { url, headers, body })
     }
 
-    /// Tries keys until one gets an answer worth delivering, or none is left to try.
+    /// Tries keys until one gets an answer worth delivering, or none is left to try;
+    /// with `--wait`, waits for a resting key instead of answering 429.
     fn forward(
         &self,
         request: Request,
@@ -294,34 +306,62 @@ impl Proxy {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Done {
-        let budget = self
-            .config
-            .max_attempts
-            .unwrap_or_else(|| self.pool.ready(Now::read()).clamp(1, MAX_DEFAULT_ATTEMPTS));
-        let mut tried: Vec<Arc<KeyEntry>> = Vec::with_capacity(budget);
+        let http10 = *request.http_version() == HTTPVersion(1, 0);
+        let mut to = request.into_writer();
+        let wait_until = Instant::now() + self.config.wait;
+        let mut attempts = 0;
+        let mut tried: Vec<Arc<KeyEntry>> = Vec::new();
         let mut last_failure: Option<String> = None;
-        while tried.len() < budget {
+        let mut budget = self.budget();
+        loop {
             let now = Now::read();
-            let Some((entry, change)) = self.pool.pick(now, &tried) else {
-                break;
+            let picked = if tried.len() < budget {
+                self.pool.pick(now, &tried)
+            } else {
+                None
+            };
+            let Some((entry, change)) = picked else {
+                // No key now. Wait for one only when every key rests (not when the
+                // upstream is failing) and the first is back within --wait.
+                let outlook = self.pool.outlook(now);
+                let back = outlook
+                    .next_free
+                    .filter(|at| outlook.ready == 0 && *at <= wait_until);
+                match back {
+                    Some(at) if !http10 => {
+                        if let Err(e) = wait_for(&mut to, at) {
+                            return Done {
+                                status: 499,
+                                attempts,
+                                key: tried.pop(),
+                                note: Some(format!("client left while waiting for a key: {e}")),
+                            };
+                        }
+                        tried.clear();
+                        budget = self.budget();
+                        continue;
+                    }
+                    _ => break,
+                }
             };
             if let Some(change) = change {
                 log_change(&entry, change, now, "its rest is over");
             }
             tried.push(Arc::clone(&entry));
+            attempts += 1;
             match self.attempt(incoming, url, headers, &entry, body) {
                 Attempt::Deliver(delivery) => {
                     let _ = self.pool.record(&entry, Outcome::Served, Now::read());
-                    let (status, note) = deliver(request, delivery);
+                    let (status, note) = deliver(&mut to, http10, delivery);
                     return Done {
                         status,
-                        attempts: tried.len(),
+                        attempts,
                         key: Some(entry),
                         note,
                     };
                 }
                 Attempt::Retry { outcome, why } => {
-                    debug!("attempt {} with key {}: {why}", tried.len(), entry.name());
+                    debug!("attempt {attempts} with key {}: {why}", entry.name());
                     let now = Now::read();
                     if let Some(change) = self.pool.record(&entry, outcome, now) {
                         log_change(&entry, change, now, &why);
@@ -332,14 +372,22 @@ impl Proxy {
                 }
             }
         }
-        let reply = self.exhausted(tried.len(), last_failure);
-        let _ = stream::write_reply(&mut request.into_writer(), &reply);
+        let reply = self.exhausted(attempts, last_failure);
+        let _ = stream::write_reply(&mut to, &reply);
         Done {
             status: reply.status,
-            attempts: tried.len(),
+            attempts,
             key: tried.pop(),
             note: None,
         }
+    }
+
+    /// Upstream tries a request may make: `--max-attempts`, or each ready key once (at
+    /// most 8).
+    fn budget(&self) -> usize {
+        self.config
+            .max_attempts
+            .unwrap_or_else(|| self.pool.ready(Now::read()).clamp(1, MAX_DEFAULT_ATTEMPTS))
     }
 
     /// Sends one attempt and decides whether its answer goes to the client.
@@ -355,14 +403,15 @@ impl Proxy {
             outcome: Outcome::Failed,
             why,
         };
-        let response = match upstream::send(
+        let sent = upstream::send(
             &self.agent,
             &incoming.method,
             url,
             headers,
             &entry.key,
             body,
-        ) {
+        );
+        let response = match sent {
             Ok(response) => response,
             Err(e) => return failed(key::redact(&upstream::describe(&e), [&entry.key])),
         };
@@ -382,13 +431,14 @@ impl Proxy {
                         return failed(format!("HTTP {status}, and reading its body failed: {e}"));
                     }
                 };
-            return match classify::classify(
+            let verdict = classify::classify(
                 status,
                 &parts.headers,
                 &bytes,
                 SystemTime::now(),
                 self.config.cooldown,
-            ) {
+            );
+            return match verdict {
                 Verdict::Pass => Attempt::Deliver(Delivery::Whole {
                     status,
                     headers: out,
@@ -398,10 +448,8 @@ impl Proxy {
                     let message = classify::error_message(&bytes)
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default();
-                    Attempt::Retry {
-                        outcome,
-                        why: key::redact(&format!("HTTP {status}{message}"), [&entry.key]),
-                    }
+                    let why = key::redact(&format!("HTTP {status}{message}"), [&entry.key]);
+                    Attempt::Retry { outcome, why }
                 }
             };
         }
@@ -426,10 +474,42 @@ impl Proxy {
             };
         }
         let sse = is_event_stream(&parts.headers);
+        let mut reader = upstream_body.into_reader();
+        let mut held = Vec::new();
+        if sse && status == 200 {
+            // An error can hide in the first event of a 200 stream (OpenRouter sends rate
+            // limits that way when they strike after the headers). Nothing has gone to the
+            // client yet, so look before sending, and retry like a 429 status would.
+            let (bytes, first) = match stream::hold_first_event(&mut reader, MAX_HELD_STREAM_START)
+            {
+                Ok(start) => start,
+                Err(e) => {
+                    return failed(format!("the stream broke off before its first event: {e}"));
+                }
+            };
+            let verdict = first.as_deref().and_then(|data| {
+                classify::stream_error(
+                    data,
+                    &parts.headers,
+                    SystemTime::now(),
+                    self.config.cooldown,
+                )
+            });
+            if let Some(Verdict::Retry(outcome)) = verdict {
+                let message = first
+                    .as_deref()
+                    .and_then(classify::stream_error_message)
+                    .unwrap_or_default();
+                let why = key::redact(&format!("an error in the stream: {message}"), [&entry.key]);
+                return Attempt::Retry { outcome, why };
+            }
+            held = bytes;
+        }
         Attempt::Deliver(Delivery::Stream {
             status,
             headers: out,
-            body: upstream_body,
+            held,
+            body: reader,
             sse,
         })
     }
@@ -490,14 +570,32 @@ impl Proxy {
 
 fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
     let name = entry.name();
+    let secs = |until: Instant| {
+        until
+            .saturating_duration_since(now.mono)
+            .as_secs_f64()
+            .ceil()
+    };
     match change {
         Change::Back => info!("key {name} is back in rotation: {why}"),
-        Change::Resting { until } => {
-            let secs = until
-                .saturating_duration_since(now.mono)
-                .as_secs_f64()
-                .ceil();
-            info!("key {name} rests for {secs} s: {why}");
+        Change::Resting {
+            until,
+            others,
+            paused,
+        } => {
+            let account = match (&entry.account, others) {
+                (Some(account), 1..) => {
+                    format!(" with {others} more key(s) of account '{account}'")
+                }
+                _ => String::new(),
+            };
+            info!("key {name} rests for {} s{account}: {why}", secs(until));
+            if let Some(pause) = paused {
+                warn!(
+                    "every key got a 429 within seconds (a limit on the whole account, IP or upstream): no requests for {} s",
+                    secs(pause)
+                );
+            }
         }
         Change::Disabled => warn!("key {name} is taken out of rotation: {why}"),
     }
@@ -524,9 +622,7 @@ fn too_large() -> Reply {
 
 /// Writes an upstream response to the client; returns the status and, when the body did
 /// not end cleanly, why.
-fn deliver(request: Request, delivery: Delivery) -> (u16, Option<String>) {
-    let http10 = *request.http_version() == HTTPVersion(1, 0);
-    let mut to = request.into_writer();
+fn deliver(to: &mut dyn Write, http10: bool, delivery: Delivery) -> (u16, Option<String>) {
     let gone = |e: std::io::Error| Some(format!("client went away: {e}"));
     match delivery {
         Delivery::Whole {
@@ -535,27 +631,29 @@ fn deliver(request: Request, delivery: Delivery) -> (u16, Option<String>) {
             body,
         } => (
             status,
-            stream::write_full(&mut to, status, &headers, &body)
+            stream::write_full(to, status, &headers, &body)
                 .err()
                 .and_then(gone),
         ),
         Delivery::HeadOnly { status, headers } => (
             status,
-            stream::write_head(&mut to, status, &headers, Framing::NoBody)
+            stream::write_head(to, status, &headers, Framing::NoBody)
                 .err()
                 .and_then(gone),
         ),
         Delivery::Stream {
             status,
             headers,
+            held,
             body,
             sse,
         } => {
             let framing = Framing::streaming(http10);
-            if let Err(e) = stream::write_head(&mut to, status, &headers, framing) {
+            if let Err(e) = stream::write_head(to, status, &headers, framing) {
                 return (status, gone(e));
             }
-            let (end, bytes) = stream::relay(&mut body.into_reader(), &mut to, framing, sse);
+            let mut from = std::io::Cursor::new(held).chain(body);
+            let (end, bytes) = stream::relay(&mut from, to, framing, sse);
             let note = match end {
                 End::Complete => None,
                 End::UpstreamFailed(e) => {
@@ -565,6 +663,23 @@ fn deliver(request: Request, delivery: Delivery) -> (u16, Option<String>) {
             };
             (status, note)
         }
+    }
+}
+
+/// How often a waiting request tells its client it is still there (and learns whether
+/// the client still listens).
+const WAIT_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// Waits until `until`, sending `102 Processing` now and then; an error means the client
+/// went away.
+fn wait_for(to: &mut dyn Write, until: Instant) -> std::io::Result<()> {
+    loop {
+        stream::write_interim(to)?;
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        std::thread::sleep(WAIT_HEARTBEAT.min(until - now));
     }
 }
 

@@ -25,6 +25,26 @@ use crate::key::{ApiKey, KeyProblem};
 pub struct KeyEntry {
     pub key: ApiKey,
     pub label: Option<String>,
+    /// Keys of one account share its rate limits (OpenRouter limits per account).
+    pub account: Option<String>,
+    /// Set by `roo-proxy keys disable`: never used until enabled again.
+    pub disabled: bool,
+    /// Set by `roo-proxy keys enable`: a new value clears the key's rest or invalid mark
+    /// in a running proxy.
+    pub enabled_at: Option<u64>,
+}
+
+impl KeyEntry {
+    /// A plain entry: a key and nothing else.
+    pub fn bare(key: ApiKey) -> KeyEntry {
+        KeyEntry {
+            key,
+            label: None,
+            account: None,
+            disabled: false,
+            enabled_at: None,
+        }
+    }
 }
 
 impl KeyEntry {
@@ -205,7 +225,7 @@ pub fn load_with_env(
                 detail: format!("key {}: {problem}", i + 1),
             })?;
             if !entries.iter().any(|e| e.key == key) {
-                entries.push(KeyEntry { key, label: None });
+                entries.push(KeyEntry::bare(key));
             }
         }
         file.entries = entries;
@@ -520,29 +540,40 @@ fn parse(text: &str) -> Result<(Value, Vec<KeyEntry>, Vec<String>), ParseError> 
 }
 
 fn entry_from(item: &Value) -> Result<KeyEntry, String> {
-    let (raw, label) = match item {
-        Value::String(raw) => (raw.as_str(), None),
-        Value::Object(map) => {
-            let raw = match map.get("key") {
-                Some(Value::String(raw)) => raw.as_str(),
-                Some(_) => return Err("\"key\" must be a string".into()),
-                None => return Err("an object entry needs a \"key\"".into()),
-            };
-            let label = match map.get("label") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(label)) if label.trim().is_empty() => None,
-                Some(Value::String(label)) => Some(label.trim().to_string()),
-                Some(_) => return Err("\"label\" must be a string".into()),
-            };
-            (raw, label)
-        }
+    let parse_key = |raw: &str| {
+        ApiKey::parse(raw).map_err(|problem| match problem {
+            KeyProblem::Empty => "the key is empty".to_string(),
+            other => other.to_string(),
+        })
+    };
+    let map = match item {
+        Value::String(raw) => return Ok(KeyEntry::bare(parse_key(raw)?)),
+        Value::Object(map) => map,
         _ => return Err("must be a key string or an object with a \"key\"".into()),
     };
-    let key = ApiKey::parse(raw).map_err(|problem| match problem {
-        KeyProblem::Empty => "the key is empty".to_string(),
-        other => other.to_string(),
-    })?;
-    Ok(KeyEntry { key, label })
+    let key = match map.get("key") {
+        Some(Value::String(raw)) => parse_key(raw)?,
+        Some(_) => return Err("\"key\" must be a string".into()),
+        None => return Err("an object entry needs a \"key\"".into()),
+    };
+    let text = |field: &str| match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.trim().to_string())),
+        Some(_) => Err(format!("\"{field}\" must be a string")),
+    };
+    let disabled = match map.get("disabled") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(disabled)) => *disabled,
+        Some(_) => return Err("\"disabled\" must be true or false".into()),
+    };
+    Ok(KeyEntry {
+        key,
+        label: text("label")?,
+        account: text("account")?,
+        disabled,
+        enabled_at: map.get("enabled_at").and_then(Value::as_u64),
+    })
 }
 
 /// serde_json's message without its own " at line L column C" suffix (we say it already).

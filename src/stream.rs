@@ -198,6 +198,65 @@ fn sse_error_event(cause: &io::Error) -> Vec<u8> {
     format!("data: {event}\n\n").into_bytes()
 }
 
+/// An interim `102 Processing` response: a client waiting for a key hears that the proxy
+/// is still there, and a write that fails tells the proxy the client left. HTTP/1.1
+/// clients must accept 1xx responses before the final one (RFC 9110 §15.2).
+pub fn write_interim(to: &mut dyn Write) -> io::Result<()> {
+    to.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")?;
+    to.flush()
+}
+
+/// Reads the start of an event stream up to its first event that carries data, holding
+/// keep-alive comments (`: OPENROUTER PROCESSING`) on the way. Stops at the end of the
+/// body or after `limit` bytes. Returns everything read (to be sent on untouched) and the
+/// first event's data, if it came.
+pub fn hold_first_event(
+    from: &mut dyn Read,
+    limit: usize,
+) -> io::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut held = Vec::new();
+    let mut buf = [0u8; 4096];
+    while held.len() < limit {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        held.extend_from_slice(&buf[..n]);
+        if let Some(data) = first_data(&held) {
+            return Ok((held, Some(data)));
+        }
+    }
+    Ok((held, None))
+}
+
+/// The data of the first complete event that has any (`data:` lines joined by `\n`), or
+/// `None` while no such event is complete. Comments and other fields are skipped.
+pub fn first_data(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    let mut rest = bytes;
+    while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+        let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+        rest = &rest[end + 1..];
+        if line.is_empty() {
+            if data.is_some() {
+                return data;
+            }
+            continue;
+        }
+        if let Some(value) = line.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            let joined = data.get_or_insert_with(Vec::new);
+            if !joined.is_empty() {
+                joined.push(b'\n');
+            }
+            joined.extend_from_slice(value);
+        }
+    }
+    None
+}
+
 /// Reads a whole body of at most `limit` bytes (for bodies kept to inspect or to send
 /// with an exact length). More than `limit` is an error.
 pub fn read_bounded(from: &mut dyn Read, limit: u64) -> io::Result<Vec<u8>> {
@@ -341,6 +400,55 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(head.contains("\r\nRetry-After: 30\r\nx-should-retry: false\r\n"));
         assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+    }
+
+    #[test]
+    fn the_first_data_event_is_found_past_comments() {
+        assert_eq!(
+            first_data(
+                b": OPENROUTER PROCESSING\n\n: OPENROUTER PROCESSING\n\ndata: {\"a\":1}\n\n"
+            ),
+            Some(b"{\"a\":1}".to_vec())
+        );
+        assert_eq!(
+            first_data(b"data: {\"a\":1}\r\n\r\n"),
+            Some(b"{\"a\":1}".to_vec())
+        );
+        assert_eq!(
+            first_data(b"event: x\ndata: a\ndata: b\n\n"),
+            Some(b"a\nb".to_vec())
+        );
+        assert_eq!(
+            first_data(b": keep-alive\n\ndata: {\"a\""),
+            None,
+            "incomplete"
+        );
+        assert_eq!(first_data(b"data: [DONE]\n"), None, "no blank line yet");
+    }
+
+    #[test]
+    fn holding_stops_at_the_first_event_and_keeps_every_byte() {
+        let mut from = Pieces(
+            vec![
+                b": OPENROUTER PROCESSING\n\n",
+                b"data: {\"x\":1}\n",
+                b"\n",
+                b"data: later\n\n",
+            ],
+            false,
+        );
+        let (held, data) = hold_first_event(&mut from, 1024).unwrap();
+        assert_eq!(held, b": OPENROUTER PROCESSING\n\ndata: {\"x\":1}\n\n");
+        assert_eq!(data.unwrap(), b"{\"x\":1}");
+        let mut rest = Vec::new();
+        from.read_to_end(&mut rest).unwrap();
+        assert_eq!(
+            rest, b"data: later\n\n",
+            "nothing past the first event was read"
+        );
+        let (held, data) =
+            hold_first_event(&mut Pieces(vec![b": a\n\n", b": b\n\n"], false), 4).unwrap();
+        assert_eq!((held.len(), data), (5, None), "the hold is bounded");
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! - `429:S` OpenRouter's own rate limit, reset now+S seconds in the `X-RateLimit-Reset`
 //!   header (epoch ms) and in `error.metadata.headers`; `429body:S` the body only;
 //!   `429retry:S` only `Retry-After: S`; `429bare` no reset at all; `429provider` a
-//!   provider's rate limit (`metadata.provider_name`).
+//!   provider's rate limit (`metadata.provider_name`); `429day` a daily limit named only
+//!   in the message (`free-models-per-day`).
+//! - `sse429:S`, `sse402`, `sse500`: a 200 stream whose first event is an error with that
+//!   code (429 with its reset S seconds away in `error.metadata.headers`).
 //! - `401`, `402`, `403`, `500`, `502`, `503`: OpenRouter error bodies.
 //! - `drop`: close the connection without answering. `dropmid`: two SSE events, then
 //!   close without ending the chunked body. `cldrop`: promise 100 bytes, send 10, close.
@@ -206,6 +209,29 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
             sse(out, n, nums.next().unwrap_or(0), false)
         }
         "dropmid" => sse(out, 2, 0, true),
+        "sse429" | "sse402" | "sse500" => {
+            let code: u16 = kind[3..].parse().unwrap_or(500);
+            let reset = (now_ms() + secs * 1000).to_string();
+            let event = json!({"id": "gen-mock", "object": "chat.completion.chunk",
+                "error": {"code": code, "message": format!("mock in-stream error {code}"),
+                    "metadata": {"headers": {"X-RateLimit-Reset": reset}}},
+                "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]});
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+            chunk(out, b": OPENROUTER PROCESSING\n\n")?;
+            chunk(out, format!("data: {event}\n\n").as_bytes())?;
+            out.write_all(b"0\r\n\r\n")?;
+            out.flush()?;
+            Ok(true)
+        }
+        "429day" => json_reply(
+            out,
+            429,
+            &[],
+            &error_body(
+                429,
+                "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day",
+            ),
+        ),
         "429" | "429body" => {
             let reset = (now_ms() + secs * 1000).to_string();
             let body = json!({"error": {"code": 429, "message": "Rate limit exceeded: limit_rpm/mock/model: limited to 1 requests per minute",

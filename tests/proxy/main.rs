@@ -5,6 +5,7 @@ mod support;
 
 mod forwarding;
 mod keys;
+mod policies;
 mod reload;
 mod rotation;
 mod secrets;

@@ -3,14 +3,6 @@
 
 use crate::support::*;
 
-fn retry_after(reply: &Reply) -> u64 {
-    reply
-        .header("retry-after")
-        .unwrap_or_else(|| panic!("no Retry-After: {reply:?}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn requests_go_round_robin_over_the_keys() {
     let mock = Mock::start();
@@ -49,7 +41,7 @@ fn when_every_key_rests_the_client_gets_429_with_the_earliest_reset() {
     let proxy = Proxy::with(&mock).keys(2).start();
     let reply = proxy.chat();
     assert_eq!(reply.status, 429);
-    let wait = retry_after(&reply);
+    let wait = reply.retry_after();
     assert!(
         (118..=120).contains(&wait),
         "Retry-After {wait}: the body's reset was not used"
@@ -70,7 +62,7 @@ fn retry_after_alone_sets_the_rest_and_short_waits_let_sdks_retry() {
     let proxy = Proxy::with(&mock).keys(1).start();
     let reply = proxy.chat();
     assert_eq!(reply.status, 429);
-    assert!((4..=5).contains(&retry_after(&reply)), "{reply:?}");
+    assert!((4..=5).contains(&reply.retry_after()), "{reply:?}");
     assert_eq!(reply.header("x-should-retry"), None);
 }
 
@@ -85,7 +77,7 @@ fn a_429_without_hints_rests_for_the_cooldown_flag() {
         .start();
     let reply = proxy.chat();
     assert_eq!(reply.status, 429);
-    assert!((6..=7).contains(&retry_after(&reply)), "{reply:?}");
+    assert!((6..=7).contains(&reply.retry_after()), "{reply:?}");
 }
 
 #[test]
@@ -154,7 +146,7 @@ fn a_key_out_of_credits_rests_for_an_hour() {
     let proxy = Proxy::with(&mock).keys(2).start();
     let reply = proxy.chat();
     assert_eq!(reply.status, 429);
-    assert!((3590..=3600).contains(&retry_after(&reply)), "{reply:?}");
+    assert!((3590..=3600).contains(&reply.retry_after()), "{reply:?}");
     assert_eq!(mock.keys_used(), [bearer(1), bearer(2)]);
 }
 

@@ -427,6 +427,14 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `Retry-After` seconds (the test fails without one).
+    pub fn retry_after(&self) -> u64 {
+        let value = self
+            .header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After: {self:?}"));
+        value.parse().unwrap()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into()
     }
