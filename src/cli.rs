@@ -60,6 +60,25 @@ pub struct Args {
 #[argh(subcommand)]
 pub enum Command {
     Keys(KeysArgs),
+    Status(StatusArgs),
+}
+
+/// Show the key pool of a running proxy (from its /_roo/status): each key's state,
+/// cooldown, counters and last error.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// the proxy's address (default 127.0.0.1, or ROO_PROXY_HOST)
+    #[argh(option)]
+    pub host: Option<String>,
+
+    /// the proxy's port (default 3002, or ROO_PROXY_PORT)
+    #[argh(option)]
+    pub port: Option<u16>,
+
+    /// print the JSON the proxy answers, for scripts
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Manage the keys file: add, remove, list and check keys. A running proxy picks up

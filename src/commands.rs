@@ -1,4 +1,5 @@
-//! `roo-proxy keys …`: add, remove, list and check keys from the command line.
+//! The subcommands: `roo-proxy keys …` (add, remove, list, check, disable, enable keys)
+//! and `roo-proxy status` (the pool of a running proxy).
 //!
 //! Invariants: keys are printed masked, and so is nothing a user typed that could be a
 //! key (a remove prefix is never echoed). Every change goes through `store::edit`
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
-use crate::cli::{AddArgs, CheckArgs, KeysAction, ListArgs, RemoveArgs, SwitchArgs};
+use crate::cli::{AddArgs, CheckArgs, KeysAction, ListArgs, RemoveArgs, StatusArgs, SwitchArgs};
 use crate::config;
 use crate::error::Error;
 use crate::key::{self, ApiKey};
@@ -285,35 +286,193 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
         println!("{hint}; add one with: roo-proxy keys add");
         return Ok(0);
     }
-    let width = |f: &dyn Fn(&Row) -> usize| rows.iter().map(f).max().unwrap_or(0);
-    let key_w = width(&|r| r.entry.key.masked().chars().count()).max(3);
-    let label_w = width(&|r| r.entry.label.as_deref().unwrap_or("-").chars().count()).max(5);
-    let account_w = width(&|r| r.entry.account.as_deref().unwrap_or("-").chars().count()).max(7);
     let state_text = |r: &Row| match r.left {
         Some(left) => format!("{} {}", r.state, short_duration(left)),
         None => r.state.to_string(),
     };
-    let state_w = width(&|r| state_text(r).len()).max(5);
-    println!(
-        "{:key_w$}  {:label_w$}  {:account_w$}  {:state_w$}  LAST USED",
-        "KEY", "LABEL", "ACCOUNT", "STATE"
-    );
+    let mut table = vec![
+        ["KEY", "LABEL", "ACCOUNT", "STATE", "LAST USED"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for row in &rows {
-        let last_used = match row.last_used_ms {
-            Some(ms) => format!(
-                "{} ago",
-                short_duration(Duration::from_millis(epoch_ms(now).saturating_sub(ms)))
-            ),
-            None => "never".to_string(),
-        };
-        println!(
-            "{:key_w$}  {:label_w$}  {:account_w$}  {:state_w$}  {last_used}",
+        table.push(vec![
             row.entry.key.masked(),
-            row.entry.label.as_deref().unwrap_or("-"),
-            row.entry.account.as_deref().unwrap_or("-"),
+            row.entry.label.clone().unwrap_or_else(|| "-".into()),
+            row.entry.account.clone().unwrap_or_else(|| "-".into()),
             state_text(row),
-        );
+            used_ago(row.last_used_ms, now),
+        ]);
     }
+    print_table(&table);
+    Ok(0)
+}
+
+/// `12s ago`, or `never`.
+fn used_ago(last_used_ms: Option<u64>, now: SystemTime) -> String {
+    match last_used_ms {
+        Some(ms) => format!(
+            "{} ago",
+            short_duration(Duration::from_millis(epoch_ms(now).saturating_sub(ms)))
+        ),
+        None => "never".to_string(),
+    }
+}
+
+/// Prints rows as columns, each as wide as its widest cell; the last column is not padded.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:width$}  ", width = widths[c]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// `roo-proxy status`: the pool of a running proxy, from its `/_roo/status`.
+pub fn status(
+    args: StatusArgs,
+    top: &crate::cli::Args,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<u8, Error> {
+    let host = args
+        .host
+        .or_else(|| top.host.clone())
+        .or_else(|| env("ROO_PROXY_HOST").filter(|h| !h.trim().is_empty()))
+        .unwrap_or_else(|| config::DEFAULT_HOST.to_string());
+    let port = match args.port.or(top.port) {
+        Some(port) => port,
+        None => match env("ROO_PROXY_PORT").filter(|p| !p.trim().is_empty()) {
+            Some(p) => p
+                .trim()
+                .parse()
+                .map_err(|_| Error::Config(format!("ROO_PROXY_PORT='{p}' is not a port number")))?,
+            None => config::DEFAULT_PORT,
+        },
+    };
+    // A proxy listening on every address is reached on this machine's loopback.
+    let host = match host.trim() {
+        "0.0.0.0" => "127.0.0.1".to_string(),
+        "::" | "[::]" => "[::1]".to_string(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    let base = format!("http://{host}:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let not_running = |why: String| {
+        Error::Refused(format!(
+            "no roo-proxy answers at {base} ({why}); start one with `roo-proxy`, or give the address with --host and --port"
+        ))
+    };
+    let mut response = agent
+        .get(&format!("{base}/_roo/status"))
+        .call()
+        .map_err(|e| not_running(crate::upstream::describe(&e)))?;
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let status: Value = match serde_json::from_str(&body) {
+        Ok(v) if response.status() == 200 => v,
+        _ => {
+            return Err(not_running(format!(
+                "it answered HTTP {} without a roo-proxy status",
+                response.status()
+            )));
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let field = |v: &Value, name: &str| match &v[name] {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "roo-proxy {} at {base} → {} · {} · up {}",
+        field(&status, "version"),
+        field(&status, "upstream"),
+        field(&status, "strategy"),
+        short_duration(Duration::from_secs(
+            status["uptime_seconds"].as_u64().unwrap_or(0)
+        ))
+    );
+    let paused = match status["paused_seconds"].as_u64() {
+        Some(secs) => format!(
+            " · paused {} after 429s on every key",
+            short_duration(Duration::from_secs(secs))
+        ),
+        None => String::new(),
+    };
+    println!(
+        "{} of {} keys ready · {} requests · {} retries{paused}",
+        field(&status, "keys_available"),
+        field(&status, "keys_total"),
+        field(&status, "requests"),
+        field(&status, "retries"),
+    );
+    let now = SystemTime::now();
+    let mut table = vec![
+        [
+            "KEY",
+            "LABEL",
+            "ACCOUNT",
+            "STATE",
+            "BACK IN",
+            "REQUESTS",
+            "SERVED",
+            "429S",
+            "FAILURES",
+            "LAST USED",
+            "LAST ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for k in status["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        table.push(vec![
+            field(k, "key"),
+            field(k, "label"),
+            field(k, "account"),
+            field(k, "state"),
+            k["cooldown_seconds"]
+                .as_u64()
+                .map_or("-".into(), |s| short_duration(Duration::from_secs(s))),
+            field(k, "requests"),
+            field(k, "served"),
+            field(k, "rate_limited"),
+            field(k, "failures"),
+            used_ago(k["last_used_ms"].as_u64(), now),
+            field(k, "last_error"),
+        ]);
+    }
+    print_table(&table);
     Ok(0)
 }
 

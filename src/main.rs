@@ -9,11 +9,13 @@ mod commands;
 mod config;
 mod error;
 mod key;
+mod metrics;
 mod policy;
 mod pool;
 mod route;
 mod server;
 mod state;
+mod status;
 mod store;
 mod stream;
 mod upstream;
@@ -76,8 +78,10 @@ fn parse_args(mut argv: Vec<String>) -> cli::Args {
 
 fn run(mut args: cli::Args) -> Result<u8, Error> {
     let env = |name: &str| std::env::var(name).ok();
-    if let Some(cli::Command::Keys(keys)) = args.command.take() {
-        return commands::run(keys.action, args.keys_file, env);
+    match args.command.take() {
+        Some(cli::Command::Keys(keys)) => return commands::run(keys.action, args.keys_file, env),
+        Some(cli::Command::Status(status)) => return commands::status(status, &args, env),
+        None => {}
     }
     let config = Config::build(args, env)?;
     let keys = store::load_with_env(&config.keys_file, env)?;

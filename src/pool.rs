@@ -55,6 +55,40 @@ pub fn epoch_ms(at: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a key has been through since the proxy started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyStats {
+    /// Upstream attempts made with the key.
+    pub requests: u64,
+    /// Attempts whose answer went to the client.
+    pub served: u64,
+    pub rate_limited: u64,
+    /// Other failures: invalid, out of credits, 5xx, connection errors.
+    pub failures: u64,
+    /// The last failure, as logged (keys masked).
+    pub last_error: Option<String>,
+}
+
+/// One key as the status page and `roo-proxy status` show it.
+#[derive(Debug, Clone)]
+pub struct KeyReport {
+    pub entry: Arc<KeyEntry>,
+    pub state: &'static str,
+    /// Seconds until a resting key is back.
+    pub seconds_left: Option<u64>,
+    pub stats: KeyStats,
+    pub last_used_ms: Option<u64>,
+}
+
+/// The pool at a glance.
+#[derive(Debug, Clone)]
+pub struct PoolReport {
+    pub keys: Vec<KeyReport>,
+    pub outlook: Outlook,
+    /// Seconds left of a pool-wide pause after a storm of 429s.
+    pub paused_seconds: Option<u64>,
+}
+
 /// How a keys-file change altered the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reloaded {
@@ -73,6 +107,7 @@ struct Inner {
     policy: Policy,
     strategy: Strategy,
     last_used: Vec<Option<SystemTime>>,
+    stats: Vec<KeyStats>,
     /// Something worth saving changed since the last snapshot.
     dirty: bool,
 }
@@ -88,6 +123,7 @@ impl Pool {
         let groups = groups_of(&entries);
         let mut slots = Vec::with_capacity(entries.len());
         let mut last_used = Vec::with_capacity(entries.len());
+        let stats = vec![KeyStats::default(); entries.len()];
         for (entry, group) in entries.iter().zip(groups) {
             let saved = remembered.keys.get(&state::fingerprint(&entry.key));
             let state = match saved {
@@ -110,6 +146,7 @@ impl Pool {
                 policy: Policy::with_slots(slots, 0, strategy),
                 strategy,
                 last_used,
+                stats,
                 dirty: false,
             }),
         }
@@ -143,11 +180,27 @@ impl Pool {
         Some((Arc::clone(&inner.entries[id]), change))
     }
 
-    /// Records what an attempt with `entry` taught us. A key removed from the pool since
-    /// the attempt began is ignored.
-    pub fn record(&self, entry: &KeyEntry, outcome: Outcome, now: Now) -> Option<Change> {
+    /// Records what an attempt with `entry` taught us; `why` describes a failure (keys
+    /// masked). A key removed from the pool since the attempt began is ignored.
+    pub fn record(
+        &self,
+        entry: &KeyEntry,
+        outcome: Outcome,
+        why: Option<&str>,
+        now: Now,
+    ) -> Option<Change> {
         let mut inner = self.lock();
         let id = *inner.index.get(&entry.key)?;
+        let stats = &mut inner.stats[id];
+        stats.requests += 1;
+        match outcome {
+            Outcome::Served => stats.served += 1,
+            Outcome::RateLimited { .. } => stats.rate_limited += 1,
+            _ => stats.failures += 1,
+        }
+        if let Some(why) = why {
+            stats.last_error = Some(why.to_string());
+        }
         let change = inner.policy.record(id, outcome, now.mono);
         inner.dirty |= change.is_some();
         change
@@ -170,6 +223,7 @@ impl Pool {
         let groups = groups_of(&entries);
         let mut slots = Vec::with_capacity(entries.len());
         let mut last_used = Vec::with_capacity(entries.len());
+        let mut stats = Vec::with_capacity(entries.len());
         let mut kept = 0;
         let mut enabled = 0;
         for (entry, group) in entries.iter().zip(groups) {
@@ -194,6 +248,7 @@ impl Pool {
             }
             slots.push(slot);
             last_used.push(old.and_then(|old| inner.last_used[old]));
+            stats.push(old.map(|old| inner.stats[old].clone()).unwrap_or_default());
         }
         let reloaded = Reloaded {
             added: entries.len() - kept,
@@ -210,8 +265,50 @@ impl Pool {
         inner.index = index_of(&entries);
         inner.entries = entries;
         inner.last_used = last_used;
+        inner.stats = stats;
         inner.dirty = true;
         reloaded
+    }
+
+    /// Every key's state and history, for the status endpoints.
+    pub fn report(&self, now: Now) -> PoolReport {
+        let inner = self.lock();
+        let keys = inner
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(id, entry)| {
+                let state = inner.policy.state(id);
+                let left = state
+                    .until()
+                    .filter(|u| *u > now.mono)
+                    .map(|u| u.duration_since(now.mono).as_secs_f64().ceil() as u64);
+                KeyReport {
+                    entry: Arc::clone(entry),
+                    state: match state {
+                        KeyState::Cooling { .. } if left.is_some() => "cooling",
+                        KeyState::OutOfCredits { .. } if left.is_some() => "out of credits",
+                        KeyState::Invalid => "invalid",
+                        KeyState::Disabled => "disabled",
+                        _ => "ready",
+                    },
+                    seconds_left: left,
+                    stats: inner.stats[id].clone(),
+                    last_used_ms: inner.last_used[id].map(epoch_ms),
+                }
+            })
+            .collect();
+        let paused_seconds = inner
+            .policy
+            .pause()
+            .0
+            .filter(|p| *p > now.mono)
+            .map(|p| p.duration_since(now.mono).as_secs_f64().ceil() as u64);
+        PoolReport {
+            keys,
+            outlook: inner.policy.outlook(now.mono),
+            paused_seconds,
+        }
     }
 
     /// What should be remembered, if anything changed since the last call.
@@ -343,14 +440,14 @@ mod tests {
         assert_eq!(*first, entry(0));
         // The file changes while the request is in flight: key 0 moves to position 1.
         pool.replace(vec![entry(2), entry(0)]);
-        assert!(pool.record(&first, rest(60), t).is_some());
+        assert!(pool.record(&first, rest(60), None, t).is_some());
         let picks: Vec<KeyEntry> = (0..3)
             .map(|_| (*pool.pick(t, &[]).unwrap().0).clone())
             .collect();
         assert_eq!(picks, [entry(2), entry(2), entry(2)]);
         // A removed key's outcome is dropped.
         pool.replace(vec![entry(2)]);
-        assert_eq!(pool.record(&entry(0), Outcome::Invalid, t), None);
+        assert_eq!(pool.record(&entry(0), Outcome::Invalid, None, t), None);
     }
 
     #[test]
@@ -362,8 +459,8 @@ mod tests {
             Strategy::RoundRobin,
             t,
         );
-        let _ = pool.record(&entry(0), rest(60), t);
-        let _ = pool.record(&entry(1), Outcome::Invalid, t);
+        let _ = pool.record(&entry(0), rest(60), None, t);
+        let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
         let reloaded = pool.replace(vec![entry(0), entry(1), entry(3)]);
         assert_eq!(
             reloaded,
@@ -413,8 +510,8 @@ mod tests {
             Strategy::RoundRobin,
             t,
         );
-        let _ = pool.record(&entry(0), rest(300), t);
-        let _ = pool.record(&entry(1), Outcome::Invalid, t);
+        let _ = pool.record(&entry(0), rest(300), None, t);
+        let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
         let remembered = pool.take_snapshot(t).unwrap();
         assert_eq!(pool.take_snapshot(t), None, "nothing changed since");
 

@@ -23,10 +23,12 @@ use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::error::{Error, Reply};
 use crate::key;
+use crate::metrics::Metrics;
 use crate::policy::{Change, Outcome};
 use crate::pool::{Now, Pool};
 use crate::route;
 use crate::state;
+use crate::status::{self, About, Route};
 use crate::store::{self, KeyEntry, KeysFile, Source};
 use crate::stream::{self, End, Framing};
 use crate::upstream;
@@ -49,6 +51,8 @@ struct Proxy {
     config: Config,
     pool: Arc<Pool>,
     agent: Agent,
+    metrics: Metrics,
+    started: Instant,
 }
 
 /// Binds, prints the start line, and serves until accepting fails.
@@ -115,6 +119,8 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         pool,
         agent: upstream::agent(),
         config,
+        metrics: Metrics::default(),
+        started: Instant::now(),
     });
     loop {
         let request = server.recv().map_err(Error::Serve)?;
@@ -152,6 +158,7 @@ fn no_keys_hint(path: &Path) -> String {
 struct Incoming {
     method: String,
     target: String,
+    started: Instant,
 }
 
 impl Incoming {
@@ -168,6 +175,8 @@ struct Done {
     key: Option<Arc<KeyEntry>>,
     /// Set when the response did not end cleanly (stream broke off, client left).
     note: Option<String>,
+    /// When the answer's first byte went out, from the start of the request.
+    first_byte: Option<Duration>,
 }
 
 impl Done {
@@ -177,6 +186,7 @@ impl Done {
             attempts: 0,
             key: None,
             note: None,
+            first_byte: None,
         }
     }
 }
@@ -217,12 +227,24 @@ impl Proxy {
         let incoming = Incoming {
             method: request.method().as_str().to_string(),
             target: request.url().to_string(),
+            started,
         };
         let done = match self.prepare(&mut request, &incoming) {
             Ok(Prepared::Preflight(headers)) => {
                 let mut to = request.into_writer();
                 let _ = stream::write_head(&mut to, 204, &headers, Framing::NoBody);
                 Done::local(204)
+            }
+            Ok(Prepared::Local(route)) => {
+                let (status, content_type, body) = self.answer_local(route, &incoming.method);
+                let headers = [
+                    ("Content-Type".to_string(), content_type.to_string()),
+                    ("Cache-Control".to_string(), "no-store".to_string()),
+                ];
+                let _ = stream::write_full(&mut request.into_writer(), status, &headers, &body);
+                // The status page polls every two seconds: keep those out of the log.
+                debug!("{} {} → {status}", incoming.method, incoming.path());
+                return;
             }
             Ok(Prepared::Forward { url, headers, body }) => {
                 self.forward(request, &incoming, &url, &headers, &body)
@@ -238,6 +260,15 @@ impl Proxy {
         let key = done
             .key
             .map_or_else(|| "-".to_string(), |entry| entry.name());
+        let took = started.elapsed();
+        let first_byte = done.first_byte;
+        self.metrics.request(
+            done.status,
+            done.attempts,
+            took,
+            first_byte,
+            SystemTime::now(),
+        );
         let note = done.note.map(|n| format!(" ({n})")).unwrap_or_default();
         info!(
             "{} {} → {} in {} ms, {} attempt{}, key {key}{note}",
@@ -254,6 +285,15 @@ impl Proxy {
     fn prepare(&self, request: &mut Request, incoming: &Incoming) -> Result<Prepared, Reply> {
         if incoming.method == "OPTIONS" {
             return Ok(Prepared::Preflight(preflight_headers(request)));
+        }
+        if let Some(route) = Route::of(incoming.path()) {
+            return match route {
+                Some(route) => Ok(Prepared::Local(route)),
+                None => Err(Reply::new(
+                    404,
+                    "no such status path; try /_roo/ (page), /_roo/health, /_roo/status or /_roo/metrics",
+                )),
+            };
         }
         if incoming.method == "CONNECT" {
             return Err(Reply::new(
@@ -335,6 +375,7 @@ impl Proxy {
                                 attempts,
                                 key: tried.pop(),
                                 note: Some(format!("client left while waiting for a key: {e}")),
+                                first_byte: None,
                             };
                         }
                         tried.clear();
@@ -351,19 +392,24 @@ impl Proxy {
             attempts += 1;
             match self.attempt(incoming, url, headers, &entry, body) {
                 Attempt::Deliver(delivery) => {
-                    let _ = self.pool.record(&entry, Outcome::Served, Now::read());
+                    let _ = self.pool.record(&entry, Outcome::Served, None, Now::read());
+                    let first_byte = Some(incoming.started.elapsed());
                     let (status, note) = deliver(&mut to, http10, delivery);
                     return Done {
                         status,
                         attempts,
                         key: Some(entry),
                         note,
+                        first_byte,
                     };
                 }
                 Attempt::Retry { outcome, why } => {
                     debug!("attempt {attempts} with key {}: {why}", entry.name());
                     let now = Now::read();
-                    if let Some(change) = self.pool.record(&entry, outcome, now) {
+                    if matches!(outcome, Outcome::RateLimited { .. }) {
+                        self.metrics.rate_limited(now.wall);
+                    }
+                    if let Some(change) = self.pool.record(&entry, outcome, Some(&why), now) {
                         log_change(&entry, change, now, &why);
                     }
                     if outcome == Outcome::Failed {
@@ -373,12 +419,14 @@ impl Proxy {
             }
         }
         let reply = self.exhausted(attempts, last_failure);
+        let first_byte = Some(incoming.started.elapsed());
         let _ = stream::write_reply(&mut to, &reply);
         Done {
             status: reply.status,
             attempts,
             key: tried.pop(),
             note: None,
+            first_byte,
         }
     }
 
@@ -514,6 +562,44 @@ impl Proxy {
         })
     }
 
+    /// The proxy's own status paths: (status, content type, body).
+    fn answer_local(&self, route: Route, method: &str) -> (u16, &'static str, Vec<u8>) {
+        if method != "GET" && method != "HEAD" {
+            let reply = Reply::new(405, "the status paths answer GET only");
+            return (405, "application/json", reply.body());
+        }
+        let report = self.pool.report(Now::read());
+        let about = About {
+            upstream: &self.config.upstream,
+            strategy: self.config.strategy,
+            uptime: self.started.elapsed(),
+        };
+        let json = "application/json";
+        match route {
+            Route::Health => {
+                let (code, body) = status::health(&report);
+                (code, json, body.to_string().into_bytes())
+            }
+            Route::Status => {
+                let body = status::status(&report, &self.metrics.snapshot(), &about);
+                (200, json, body.to_string().into_bytes())
+            }
+            Route::Metrics => {
+                let text = status::prometheus(&report, &self.metrics.snapshot(), &about);
+                (
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                )
+            }
+            Route::Page => (
+                200,
+                "text/html; charset=utf-8",
+                status::PAGE.as_bytes().to_vec(),
+            ),
+        }
+    }
+
     /// The answer when no key could serve: wait (429), the upstream fails (502), or no key
     /// is usable at all (503).
     fn exhausted(&self, attempts: usize, last_failure: Option<String>) -> Reply {
@@ -577,7 +663,7 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
             .ceil()
     };
     match change {
-        Change::Back => info!("key {name} is back in rotation: {why}"),
+        Change::Back => warn!("key {name} is back in rotation: {why}"),
         Change::Resting {
             until,
             others,
@@ -589,7 +675,7 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
                 }
                 _ => String::new(),
             };
-            info!("key {name} rests for {} s{account}: {why}", secs(until));
+            warn!("key {name} rests for {} s{account}: {why}", secs(until));
             if let Some(pause) = paused {
                 warn!(
                     "every key got a 429 within seconds (a limit on the whole account, IP or upstream): no requests for {} s",
@@ -603,6 +689,8 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
 
 enum Prepared {
     Preflight(Vec<(String, String)>),
+    /// One of the proxy's own status paths.
+    Local(Route),
     Forward {
         url: String,
         headers: Vec<(String, String)>,

@@ -24,7 +24,8 @@
 //!   in the message (`free-models-per-day`).
 //! - `sse429:S`, `sse402`, `sse500`: a 200 stream whose first event is an error with that
 //!   code (429 with its reset S seconds away in `error.metadata.headers`).
-//! - `401`, `402`, `403`, `500`, `502`, `503`: OpenRouter error bodies.
+//! - `401`, `402`, `403`, `500`, `502`, `503`: OpenRouter error bodies; `401echo` a 401
+//!   whose message repeats the key it was sent (to prove the proxy masks it).
 //! - `drop`: close the connection without answering. `dropmid`: two SSE events, then
 //!   close without ending the chunked body. `cldrop`: promise 100 bytes, send 10, close.
 //! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
@@ -256,6 +257,10 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
             json_reply(out, 429, &[], &body)
         }
         "401" => json_reply(out, 401, &[], &error_body(401, "User not found.")),
+        "401echo" => {
+            let message = format!("Invalid API key: {}", rq.key().unwrap_or_default());
+            json_reply(out, 401, &[], &error_body(401, &message))
+        }
         "402" => json_reply(
             out,
             402,

@@ -3,8 +3,10 @@
 
 mod support;
 
+mod browser;
 mod forwarding;
 mod keys;
+mod observe;
 mod policies;
 mod reload;
 mod rotation;

@@ -9,23 +9,15 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// A keys file with accounts: `(key number, account)`.
-fn keys_with_accounts(keys: &[(usize, Option<&str>)]) -> String {
-    let entries: Vec<Value> = keys
-        .iter()
-        .map(|(n, account)| match account {
-            Some(a) => serde_json::json!({"key": key(*n), "account": a}),
-            None => serde_json::json!({"key": key(*n)}),
-        })
-        .collect();
-    serde_json::json!({ "keys": entries }).to_string()
-}
-
 #[test]
 fn a_429_rests_every_key_of_the_account_and_other_accounts_serve() {
     let mock = Mock::start();
     mock.plan(&key(1), &["429:120"]);
-    let file = keys_with_accounts(&[(1, Some("acme")), (2, Some("acme")), (3, None)]);
+    let file = keys_json(&[
+        (1, None, Some("acme")),
+        (2, None, Some("acme")),
+        (3, None, None),
+    ]);
     let proxy = Proxy::with(&mock).keys_file(&file).start();
     for _ in 0..4 {
         assert_eq!(proxy.chat().status, 200);

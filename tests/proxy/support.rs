@@ -543,6 +543,25 @@ pub fn keys_cmd(dir: &Path, args: &[&str], stdin: &str) -> Ran {
     run_in(dir, PROXY, &all, stdin, &[])
 }
 
+/// A keys file in object form: `(key number, label, account)` per entry.
+pub fn keys_json(keys: &[(usize, Option<&str>, Option<&str>)]) -> String {
+    let entries: Vec<Value> = keys
+        .iter()
+        .map(|(n, label, account)| {
+            let mut entry = serde_json::Map::new();
+            entry.insert("key".into(), key(*n).into());
+            if let Some(label) = label {
+                entry.insert("label".into(), (*label).into());
+            }
+            if let Some(account) = account {
+                entry.insert("account".into(), (*account).into());
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    json!({ "keys": entries }).to_string()
+}
+
 /// The keys in a keys file, in order.
 pub fn keys_in(file: &Path) -> Vec<String> {
     let v: Value = serde_json::from_slice(&fs::read(file).unwrap()).unwrap();
