@@ -20,6 +20,7 @@ mod store;
 mod stream;
 mod upstream;
 mod watch;
+mod workers;
 
 use std::process::ExitCode;
 

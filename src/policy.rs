@@ -335,10 +335,20 @@ impl Policy {
 
     /// How many keys could serve at `now`.
     pub fn ready(&self, now: Instant) -> usize {
+        self.ready_up_to(now, usize::MAX)
+    }
+
+    /// Like [`Policy::ready`], but stops counting at `limit`: O(limit) when keys are
+    /// ready, which is what a request's attempt budget needs.
+    pub fn ready_up_to(&self, now: Instant, limit: usize) -> usize {
         if self.paused_until.is_some_and(|p| now < p) {
             return 0;
         }
-        self.slots.iter().filter(|s| s.state.ready_at(now)).count()
+        self.slots
+            .iter()
+            .filter(|s| s.state.ready_at(now))
+            .take(limit)
+            .count()
     }
 
     pub fn outlook(&self, now: Instant) -> Outlook {

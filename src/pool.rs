@@ -108,8 +108,12 @@ struct Inner {
     strategy: Strategy,
     last_used: Vec<Option<SystemTime>>,
     stats: Vec<KeyStats>,
-    /// Something worth saving changed since the last snapshot.
+    /// Fingerprints (the state file's key names), computed once per key.
+    prints: Vec<String>,
+    /// A state worth saving changed since the last snapshot.
     dirty: bool,
+    /// Only "last used" changed since the last snapshot.
+    used: bool,
 }
 
 impl Pool {
@@ -138,6 +142,7 @@ impl Pool {
                     .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             );
         }
+        let prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         Pool {
             inner: Mutex::new(Inner {
@@ -147,7 +152,9 @@ impl Pool {
                 strategy,
                 last_used,
                 stats,
+                prints,
                 dirty: false,
+                used: false,
             }),
         }
     }
@@ -176,7 +183,8 @@ impl Pool {
             .collect();
         let (id, change) = inner.policy.pick(now.mono, &tried)?;
         inner.last_used[id] = Some(now.wall);
-        inner.dirty = true;
+        inner.used = true;
+        inner.dirty |= change.is_some();
         Some((Arc::clone(&inner.entries[id]), change))
     }
 
@@ -206,8 +214,14 @@ impl Pool {
         change
     }
 
+    #[cfg(test)]
     pub fn ready(&self, now: Now) -> usize {
         self.lock().policy.ready(now.mono)
+    }
+
+    /// How many keys could serve, counting no further than `limit`.
+    pub fn ready_up_to(&self, now: Now, limit: usize) -> usize {
+        self.lock().policy.ready_up_to(now.mono, limit)
     }
 
     pub fn outlook(&self, now: Now) -> Outlook {
@@ -255,6 +269,7 @@ impl Pool {
             removed: inner.entries.len() - kept,
             total: entries.len(),
         };
+        inner.prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         let pause = inner.policy.pause();
         inner.policy = Policy::with_slots(slots, inner.policy.cursor(), inner.strategy);
@@ -311,13 +326,17 @@ impl Pool {
         }
     }
 
-    /// What should be remembered, if anything changed since the last call.
-    pub fn take_snapshot(&self, now: Now) -> Option<StateFile> {
+    /// What should be remembered, if a state changed since the last call, or (with
+    /// `with_use`) if only "last used" times did. Rests must reach the file quickly;
+    /// use times are for `keys list` and can wait, which keeps a busy proxy from
+    /// rewriting the file every second.
+    pub fn take_snapshot(&self, now: Now, with_use: bool) -> Option<StateFile> {
         let mut inner = self.lock();
-        if !inner.dirty {
+        if !(inner.dirty || (with_use && inner.used)) {
             return None;
         }
         inner.dirty = false;
+        inner.used = false;
         Some(snapshot(&inner, now))
     }
 
@@ -325,6 +344,7 @@ impl Pool {
     pub fn snapshot(&self, now: Now) -> StateFile {
         let mut inner = self.lock();
         inner.dirty = false;
+        inner.used = false;
         snapshot(&inner, now)
     }
 }
@@ -356,10 +376,10 @@ fn index_of(entries: &[Arc<KeyEntry>]) -> HashMap<ApiKey, KeyId> {
 
 fn snapshot(inner: &Inner, now: Now) -> StateFile {
     let mut file = StateFile::default();
-    for (id, entry) in inner.entries.iter().enumerate() {
+    for id in 0..inner.entries.len() {
         let mut saved = save(inner.policy.state(id), now);
         saved.last_used_ms = inner.last_used[id].map(epoch_ms);
-        file.keys.insert(state::fingerprint(&entry.key), saved);
+        file.keys.insert(inner.prints[id].clone(), saved);
     }
     file
 }
@@ -512,8 +532,8 @@ mod tests {
         );
         let _ = pool.record(&entry(0), rest(300), None, t);
         let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
-        let remembered = pool.take_snapshot(t).unwrap();
-        assert_eq!(pool.take_snapshot(t), None, "nothing changed since");
+        let remembered = pool.take_snapshot(t, true).unwrap();
+        assert_eq!(pool.take_snapshot(t, true), None, "nothing changed since");
 
         // Restarted 100 s later: 200 s of rest are left.
         let later = Now {
@@ -559,7 +579,7 @@ mod tests {
             t,
         );
         let _ = pool.pick(t, &[]);
-        let file = pool.take_snapshot(t).unwrap();
+        let file = pool.take_snapshot(t, true).unwrap();
         let saved = file.keys.values().next().unwrap();
         assert_eq!(saved.last_used_ms, Some(epoch_ms(t.wall)));
         assert_eq!(saved.state, SavedState::Ready);

@@ -24,6 +24,8 @@ use crate::store::{self, KeyEntry};
 
 const POLL: Duration = Duration::from_millis(250);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often "last used" times alone are saved.
+const SAVE_USE_EVERY: Duration = Duration::from_secs(15);
 
 /// Values of the key variables at start, for when the keys file goes away.
 pub type EnvKeys = Vec<(String, String)>;
@@ -47,13 +49,18 @@ impl Watch {
 
     fn run(mut self) {
         let mut last_save = Instant::now();
+        let mut last_use_save = Instant::now();
         let mut save_error: Option<String> = None;
         loop {
             thread::sleep(POLL);
             self.check_keys_file();
             if last_save.elapsed() >= SAVE_EVERY {
                 last_save = Instant::now();
-                if let Err(e) = self.save_if_changed() {
+                let with_use = last_use_save.elapsed() >= SAVE_USE_EVERY;
+                if with_use {
+                    last_use_save = last_save;
+                }
+                if let Err(e) = self.save_if_changed(with_use) {
                     let message = e.to_string();
                     // Say it once, not every second.
                     if save_error.as_ref() != Some(&message) {
@@ -105,11 +112,11 @@ impl Watch {
         }
     }
 
-    fn save_if_changed(&self) -> io::Result<()> {
+    fn save_if_changed(&self, with_use: bool) -> io::Result<()> {
         if !self.keys_file.exists() {
             return Ok(());
         }
-        match self.pool.take_snapshot(Now::read()) {
+        match self.pool.take_snapshot(Now::read(), with_use) {
             Some(snapshot) => state::save(&self.state_file, &snapshot),
             None => Ok(()),
         }

@@ -1,7 +1,8 @@
 //! `mock-upstream`: a small HTTP/1.1 server that answers like OpenRouter, for the
 //! integration tests and `scripts/smoke.sh`. Not part of the product.
 //!
-//! Usage: `mock-upstream [--port N]` (default 0: a free port). It prints one line,
+//! Usage: `mock-upstream [--port N] [--quiet]` (default 0: a free port; `--quiet`
+//! records no requests, for benchmarks). It prints one line,
 //! `mock-upstream listening on http://127.0.0.1:PORT`, then serves until killed.
 //!
 //! What it answers is chosen per request: first from the plan of the request's key
@@ -51,6 +52,8 @@ pub const GZIP_BODY: &[u8] = &[
 struct State {
     plans: HashMap<String, VecDeque<String>>,
     seen: Vec<Value>,
+    /// `--quiet`: record nothing (for benchmarks, where the log would grow without end).
+    quiet: bool,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -78,6 +81,7 @@ impl Incoming {
 
 fn main() {
     let mut port = 0u16;
+    let mut quiet = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -87,7 +91,8 @@ fn main() {
                     .and_then(|p| p.parse().ok())
                     .expect("--port takes a number")
             }
-            other => panic!("unknown argument {other}; usage: mock-upstream [--port N]"),
+            "--quiet" => quiet = true,
+            other => panic!("unknown argument {other}; usage: mock-upstream [--port N] [--quiet]"),
         }
     }
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
@@ -96,7 +101,10 @@ fn main() {
         listener.local_addr().expect("local address")
     );
     io::stdout().flush().ok();
-    let state: Shared = Arc::default();
+    let state: Shared = Arc::new(Mutex::new(State {
+        quiet,
+        ..State::default()
+    }));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let state = Arc::clone(&state);
@@ -181,12 +189,15 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
     }
     let planned = {
         let mut state = state.lock().unwrap();
-        state.seen.push(json!({
+        let quiet = state.quiet;
+        if !quiet {
+            state.seen.push(json!({
             "method": rq.method,
             "target": rq.target,
             "headers": rq.headers,
             "body": String::from_utf8_lossy(&rq.body),
-        }));
+            }));
+        }
         rq.key()
             .and_then(|k| state.plans.get_mut(&k).and_then(VecDeque::pop_front))
     };
@@ -203,7 +214,12 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
     match kind {
         "ok" if path.ends_with("/key") => json_reply(out, 200, &[], &key_info(rq.key().as_deref())),
         "ok" if wants_stream => sse(out, 3, 0, false),
-        "ok" => json_reply(out, 200, &[], &completion()),
+        "ok" => {
+            // Rendered once: the benchmark measures the proxy, not this.
+            static COMPLETION: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let body = COMPLETION.get_or_init(|| completion().to_string().into_bytes());
+            raw_reply(out, 200, &[("Content-Type", "application/json")], body)
+        }
         "sse" => {
             let mut nums = arg.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
             let n = nums.next().unwrap_or(3);
