@@ -480,6 +480,63 @@ mod tests {
     }
 
     #[test]
+    fn property_any_answer_gives_a_bounded_rest_or_passes() {
+        let values = [
+            "0",
+            "1",
+            "30",
+            "-5",
+            "1e400",
+            "NaN",
+            "1779321600000",
+            "99999999999999999999",
+            "soon",
+            "",
+            " 7 ",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Sun, 06 Nov 2044 08:49:37 GMT",
+            "\u{7f}",
+        ];
+        let bodies = [
+            "",
+            "{",
+            "null",
+            r#"{"error":{"code":429,"message":"per-day"}}"#,
+            r#"{"error":{"metadata":{"headers":{"X-RateLimit-Reset":"x"}}}}"#,
+            r#"{"error":{"metadata":{"provider_name":"p"}}}"#,
+            r#"{"error":{"message":"limit_rpm"}}"#,
+            "[1,2]",
+            r#"{"error":{"metadata":{"headers":[]}}}"#,
+        ];
+        let mut rng = crate::testing::Rng::new(5);
+        for _ in 0..20_000 {
+            let status = [200u16, 401, 402, 403, 429, 500, 503][rng.below(7)];
+            let mut h = HeaderMap::new();
+            for name in ["x-ratelimit-reset", "retry-after"] {
+                let value: &&str = rng.pick(&values[..]);
+                if rng.below(2) == 0
+                    && let Ok(v) = HeaderValue::from_str(value)
+                {
+                    h.insert(name, v);
+                }
+            }
+            let body: &&str = rng.pick(&bodies[..]);
+            match classify(status, &h, body.as_bytes(), now(), COOLDOWN) {
+                Verdict::Retry(Outcome::RateLimited { rest, longest }) => {
+                    assert!(
+                        (SHORTEST_REST..=LONGEST_REST).contains(&rest),
+                        "{status} {h:?} {body}: {rest:?}"
+                    );
+                    assert!(longest >= SHORTEST_REST);
+                }
+                Verdict::Retry(Outcome::OutOfCredits { rest }) => assert!(rest <= LONGEST_REST),
+                _ => {}
+            }
+            let _ = stream_error(body.as_bytes(), &h, now(), COOLDOWN);
+        }
+    }
+
+    #[test]
     fn error_messages_are_extracted_and_bounded() {
         let message = error_message(OPENROUTER_429.as_bytes()).unwrap();
         assert!(

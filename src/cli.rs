@@ -48,6 +48,27 @@ pub struct Args {
     #[argh(option)]
     pub wait: Option<String>,
 
+    /// the largest request body accepted, e.g. 32MiB (default), 1GiB
+    #[argh(option)]
+    pub max_body: Option<String>,
+
+    /// requests handled at once; more get 503 with Retry-After: 1 (default 256)
+    #[argh(option)]
+    pub max_requests: Option<usize>,
+
+    /// how long a stop signal waits for requests in flight: 30s (default), 0 for none
+    #[argh(option)]
+    pub shutdown_grace: Option<String>,
+
+    /// a secret every request must carry (as its API key); required to listen on an
+    /// address other than this machine's own
+    #[argh(option)]
+    pub access_token: Option<String>,
+
+    /// allow an http:// upstream on another machine (keys then travel in clear text)
+    #[argh(switch)]
+    pub allow_insecure_upstream: bool,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
@@ -79,6 +100,10 @@ pub struct StatusArgs {
     /// print the JSON the proxy answers, for scripts
     #[argh(switch)]
     pub json: bool,
+
+    /// the proxy's access token, if it has one (or ROO_PROXY_ACCESS_TOKEN)
+    #[argh(option)]
+    pub access_token: Option<String>,
 }
 
 /// Manage the keys file: add, remove, list and check keys. A running proxy picks up

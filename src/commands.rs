@@ -384,11 +384,24 @@ pub fn status(
             "no roo-proxy answers at {base} ({why}); start one with `roo-proxy`, or give the address with --host and --port"
         ))
     };
-    let mut response = agent
-        .get(&format!("{base}/_roo/status"))
+    let token = args
+        .access_token
+        .or_else(|| top.access_token.clone())
+        .or_else(|| env("ROO_PROXY_ACCESS_TOKEN"))
+        .filter(|t| !t.trim().is_empty());
+    let mut request = agent.get(&format!("{base}/_roo/status"));
+    if let Some(token) = &token {
+        request = request.header("Authorization", &format!("Bearer {}", token.trim()));
+    }
+    let mut response = request
         .call()
         .map_err(|e| not_running(crate::upstream::describe(&e)))?;
     let body = response.body_mut().read_to_string().unwrap_or_default();
+    if response.status() == 401 {
+        return Err(Error::Refused(format!(
+            "the proxy at {base} needs its access token: give it with --access-token or ROO_PROXY_ACCESS_TOKEN"
+        )));
+    }
     let status: Value = match serde_json::from_str(&body) {
         Ok(v) if response.status() == 200 => v,
         _ => {

@@ -33,6 +33,14 @@ pub struct Config {
     pub strategy: Strategy,
     /// How long a request may wait for a resting key; zero answers 429 at once.
     pub wait: Duration,
+    /// Largest request body accepted (413 past it).
+    pub max_body: u64,
+    /// Requests handled at once; more get 503 with `Retry-After: 1`.
+    pub max_requests: usize,
+    /// How long a stop signal waits for requests in flight.
+    pub shutdown_grace: Duration,
+    /// When set, every request must carry it (as `Authorization: Bearer` or `x-api-key`).
+    pub access_token: Option<String>,
 }
 
 impl Config {
@@ -61,40 +69,84 @@ impl Config {
         };
         let upstream = upstream(args.upstream, env)?;
         let keys_file = keys_file(args.keys_file, env);
-        let cooldown = match (args.cooldown, env("ROO_PROXY_COOLDOWN")) {
-            (Some(v), _) => parse_duration(&v)
-                .map_err(|why| Error::Config(format!("--cooldown '{v}': {why}")))?,
-            (None, Some(v)) => parse_duration(&v)
-                .map_err(|why| Error::Config(format!("ROO_PROXY_COOLDOWN='{v}': {why}")))?,
-            (None, None) => DEFAULT_COOLDOWN,
-        };
-        let max_attempts = match (args.max_attempts, env("ROO_PROXY_MAX_ATTEMPTS")) {
-            (Some(n), _) => Some(n),
-            (None, Some(v)) => Some(v.trim().parse().map_err(|_| {
-                Error::Config(format!(
-                    "ROO_PROXY_MAX_ATTEMPTS='{v}' is not a whole number"
-                ))
-            })?),
-            (None, None) => None,
-        };
+        let cooldown = setting(
+            args.cooldown,
+            "--cooldown",
+            "ROO_PROXY_COOLDOWN",
+            env,
+            parse_duration,
+        )?
+        .unwrap_or(DEFAULT_COOLDOWN);
+        let max_attempts = setting(
+            args.max_attempts.map(|n| n.to_string()),
+            "--max-attempts",
+            "ROO_PROXY_MAX_ATTEMPTS",
+            env,
+            |v| v.parse::<usize>().map_err(|_| "is not a whole number"),
+        )?;
         if max_attempts == Some(0) {
             return Err(Error::Config("--max-attempts must be at least 1".into()));
         }
-        let strategy = match (args.strategy, env("ROO_PROXY_STRATEGY")) {
-            (Some(v), _) => parse_strategy(&v)
-                .map_err(|why| Error::Config(format!("--strategy '{v}': {why}")))?,
-            (None, Some(v)) => parse_strategy(&v)
-                .map_err(|why| Error::Config(format!("ROO_PROXY_STRATEGY='{v}': {why}")))?,
-            (None, None) => Strategy::RoundRobin,
-        };
-        let wait = match (args.wait, env("ROO_PROXY_WAIT")) {
-            (Some(v), _) => {
-                parse_wait(&v).map_err(|why| Error::Config(format!("--wait '{v}': {why}")))?
-            }
-            (None, Some(v)) => parse_wait(&v)
-                .map_err(|why| Error::Config(format!("ROO_PROXY_WAIT='{v}': {why}")))?,
-            (None, None) => Duration::ZERO,
-        };
+        let strategy = setting(
+            args.strategy,
+            "--strategy",
+            "ROO_PROXY_STRATEGY",
+            env,
+            parse_strategy,
+        )?
+        .unwrap_or_default();
+        let wait = setting(args.wait, "--wait", "ROO_PROXY_WAIT", env, parse_wait)?
+            .unwrap_or(Duration::ZERO);
+        let max_body = setting(
+            args.max_body,
+            "--max-body",
+            "ROO_PROXY_MAX_BODY",
+            env,
+            parse_size,
+        )?
+        .unwrap_or(DEFAULT_MAX_BODY);
+        let max_requests = setting(
+            args.max_requests.map(|n| n.to_string()),
+            "--max-requests",
+            "ROO_PROXY_MAX_REQUESTS",
+            env,
+            |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("must be a whole number of at least 1")
+            },
+        )?
+        .unwrap_or(DEFAULT_MAX_REQUESTS);
+        let shutdown_grace = setting(
+            args.shutdown_grace,
+            "--shutdown-grace",
+            "ROO_PROXY_SHUTDOWN_GRACE",
+            env,
+            parse_wait,
+        )?
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let access_token = args
+            .access_token
+            .or_else(|| env("ROO_PROXY_ACCESS_TOKEN"))
+            .map(|t| t.trim().to_string());
+        if access_token.as_deref() == Some("") {
+            return Err(Error::Config("--access-token is empty".into()));
+        }
+        if access_token.is_none() && !is_loopback(host.trim()) {
+            return Err(Error::Config(format!(
+                "listening on '{}' would let other machines spend your keys; set an access token first (--access-token or ROO_PROXY_ACCESS_TOKEN), which clients then send as their API key",
+                host.trim()
+            )));
+        }
+        let allow_insecure = args.allow_insecure_upstream
+            || env("ROO_PROXY_ALLOW_INSECURE_UPSTREAM")
+                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+        if !allow_insecure && cleartext_remote(&upstream) {
+            return Err(Error::Config(format!(
+                "the upstream '{upstream}' is http:// on another machine, so your keys would travel in clear text; use https://, or --allow-insecure-upstream if you really mean it"
+            )));
+        }
         Ok(Config {
             host: host.trim().to_string(),
             port,
@@ -104,6 +156,10 @@ impl Config {
             max_attempts,
             strategy,
             wait,
+            max_body,
+            max_requests,
+            shutdown_grace,
+            access_token,
         })
     }
 }
@@ -133,6 +189,69 @@ pub fn upstream(
         },
     };
     check_upstream(&url).map_err(|why| Error::Config(format!("{source} '{url}' {why}")))
+}
+
+pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_REQUESTS: usize = 256;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A setting from its flag, else its variable, parsed; errors name where it came from.
+fn setting<T>(
+    flag: Option<String>,
+    flag_name: &str,
+    variable: &str,
+    env: impl Fn(&str) -> Option<String>,
+    parse: impl Fn(&str) -> Result<T, &'static str>,
+) -> Result<Option<T>, Error> {
+    if let Some(value) = flag {
+        return parse(value.trim())
+            .map(Some)
+            .map_err(|why| Error::Config(format!("{flag_name} '{value}': {why}")));
+    }
+    match env(variable).filter(|v| !v.trim().is_empty()) {
+        Some(value) => parse(value.trim())
+            .map(Some)
+            .map_err(|why| Error::Config(format!("{variable}='{value}': {why}"))),
+        None => Ok(None),
+    }
+}
+
+/// Hosts only this machine can reach.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An `http://` upstream on another machine: keys would cross the network unencrypted.
+fn cleartext_remote(upstream: &str) -> bool {
+    let Ok(uri) = upstream.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback)
+}
+
+/// Reads a size: `1048576`, `512KiB`, `32MiB`, `1GiB` (also KB/MB/GB, K/M/G as binary).
+fn parse_size(text: &str) -> Result<u64, &'static str> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u64 = text[..digits]
+        .parse()
+        .map_err(|_| "expected a size such as 32MiB or 1048576")?;
+    let unit: u64 = match text[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err("the unit must be KiB, MiB or GiB"),
+    };
+    n.checked_mul(unit)
+        .filter(|n| *n > 0)
+        .ok_or("must be at least 1 byte")
 }
 
 /// Checks an API base URL and returns it without a trailing slash.
@@ -306,6 +425,82 @@ mod tests {
             Config::build(bad, no_env).unwrap_err().to_string(),
             "--strategy 'random': must be round-robin or sticky"
         );
+    }
+
+    #[test]
+    fn listening_beyond_this_machine_needs_a_token() {
+        let open = Args {
+            host: Some("0.0.0.0".into()),
+            ..Args::default()
+        };
+        let err = Config::build(open, no_env).unwrap_err().to_string();
+        assert!(
+            err.starts_with("listening on '0.0.0.0' would let other machines spend your keys"),
+            "{err}"
+        );
+        let with_token = Args {
+            host: Some("0.0.0.0".into()),
+            access_token: Some("s3cret-token-123".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            Config::build(with_token, no_env)
+                .unwrap()
+                .access_token
+                .as_deref(),
+            Some("s3cret-token-123")
+        );
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.1.2.3"] {
+            let args = Args {
+                host: Some(host.into()),
+                ..Args::default()
+            };
+            assert!(Config::build(args, no_env).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn cleartext_upstreams_off_this_machine_are_refused() {
+        let remote = Args {
+            upstream: Some("http://gateway.example/v1".into()),
+            ..Args::default()
+        };
+        let err = Config::build(remote, no_env).unwrap_err().to_string();
+        assert!(err.contains("keys would travel in clear text"), "{err}");
+        let allowed = Args {
+            upstream: Some("http://gateway.example/v1".into()),
+            allow_insecure_upstream: true,
+            ..Args::default()
+        };
+        assert!(Config::build(allowed, no_env).is_ok());
+        let local = Args {
+            upstream: Some("http://127.0.0.1:8080/v1".into()),
+            ..Args::default()
+        };
+        assert!(Config::build(local, no_env).is_ok());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_flags() {
+        let c = Config::build(Args::default(), no_env).unwrap();
+        assert_eq!(
+            (c.max_body, c.max_requests, c.shutdown_grace),
+            (32 << 20, 256, Duration::from_secs(30))
+        );
+        let args = Args {
+            max_body: Some("1MiB".into()),
+            max_requests: Some(8),
+            shutdown_grace: Some("0".into()),
+            ..Args::default()
+        };
+        let c = Config::build(args, no_env).unwrap();
+        assert_eq!(
+            (c.max_body, c.max_requests, c.shutdown_grace),
+            (1 << 20, 8, Duration::ZERO)
+        );
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
     }
 
     #[test]

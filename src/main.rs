@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod classify;
 mod cli;
 mod commands;
@@ -18,6 +19,8 @@ mod state;
 mod status;
 mod store;
 mod stream;
+#[cfg(test)]
+mod testing;
 mod upstream;
 mod watch;
 mod workers;

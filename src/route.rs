@@ -218,6 +218,95 @@ mod tests {
     }
 
     #[test]
+    fn property_every_mapped_target_stays_under_the_base() {
+        let pieces = [
+            "/",
+            "/",
+            "v1",
+            "api",
+            "chat",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%5c",
+            "\\",
+            "?",
+            "#",
+            "&",
+            "=",
+            ":",
+            "@",
+            "//",
+            " ",
+            "\r",
+            "\n",
+            "\0",
+            "é",
+            "%",
+            "%00",
+            "x",
+            "http:",
+            "evil.example",
+            "*",
+        ];
+        let mut rng = crate::testing::Rng::new(7);
+        for _ in 0..20_000 {
+            let target = rng.text(&pieces, 12);
+            let Ok(url) = upstream_url(BASE, &target) else {
+                continue;
+            };
+            let rest = url
+                .strip_prefix("https://openrouter.ai/api/v1/")
+                .unwrap_or_else(|| panic!("{target:?} -> {url}"));
+            let path = rest.split('?').next().unwrap();
+            // No segment that is, once decoded, "." or ".." (which could climb out).
+            let decoded = |s: &str| s.to_ascii_lowercase().replace("%2e", ".");
+            assert!(
+                !path
+                    .split('/')
+                    .any(|s| decoded(s) == "." || decoded(s) == ".."),
+                "{target:?} -> {url}"
+            );
+            let lower = path.to_ascii_lowercase();
+            assert!(
+                !lower.contains("%2f") && !lower.contains("%5c"),
+                "{target:?} -> {url}"
+            );
+            assert!(
+                url.bytes()
+                    .all(|b| b > b' ' && b < 0x7F && b != b'\\' && b != b'#'),
+                "{target:?} -> {url:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn property_credentials_never_cross_in_any_spelling() {
+        let mut rng = crate::testing::Rng::new(11);
+        for _ in 0..5_000 {
+            let name: String = "authorization"
+                .chars()
+                .chain("x-api-key".chars())
+                .skip(if rng.below(2) == 0 { 0 } else { 13 })
+                .take(if rng.below(2) == 0 { 13 } else { 9 })
+                .map(|c| {
+                    if rng.below(2) == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
+            {
+                assert!(!forward_request_header(&name, &[]), "{name}");
+            }
+        }
+    }
+
+    #[test]
     fn client_credentials_and_hop_headers_stay_here() {
         let named = connection_tokens("keep-alive, X-Hop ,");
         assert_eq!(named, ["keep-alive", "x-hop"]);

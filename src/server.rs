@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::{TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,6 +20,7 @@ use tiny_http::{HTTPVersion, Request};
 use ureq::http::HeaderMap;
 use ureq::{Agent, BodyReader};
 
+use crate::access;
 use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::error::{Error, Reply};
@@ -35,8 +37,6 @@ use crate::upstream;
 use crate::watch::{self, EnvKeys, Watch};
 use crate::workers;
 
-/// Largest request body accepted from a client (it is kept in memory to be re-sent).
-const MAX_REQUEST_BODY: u64 = 32 * 1024 * 1024;
 /// Largest upstream error body kept to inspect (and to pass on if it is the answer).
 const MAX_INSPECTED_BODY: u64 = 1024 * 1024;
 /// Upstream bodies with a `Content-Length` up to this size are read whole before the
@@ -54,6 +54,10 @@ struct Proxy {
     agent: Agent,
     metrics: Metrics,
     started: Instant,
+    /// Requests being handled now (for --max-requests and a graceful stop).
+    in_flight: AtomicUsize,
+    /// A stop signal came: new requests get 503.
+    stopping: AtomicBool,
 }
 
 /// Binds, prints the start line, and serves until accepting fails.
@@ -109,11 +113,11 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         env,
     };
     watch.spawn().map_err(Error::Serve)?;
-    on_shutdown(Arc::clone(&pool), keys_file.clone());
+    let git_file = keys_file.clone();
     // Spawning git takes milliseconds; serve meanwhile.
     let _ = thread::Builder::new()
         .name("git-check".into())
-        .spawn(move || store::git_warning(&keys_file).inspect(|w| warn!("{w}")));
+        .spawn(move || store::git_warning(&git_file).inspect(|w| warn!("{w}")));
 
     let proxy = Arc::new(Proxy {
         pool,
@@ -121,7 +125,10 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         config,
         metrics: Metrics::default(),
         started: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
     });
+    on_shutdown(Arc::clone(&proxy), keys_file);
     Err(Error::Serve(workers::run(server, move |request| {
         proxy.handle(request)
     })))
@@ -150,11 +157,38 @@ fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
 }
 
 /// On SIGINT/SIGTERM (Ctrl-C on Windows): save what the pool remembers, then exit 0.
-fn on_shutdown(pool: Arc<Pool>, keys_file: PathBuf) {
+/// On SIGINT/SIGTERM: answer new requests 503, let requests in flight finish (up to
+/// `--shutdown-grace`), save key state, exit 0. A second signal saves and exits at once.
+fn on_shutdown(proxy: Arc<Proxy>, keys_file: PathBuf) {
     let handler = move || {
-        info!("stopping: saving key state");
-        watch::save_now(&pool, &keys_file);
-        std::process::exit(0);
+        if proxy.stopping.swap(true, Ordering::SeqCst) {
+            warn!("second stop signal: exiting now");
+            watch::save_now(&proxy.pool, &keys_file);
+            std::process::exit(130);
+        }
+        let grace = proxy.config.shutdown_grace;
+        // This request is not one of them: the handler runs on its own thread.
+        let waiting = proxy.in_flight.load(Ordering::SeqCst);
+        info!(
+            "stopping: {waiting} request(s) in flight get up to {} s to finish",
+            grace.as_secs()
+        );
+        let proxy = Arc::clone(&proxy);
+        let keys_file = keys_file.clone();
+        // Return at once, so that a second signal is heard.
+        let _ = thread::Builder::new().name("stop".into()).spawn(move || {
+            let deadline = Instant::now() + grace;
+            while proxy.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let left = proxy.in_flight.load(Ordering::SeqCst);
+            if left > 0 {
+                warn!("stopping with {left} request(s) still in flight after the grace period");
+            }
+            watch::save_now(&proxy.pool, &keys_file);
+            info!("stopped");
+            std::process::exit(0);
+        });
     };
     if let Err(e) = ctrlc::set_handler(handler) {
         warn!("cannot handle stop signals ({e}); key state is saved every second instead");
@@ -238,6 +272,32 @@ enum Delivery {
 impl Proxy {
     fn handle(&self, mut request: Request) {
         let started = Instant::now();
+        let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let _counted = InFlight(&self.in_flight);
+        if self.stopping.load(Ordering::SeqCst) {
+            let reply = Reply {
+                retry_after: Some(1),
+                ..Reply::new(503, "roo-proxy is shutting down; send the request again")
+            };
+            let _ = stream::write_reply(&mut request.into_writer(), &reply);
+            return;
+        }
+        if in_flight > self.config.max_requests {
+            let reply = Reply {
+                retry_after: Some(1),
+                ..Reply::new(
+                    503,
+                    format!(
+                        "too many requests at once (--max-requests {}); send it again in a moment",
+                        self.config.max_requests
+                    ),
+                )
+            };
+            let _ = stream::write_reply(&mut request.into_writer(), &reply);
+            self.metrics
+                .request(503, 0, started.elapsed(), None, SystemTime::now());
+            return;
+        }
         let incoming = Incoming {
             method: request.method().as_str().to_string(),
             target: request.url().to_string(),
@@ -300,7 +360,12 @@ impl Proxy {
         if incoming.method == "OPTIONS" {
             return Ok(Prepared::Preflight(preflight_headers(request)));
         }
-        if let Some(route) = Route::of(incoming.path()) {
+        let route = Route::of(incoming.path());
+        // The page itself holds no data; everything else needs the token.
+        if route != Some(Some(Route::Page)) {
+            self.check_access(request)?;
+        }
+        if let Some(route) = route {
             return match route {
                 Some(route) => Ok(Prepared::Local(route)),
                 None => Err(Reply::new(
@@ -320,15 +385,13 @@ impl Proxy {
         if self.pool.len() == 0 {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
         }
-        if request
-            .body_length()
-            .is_some_and(|len| len as u64 > MAX_REQUEST_BODY)
-        {
-            return Err(too_large());
+        let limit = self.config.max_body;
+        if request.body_length().is_some_and(|len| len as u64 > limit) {
+            return Err(too_large(limit));
         }
-        let body = stream::read_bounded(request.as_reader(), MAX_REQUEST_BODY).map_err(|e| {
+        let body = stream::read_bounded(request.as_reader(), limit).map_err(|e| {
             if e.kind() == std::io::ErrorKind::Other {
-                too_large()
+                too_large(limit)
             } else {
                 Reply::new(400, format!("could not read the request body: {e}"))
             }
@@ -577,6 +640,27 @@ impl Proxy {
         })
     }
 
+    /// With an access token configured, the request must carry it.
+    fn check_access(&self, request: &Request) -> Result<(), Reply> {
+        let Some(expected) = &self.config.access_token else {
+            return Ok(());
+        };
+        let header = |name: &str| {
+            let found = request
+                .headers()
+                .iter()
+                .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
+            found.map(|h| h.value.as_str())
+        };
+        match access::presented(header) {
+            Some(given) if access::token_matches(given, expected) => Ok(()),
+            _ => Err(Reply::new(
+                401,
+                "this proxy needs its access token: put it where your client asks for an API key (Authorization: Bearer … or x-api-key)",
+            )),
+        }
+    }
+
     /// The proxy's own status paths: (status, content type, body).
     fn answer_local(&self, route: Route, method: &str) -> (u16, &'static str, Vec<u8>) {
         if method != "GET" && method != "HEAD" {
@@ -713,14 +797,20 @@ enum Prepared {
     },
 }
 
-fn too_large() -> Reply {
+fn too_large(limit: u64) -> Reply {
     Reply::new(
         413,
-        format!(
-            "the request body is larger than {} MiB",
-            MAX_REQUEST_BODY / (1024 * 1024)
-        ),
+        format!("the request body is larger than {limit} bytes (--max-body)"),
     )
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Writes an upstream response to the client; returns the status and, when the body did

@@ -691,6 +691,50 @@ mod tests {
     }
 
     #[test]
+    fn property_any_text_parses_to_valid_keys_or_a_clear_error() {
+        let pieces = [
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            ":",
+            "\"",
+            "\"keys\"",
+            "\"key\"",
+            "\"label\"",
+            "\"account\"",
+            "\"disabled\"",
+            "true",
+            "null",
+            "1",
+            "sk-or-v1-abc",
+            " ",
+            "\n",
+            "\\",
+            "\\u0000",
+            "é",
+            "\u{feff}",
+        ];
+        let mut rng = crate::testing::Rng::new(3);
+        for _ in 0..20_000 {
+            let text = rng.text(&pieces, 16);
+            match parse(&text) {
+                Ok((document, entries, _)) => {
+                    assert!(document["keys"].is_array(), "{text:?}");
+                    for entry in entries {
+                        assert!(ApiKey::parse(entry.key.expose()).is_ok(), "{text:?}");
+                    }
+                }
+                Err(ParseError::Syntax { line, column, .. }) => {
+                    assert!(line >= 1 && column <= text.len() + 1, "{text:?}")
+                }
+                Err(ParseError::Shape(detail)) => assert!(!detail.is_empty()),
+            }
+        }
+    }
+
+    #[test]
     fn syntax_messages_do_not_quote_the_input() {
         let secret = "sk-or-v1-0123456789abcdef0123456789abcdef";
         let err = parse(&format!("[\"{secret}\" \"x\"]")).unwrap_err();

@@ -452,6 +452,21 @@ mod tests {
     }
 
     #[test]
+    fn property_event_framing_never_panics_and_finds_only_real_data() {
+        let pieces = [
+            "data:", "data: ", ": c", "\n", "\r\n", "\n\n", "{}", "x", "event: e", ":", "\r",
+        ];
+        let mut rng = crate::testing::Rng::new(9);
+        for _ in 0..20_000 {
+            let text = rng.text(&pieces, 12);
+            if let Some(data) = first_data(text.as_bytes()) {
+                assert!(text.contains("data:"), "{text:?}");
+                assert!(data.len() <= text.len());
+            }
+        }
+    }
+
+    #[test]
     fn bounded_reads_refuse_more() {
         assert_eq!(read_bounded(&mut &b"abc"[..], 3).unwrap(), b"abc");
         assert!(read_bounded(&mut &b"abcd"[..], 3).is_err());

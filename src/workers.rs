@@ -96,3 +96,44 @@ fn work(shared: &Arc<Shared>) {
     }
     shared.live.fetch_sub(1, Ordering::SeqCst);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn get(port: u16, path: &str) -> String {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn a_panicking_request_never_takes_the_others_down() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        thread::spawn(move || {
+            run(server, |request: Request| {
+                assert!(request.url() != "/panic", "a handler bug");
+                let _ = request.respond(tiny_http::Response::from_string("ok"));
+            })
+        });
+        // More panics than workers at the start: none of them may cost a worker.
+        for _ in 0..START * 3 {
+            assert!(get(port, "/panic").starts_with("HTTP/1.1 500"));
+        }
+        for _ in 0..10 {
+            assert!(get(port, "/fine").ends_with("ok"));
+        }
+    }
+}

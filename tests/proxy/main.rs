@@ -5,6 +5,7 @@ mod support;
 
 mod browser;
 mod forwarding;
+mod hardening;
 mod keys;
 mod observe;
 mod policies;

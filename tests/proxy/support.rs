@@ -301,6 +301,22 @@ impl Proxy {
         std::mem::replace(&mut self.dir, TempDir::new())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (with the deadline) for the proxy to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the proxy did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Asks the proxy to stop (SIGTERM) and returns its exit status.
     #[cfg(unix)]
     pub fn terminate(&mut self) -> ExitStatus {

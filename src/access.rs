@@ -1,0 +1,75 @@
+//! Who may use the proxy: with an access token configured, a request must carry it where
+//! clients put an API key (`Authorization: Bearer …` or `x-api-key`).
+//!
+//! Invariants: pure; the comparison takes the same time whatever the first differing
+//! byte is, so the token cannot be guessed byte by byte from response times. The
+//! client's credential never goes upstream (route.rs drops both headers).
+
+/// The credential a request carries, from `Authorization: Bearer …` or `x-api-key`.
+pub fn presented<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+    let bearer = header("authorization").and_then(|v| {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    bearer.or_else(|| header("x-api-key").map(str::trim))
+}
+
+/// Whether `given` is `expected`, in time that depends only on their lengths.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let (given, expected) = (given.as_bytes(), expected.as_bytes());
+    let mut difference = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(0);
+        difference |= usize::from(g ^ e);
+    }
+    difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn the_token_is_read_from_where_clients_put_keys() {
+        assert_eq!(
+            presented(headers(&[("Authorization", "Bearer abc ")])),
+            Some("abc")
+        );
+        assert_eq!(
+            presented(headers(&[("authorization", "bearer abc")])),
+            Some("abc")
+        );
+        assert_eq!(presented(headers(&[("x-api-key", "abc")])), Some("abc"));
+        assert_eq!(
+            presented(headers(&[
+                ("Authorization", "Basic eA=="),
+                ("x-api-key", "k")
+            ])),
+            Some("k")
+        );
+        assert_eq!(presented(headers(&[])), None);
+    }
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        assert!(token_matches("s3cret-token", "s3cret-token"));
+        for wrong in [
+            "",
+            "s3cret-toke",
+            "s3cret-token!",
+            "S3cret-token",
+            "x3cret-token",
+        ] {
+            assert!(!token_matches(wrong, "s3cret-token"), "{wrong:?}");
+        }
+    }
+}

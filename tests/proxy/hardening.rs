@@ -1,0 +1,246 @@
+//! Staying shut and staying up: access token, cleartext upstreams, size and concurrency
+//! limits, and stopping cleanly.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use crate::support::*;
+
+const TOKEN: &str = "tok-0123456789abcdef";
+
+#[test]
+fn listening_beyond_this_machine_without_a_token_is_refused() {
+    let ran = Proxy::no_args()
+        .arg("--host")
+        .arg("0.0.0.0")
+        .arg("--port")
+        .arg("0")
+        .run();
+    assert_eq!(ran.0.code(), Some(2), "{}{}", ran.1, ran.2);
+    assert!(
+        ran.2.contains("would let other machines spend your keys"),
+        "{}",
+        ran.2
+    );
+    assert!(ran.2.contains("--access-token"), "{}", ran.2);
+}
+
+#[test]
+fn with_a_token_every_request_must_carry_it_and_it_never_goes_upstream() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--access-token")
+        .arg(TOKEN)
+        .start();
+    let none = proxy.chat();
+    assert_eq!(none.status, 401);
+    assert!(
+        none.error_message().contains("needs its access token"),
+        "{}",
+        none.text()
+    );
+    let wrong = Reply::from(
+        client()
+            .post(&proxy.url("/v1/chat/completions"))
+            .header("Authorization", "Bearer tok-0123456789abcdeX")
+            .send("{}")
+            .unwrap(),
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(
+        mock.requests().is_empty(),
+        "an unauthenticated request went upstream"
+    );
+
+    let bearer_ok = Reply::from(
+        client()
+            .post(&proxy.url("/v1/chat/completions"))
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .send("{}")
+            .unwrap(),
+    );
+    assert_eq!(bearer_ok.status, 200);
+    let key_ok = Reply::from(
+        client()
+            .post(&proxy.url("/v1/chat/completions"))
+            .header("x-api-key", TOKEN)
+            .send("{}")
+            .unwrap(),
+    );
+    assert_eq!(key_ok.status, 200);
+    for seen in mock.requests() {
+        assert_eq!(header_of(&seen, "authorization"), Some(bearer(1)));
+        assert!(
+            !seen.to_string().contains(TOKEN),
+            "the access token went upstream"
+        );
+    }
+
+    // The status paths need it too; the page (no data in it) does not.
+    assert_eq!(proxy.get("/_roo/health").status, 401);
+    assert_eq!(proxy.get("/_roo/metrics").status, 401);
+    assert_eq!(proxy.get("/_roo/").status, 200);
+    let status = Reply::from(
+        client()
+            .get(&proxy.url("/_roo/status"))
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(status.status, 200);
+    let port = proxy.port.to_string();
+    let refused = run_in(
+        proxy.dir.path(),
+        PROXY,
+        &["status", "--port", &port],
+        "",
+        &[],
+    );
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused.stderr.contains("needs its access token"),
+        "{}",
+        refused.stderr
+    );
+    let allowed = run_in(
+        proxy.dir.path(),
+        PROXY,
+        &["status", "--port", &port],
+        "",
+        &[("ROO_PROXY_ACCESS_TOKEN", TOKEN)],
+    );
+    assert_eq!(allowed.code, Some(0), "{}", allowed.all());
+    assert!(!proxy.logs().contains(TOKEN), "the token reached the log");
+}
+
+#[test]
+fn a_cleartext_upstream_on_another_machine_is_refused_unless_allowed() {
+    let ran = Proxy::bare()
+        .arg("--upstream")
+        .arg("http://gateway.example/v1")
+        .run();
+    assert_eq!(ran.0.code(), Some(2));
+    assert!(ran.2.contains("clear text"), "{}", ran.2);
+    let proxy = Proxy::bare()
+        .arg("--upstream")
+        .arg("http://gateway.example/v1")
+        .arg("--allow-insecure-upstream")
+        .start();
+    assert!(
+        proxy.start_line.contains("http://gateway.example/v1"),
+        "{}",
+        proxy.start_line
+    );
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_and_the_proxy_goes_on() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--max-body")
+        .arg("1KiB")
+        .start();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    let reply = proxy.post("/v1/chat/completions", &big);
+    assert_eq!(reply.status, 413);
+    assert!(
+        reply.error_message().contains("larger than 1024 bytes"),
+        "{}",
+        reply.text()
+    );
+    // Chunked, so no length is declared up front.
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    let response = raw_exchange(&proxy.addr(), chunked.as_bytes(), DEADLINE);
+    assert_eq!(raw_status(&response), 413);
+    assert!(mock.requests().is_empty());
+    assert_eq!(proxy.chat().status, 200);
+}
+
+fn open_stream(proxy: &Proxy) -> TcpStream {
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    let request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: sse:100:100\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
+    socket.write_all(request.as_bytes()).unwrap();
+    socket
+}
+
+#[test]
+fn requests_past_the_concurrency_limit_get_503_with_retry_after() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--max-requests")
+        .arg("2")
+        .start();
+    let _a = open_stream(&proxy);
+    let _b = open_stream(&proxy);
+    eventually("two streams upstream", || mock.requests().len() == 2);
+    let reply = proxy.chat();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(
+        reply.error_message().contains("--max-requests 2"),
+        "{}",
+        reply.text()
+    );
+    drop((_a, _b));
+    eventually("served again once the streams end", || {
+        proxy.chat().status == 200
+    });
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_lets_streams_finish_refuses_new_requests_and_exits_0() {
+    let mock = Mock::start();
+    let mut proxy = Proxy::with(&mock).keys(1).start();
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    // A stream of about one second.
+    socket
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: sse:10:100\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
+        .unwrap();
+    eventually("the stream began", || mock.requests().len() == 1);
+    let pid = proxy.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    proxy.wait_for_log("request(s) in flight get up to 30 s to finish");
+    let refused = proxy.chat();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.error_message().contains("shutting down"));
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut socket, &mut all).ok();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("data: [DONE]"), "the stream was cut: {text}");
+    let status = proxy.wait_exit();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mock = Mock::start();
+    let mut proxy = Proxy::with(&mock).keys(1).start();
+    let _stream = open_stream(&proxy);
+    eventually("the stream began", || mock.requests().len() == 1);
+    let pid = proxy.pid().to_string();
+    for _ in 0..2 {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        proxy.wait_for_log("stopping");
+    }
+    assert_eq!(proxy.wait_exit().code(), Some(130));
+}
