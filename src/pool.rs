@@ -433,6 +433,11 @@ mod tests {
         }
     }
 
+    /// A pool of `entries` with nothing remembered.
+    fn fresh(entries: Vec<KeyEntry>, t: Now) -> Pool {
+        Pool::new(entries, &StateFile::default(), Strategy::RoundRobin, t)
+    }
+
     fn now() -> Now {
         Now {
             mono: Instant::now(),
@@ -450,12 +455,7 @@ mod tests {
     #[test]
     fn outcomes_are_recorded_by_key_not_by_position() {
         let t = now();
-        let pool = Pool::new(
-            vec![entry(0), entry(1)],
-            &StateFile::default(),
-            Strategy::RoundRobin,
-            t,
-        );
+        let pool = fresh(vec![entry(0), entry(1)], t);
         let (first, _) = pool.pick(t, &[]).unwrap();
         assert_eq!(*first, entry(0));
         // The file changes while the request is in flight: key 0 moves to position 1.
@@ -473,12 +473,7 @@ mod tests {
     #[test]
     fn reloads_keep_rests_clear_invalid_marks_and_add_ready_keys() {
         let t = now();
-        let pool = Pool::new(
-            vec![entry(0), entry(1)],
-            &StateFile::default(),
-            Strategy::RoundRobin,
-            t,
-        );
+        let pool = fresh(vec![entry(0), entry(1)], t);
         let _ = pool.record(&entry(0), rest(60), None, t);
         let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
         let reloaded = pool.replace(vec![entry(0), entry(1), entry(3)]);
@@ -508,12 +503,7 @@ mod tests {
     #[test]
     fn tried_keys_are_skipped_across_a_reload() {
         let t = now();
-        let pool = Pool::new(
-            vec![entry(0), entry(1)],
-            &StateFile::default(),
-            Strategy::RoundRobin,
-            t,
-        );
+        let pool = fresh(vec![entry(0), entry(1)], t);
         let (first, _) = pool.pick(t, &[]).unwrap();
         pool.replace(vec![entry(1), entry(0)]);
         let (second, _) = pool.pick(t, std::slice::from_ref(&first)).unwrap();
@@ -524,12 +514,7 @@ mod tests {
     #[test]
     fn rests_survive_a_restart_through_the_state_file() {
         let t = now();
-        let pool = Pool::new(
-            vec![entry(0), entry(1), entry(2)],
-            &StateFile::default(),
-            Strategy::RoundRobin,
-            t,
-        );
+        let pool = fresh(vec![entry(0), entry(1), entry(2)], t);
         let _ = pool.record(&entry(0), rest(300), None, t);
         let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
         let remembered = pool.take_snapshot(t, true).unwrap();
@@ -572,12 +557,7 @@ mod tests {
     #[test]
     fn picking_remembers_when_a_key_was_last_used() {
         let t = now();
-        let pool = Pool::new(
-            vec![entry(0)],
-            &StateFile::default(),
-            Strategy::RoundRobin,
-            t,
-        );
+        let pool = fresh(vec![entry(0)], t);
         let _ = pool.pick(t, &[]);
         let file = pool.take_snapshot(t, true).unwrap();
         let saved = file.keys.values().next().unwrap();
