@@ -91,6 +91,15 @@ impl Reply {
         }
     }
 
+    /// 503 for "too busy right now": try again in a second.
+    pub fn busy(message: impl Into<String>) -> Reply {
+        Reply {
+            status: 503,
+            message: message.into(),
+            retry_after: Some(1),
+        }
+    }
+
     /// The JSON body, in OpenRouter's error shape.
     pub fn body(&self) -> Vec<u8> {
         let body = serde_json::json!({

@@ -275,24 +275,15 @@ impl Proxy {
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let _counted = InFlight(&self.in_flight);
         if self.stopping.load(Ordering::SeqCst) {
-            let reply = Reply {
-                retry_after: Some(1),
-                ..Reply::new(503, "roo-proxy is shutting down; send the request again")
-            };
+            let reply = Reply::busy("roo-proxy is shutting down; send the request again");
             let _ = stream::write_reply(&mut request.into_writer(), &reply);
             return;
         }
         if in_flight > self.config.max_requests {
-            let reply = Reply {
-                retry_after: Some(1),
-                ..Reply::new(
-                    503,
-                    format!(
-                        "too many requests at once (--max-requests {}); send it again in a moment",
-                        self.config.max_requests
-                    ),
-                )
-            };
+            let reply = Reply::busy(format!(
+                "too many requests at once (--max-requests {}); send it again in a moment",
+                self.config.max_requests
+            ));
             let _ = stream::write_reply(&mut request.into_writer(), &reply);
             self.metrics
                 .request(503, 0, started.elapsed(), None, SystemTime::now());
@@ -397,12 +388,8 @@ impl Proxy {
             }
         })?;
 
-        let connection = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Connection"));
-        let named = connection
-            .map(|h| route::connection_tokens(h.value.as_str()))
+        let named = header(request, "connection")
+            .map(route::connection_tokens)
             .unwrap_or_default();
         let headers = request
             .headers()
@@ -645,14 +632,7 @@ impl Proxy {
         let Some(expected) = &self.config.access_token else {
             return Ok(());
         };
-        let header = |name: &str| {
-            let found = request
-                .headers()
-                .iter()
-                .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
-            found.map(|h| h.value.as_str())
-        };
-        match access::presented(header) {
+        match access::presented(|name| header(request, name)) {
             Some(given) if access::token_matches(given, expected) => Ok(()),
             _ => Err(Reply::new(
                 401,
@@ -907,16 +887,19 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         && !headers.contains_key("content-encoding")
 }
 
+/// The first value of a request header, by case-insensitive name.
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    let found = request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
+    found.map(|h| h.value.as_str())
+}
+
 /// The answer to a CORS preflight: anything is allowed, since the proxy listens locally
 /// and Roo Code's web view calls it from its own origin.
 fn preflight_headers(request: &Request) -> Vec<(String, String)> {
-    let asked = |name: &str| {
-        let header = request
-            .headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
-        header.map(|h| h.value.as_str().to_string())
-    };
+    let asked = |name: &str| header(request, name).map(str::to_string);
     let mut headers = vec![
         (
             "Access-Control-Allow-Methods".to_string(),
