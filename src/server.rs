@@ -707,26 +707,49 @@ impl Proxy {
                 ),
             );
         }
-        let resting = outlook.total - outlook.invalid;
+        // Keys no wait brings back: invalid (401), or disabled by the user.
+        let (invalid, disabled) = (outlook.invalid, outlook.disabled);
         match outlook.next_free {
-            Some(free) => Reply::wait(
-                free.saturating_duration_since(now),
+            Some(free) => {
+                let wait = free.saturating_duration_since(now);
+                let mut more = Vec::new();
+                if invalid > 0 {
+                    more.push(format!("{invalid} more are invalid"));
+                }
+                if disabled > 0 {
+                    more.push(format!("{disabled} more are disabled"));
+                }
+                let more = if more.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", more.join(", "))
+                };
+                Reply::wait(
+                    wait,
+                    format!(
+                        "all {} keys are resting after rate limits or spent credits{more}; the first is free again in {} s. Wait, or add keys to '{file}'",
+                        outlook.total - invalid - disabled,
+                        wait.as_secs_f64().ceil() as u64
+                    ),
+                )
+            }
+            None if disabled == 0 => Reply::new(
+                503,
                 format!(
-                    "all {} keys are resting after rate limits or spent credits{}; the first is free again in {} s. Wait, or add keys to '{file}'",
-                    resting,
-                    if outlook.invalid > 0 {
-                        format!(" ({} more are invalid)", outlook.invalid)
-                    } else {
-                        String::new()
-                    },
-                    free.saturating_duration_since(now).as_secs_f64().ceil() as u64
+                    "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}'; the proxy picks up the change within a second",
+                    outlook.total
                 ),
             ),
             None => Reply::new(
                 503,
                 format!(
-                    "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}'; the proxy picks up the change within a second",
-                    outlook.total
+                    "none of the {} keys can serve: {disabled} are disabled (enable one with `roo-proxy keys enable PREFIX`){}",
+                    outlook.total,
+                    if invalid > 0 {
+                        format!(" and {invalid} were rejected by the upstream as invalid (401)")
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
         }

@@ -256,3 +256,39 @@ fn keys_add_takes_an_account_and_list_shows_it() {
         serde_json::from_str(&keys_cmd(dir.path(), &["list", "--json"], "").stdout).unwrap();
     assert_eq!(json["keys"][0]["account"], "acme");
 }
+
+#[test]
+fn when_every_key_is_disabled_the_503_says_so() {
+    let mock = Mock::start();
+    let file = format!(
+        r#"{{"keys":[{{"key":"{}","disabled":true}},{{"key":"{}","disabled":true}}]}}"#,
+        key(1),
+        key(2)
+    );
+    let proxy = Proxy::with(&mock).keys_file(&file).start();
+    let reply = proxy.chat();
+    assert_eq!(reply.status, 503);
+    let message = reply.error_message();
+    assert!(
+        message.contains("2 are disabled") && message.contains("roo-proxy keys enable"),
+        "{message}"
+    );
+    assert!(!message.contains("invalid"), "{message}");
+
+    // Disabled keys are not counted among the resting ones either.
+    let mock = Mock::start();
+    mock.plan(&key(1), &["429:60"]);
+    let file = format!(
+        r#"{{"keys":[{{"key":"{}"}},{{"key":"{}","disabled":true}}]}}"#,
+        key(1),
+        key(2)
+    );
+    let proxy = Proxy::with(&mock).keys_file(&file).start();
+    let reply = proxy.chat();
+    assert_eq!(reply.status, 429);
+    let message = reply.error_message();
+    assert!(
+        message.contains("all 1 keys are resting") && message.contains("1 more are disabled"),
+        "{message}"
+    );
+}
