@@ -163,8 +163,9 @@ fn bodies_over_the_limit_get_413_and_the_proxy_goes_on() {
 
 fn open_stream(proxy: &Proxy) -> TcpStream {
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
-    let request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: sse:100:100\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
-    socket.write_all(request.as_bytes()).unwrap();
+    socket
+        .write_all(streamed_request("sse:100:100").as_bytes())
+        .unwrap();
     socket
 }
 
@@ -201,7 +202,7 @@ fn sigterm_lets_streams_finish_refuses_new_requests_and_exits_0() {
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     // A stream of about one second.
     socket
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: sse:10:100\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
+        .write_all(streamed_request("sse:10:100").as_bytes())
         .unwrap();
     eventually("the stream began", || mock.requests().len() == 1);
     let pid = proxy.pid().to_string();

@@ -50,9 +50,7 @@ fn a_daily_limit_rests_until_midnight_utc() {
 }
 
 fn stream_request(addr: &str, reply: &str) -> String {
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: {reply}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"stream\":true}}"
-    );
+    let request = streamed_request(reply);
     let mut socket = TcpStream::connect(addr).unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     socket.write_all(request.as_bytes()).unwrap();

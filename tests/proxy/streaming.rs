@@ -38,19 +38,13 @@ fn ends_chunked(bytes: &[u8]) -> bool {
     bytes.ends_with(b"\r\n0\r\n\r\n")
 }
 
-fn stream_request(reply: &str) -> String {
-    format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: {reply}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"stream\":true}}"
-    )
-}
-
 #[test]
 fn sse_events_arrive_one_by_one_as_the_upstream_sends_them() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     socket
-        .write_all(stream_request("sse:5:300").as_bytes())
+        .write_all(streamed_request("sse:5:300").as_bytes())
         .unwrap();
     let (bytes, events) = read_until(&mut socket, ends_chunked);
     let text = String::from_utf8_lossy(&bytes);
@@ -75,7 +69,7 @@ fn a_stream_that_breaks_off_still_ends_with_an_error_event() {
     let proxy = Proxy::with(&mock).keys(1).start();
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     socket
-        .write_all(stream_request("dropmid").as_bytes())
+        .write_all(streamed_request("dropmid").as_bytes())
         .unwrap();
     let (bytes, _) = read_until(&mut socket, ends_chunked);
     let text = String::from_utf8_lossy(&bytes);
@@ -90,7 +84,7 @@ fn a_stream_that_breaks_off_still_ends_with_an_error_event() {
     assert!(!text.contains("[DONE]"));
 
     // The connection is still in a clean state: a second request on it is served.
-    socket.write_all(stream_request("ok").as_bytes()).unwrap();
+    socket.write_all(streamed_request("ok").as_bytes()).unwrap();
     let (bytes, _) = read_until(&mut socket, ends_chunked);
     assert!(String::from_utf8_lossy(&bytes).contains("data: [DONE]"));
     proxy.wait_for_log("upstream broke off after");
@@ -103,7 +97,7 @@ fn a_streamed_response_keeps_the_connection_reusable() {
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     for _ in 0..3 {
         socket
-            .write_all(stream_request("sse:2:0").as_bytes())
+            .write_all(streamed_request("sse:2:0").as_bytes())
             .unwrap();
         let (bytes, events) = read_until(&mut socket, ends_chunked);
         assert_eq!(events.len(), 2, "{}", String::from_utf8_lossy(&bytes));
@@ -118,7 +112,7 @@ fn a_429_before_the_stream_starts_is_retried_invisibly() {
     let proxy = Proxy::with(&mock).keys(2).start();
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     socket
-        .write_all(stream_request("sse:3:0").as_bytes())
+        .write_all(streamed_request("sse:3:0").as_bytes())
         .unwrap();
     let (bytes, events) = read_until(&mut socket, ends_chunked);
     let text = String::from_utf8_lossy(&bytes);
@@ -134,7 +128,7 @@ fn open_streams(proxy: &Proxy, n: usize, at_once: bool) -> Vec<TcpStream> {
     for _ in 0..n {
         let mut socket = TcpStream::connect(proxy.addr()).unwrap();
         socket
-            .write_all(stream_request("sse:100:100").as_bytes())
+            .write_all(streamed_request("sse:100:100").as_bytes())
             .unwrap();
         if !at_once {
             let (bytes, _) = read_until(&mut socket, |b| {

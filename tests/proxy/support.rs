@@ -486,6 +486,13 @@ pub fn raw_exchange(addr: &str, request: &[u8], quiet: Duration) -> Vec<u8> {
     out
 }
 
+/// A raw streamed chat request (`"stream": true`) asking the mock for `reply`.
+pub fn streamed_request(reply: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: {reply}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"stream\":true}}"
+    )
+}
+
 /// The status code of a raw HTTP response.
 pub fn raw_status(response: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(response);
