@@ -56,6 +56,41 @@ pub struct Args {
     #[argh(option)]
     pub max_requests: Option<usize>,
 
+    /// connections open at once; more get 503 (default 1024)
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+
+    /// the largest request line plus headers, e.g. 64KiB (default); more get 431
+    #[argh(option)]
+    pub max_header_size: Option<String>,
+
+    /// the most header lines in a request (default 100); more get 431
+    #[argh(option)]
+    pub max_headers: Option<usize>,
+
+    /// time a client has to send a whole request once it began: 30s (default); slower
+    /// gets 408
+    #[argh(option)]
+    pub client_timeout: Option<String>,
+
+    /// time an unused client connection is kept open: 60s (default)
+    #[argh(option)]
+    pub idle_timeout: Option<String>,
+
+    /// time to connect to the upstream: 15s (default)
+    #[argh(option)]
+    pub connect_timeout: Option<String>,
+
+    /// time the upstream has to start answering (slow reasoning models answer late):
+    /// 15m (default)
+    #[argh(option)]
+    pub headers_timeout: Option<String>,
+
+    /// longest silence inside an upstream answer before it counts as broken: 5m
+    /// (default); a stream is never cut while bytes flow
+    #[argh(option)]
+    pub silence_timeout: Option<String>,
+
     /// how long a stop signal waits for requests in flight: 30s (default), 0 for none
     #[argh(option)]
     pub shutdown_grace: Option<String>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::cli::Args;
 use crate::error::Error;
+use crate::http1::Limits;
 use crate::policy::Strategy;
 use crate::store;
 
@@ -39,6 +40,15 @@ pub struct Config {
     pub max_requests: usize,
     /// How long a stop signal waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Connections open at once; more get 503.
+    pub max_connections: usize,
+    /// Request head size and header count (431 past them).
+    pub limits: Limits,
+    /// Time a client has to send a whole request once it began (408 past it).
+    pub client_timeout: Duration,
+    /// Time an unused client connection stays open.
+    pub idle_timeout: Duration,
+    pub upstream_timeouts: UpstreamTimeouts,
     /// When set, every request must carry it (as `Authorization: Bearer` or `x-api-key`).
     pub access_token: Option<String>,
 }
@@ -126,6 +136,65 @@ impl Config {
             parse_wait,
         )?
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let count = |flag: Option<usize>, name: &str, variable: &str| {
+            setting(flag.map(|n| n.to_string()), name, variable, env, |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("must be a whole number of at least 1")
+            })
+        };
+        let time = |flag: Option<String>, name: &str, variable: &str, default: Duration| {
+            setting(flag, name, variable, env, parse_duration).map(|t| t.unwrap_or(default))
+        };
+        let max_connections = count(
+            args.max_connections,
+            "--max-connections",
+            "ROO_PROXY_MAX_CONNECTIONS",
+        )?
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_head = setting(
+            args.max_header_size,
+            "--max-header-size",
+            "ROO_PROXY_MAX_HEADER_SIZE",
+            env,
+            parse_size,
+        )?
+        .map_or(DEFAULT_MAX_HEADER_SIZE, |n| n.min(u32::MAX.into()) as usize);
+        let max_headers = count(args.max_headers, "--max-headers", "ROO_PROXY_MAX_HEADERS")?
+            .unwrap_or(DEFAULT_MAX_HEADERS);
+        let client_timeout = time(
+            args.client_timeout,
+            "--client-timeout",
+            "ROO_PROXY_CLIENT_TIMEOUT",
+            DEFAULT_CLIENT_TIMEOUT,
+        )?;
+        let idle_timeout = time(
+            args.idle_timeout,
+            "--idle-timeout",
+            "ROO_PROXY_IDLE_TIMEOUT",
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
+        let upstream_timeouts = UpstreamTimeouts {
+            connect: time(
+                args.connect_timeout,
+                "--connect-timeout",
+                "ROO_PROXY_CONNECT_TIMEOUT",
+                UpstreamTimeouts::DEFAULT.connect,
+            )?,
+            headers: time(
+                args.headers_timeout,
+                "--headers-timeout",
+                "ROO_PROXY_HEADERS_TIMEOUT",
+                UpstreamTimeouts::DEFAULT.headers,
+            )?,
+            silence: time(
+                args.silence_timeout,
+                "--silence-timeout",
+                "ROO_PROXY_SILENCE_TIMEOUT",
+                UpstreamTimeouts::DEFAULT.silence,
+            )?,
+        };
         let access_token = args
             .access_token
             .or_else(|| env("ROO_PROXY_ACCESS_TOKEN"))
@@ -159,6 +228,14 @@ impl Config {
             max_body,
             max_requests,
             shutdown_grace,
+            max_connections,
+            limits: Limits {
+                max_head,
+                max_headers,
+            },
+            client_timeout,
+            idle_timeout,
+            upstream_timeouts,
             access_token,
         })
     }
@@ -194,6 +271,33 @@ pub fn upstream(
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_REQUESTS: usize = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the proxy waits on the upstream. None is a total: a stream that keeps
+/// sending is never cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// To open a TCP (and TLS) connection.
+    pub connect: Duration,
+    /// From request sent to response headers. Non-streamed completions of slow reasoning
+    /// models arrive only when done, which can take many minutes.
+    pub headers: Duration,
+    /// Longest silence between two reads of a body. OpenRouter sends keep-alive comments
+    /// well within this.
+    pub silence: Duration,
+}
+
+impl UpstreamTimeouts {
+    pub const DEFAULT: UpstreamTimeouts = UpstreamTimeouts {
+        connect: Duration::from_secs(15),
+        headers: Duration::from_secs(15 * 60),
+        silence: Duration::from_secs(5 * 60),
+    };
+}
 
 /// A setting from its flag, else its variable, parsed; errors name where it came from.
 fn setting<T>(
@@ -501,6 +605,49 @@ mod tests {
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_have_defaults_flags_and_variables() {
+        let c = Config::build(Args::default(), no_env).unwrap();
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_head: 64 << 10,
+                max_headers: 100
+            }
+        );
+        assert_eq!(
+            (c.client_timeout, c.idle_timeout),
+            (Duration::from_secs(30), Duration::from_secs(60))
+        );
+        assert_eq!(c.upstream_timeouts, UpstreamTimeouts::DEFAULT);
+        let args = Args {
+            max_header_size: Some("8KiB".into()),
+            headers_timeout: Some("2m".into()),
+            ..Args::default()
+        };
+        let env = |name: &str| match name {
+            "ROO_PROXY_MAX_CONNECTIONS" => Some("16".to_string()),
+            "ROO_PROXY_SILENCE_TIMEOUT" => Some("45s".to_string()),
+            _ => None,
+        };
+        let c = Config::build(args, env).unwrap();
+        assert_eq!((c.max_connections, c.limits.max_head), (16, 8 << 10));
+        assert_eq!(c.upstream_timeouts.headers, Duration::from_secs(120));
+        assert_eq!(c.upstream_timeouts.silence, Duration::from_secs(45));
+        let bad = |args: Args| Config::build(args, no_env).unwrap_err().to_string();
+        let zero = bad(Args {
+            max_connections: Some(0),
+            ..Args::default()
+        });
+        assert!(zero.contains("--max-connections"), "{zero}");
+        let forever = bad(Args {
+            client_timeout: Some("0".into()),
+            ..Args::default()
+        });
+        assert!(forever.contains("--client-timeout '0'"), "{forever}");
     }
 
     #[test]

@@ -16,14 +16,15 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
-use tiny_http::{HTTPVersion, Request};
 use ureq::http::HeaderMap;
 use ureq::{Agent, BodyReader};
 
 use crate::access;
 use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
+use crate::connection::{self, BodyError, Conn};
 use crate::error::{Error, Reply};
+use crate::http1::Head;
 use crate::key;
 use crate::metrics::Metrics;
 use crate::policy::{Change, Outcome};
@@ -62,6 +63,7 @@ struct Proxy {
 
 /// Binds, prints the start line, and serves until accepting fails.
 pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> {
+    raise_open_file_limit();
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&config.host, config.port).map_err(|source| Error::Bind {
         addr: addr.clone(),
@@ -70,8 +72,6 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
     let local = listener
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
 
     for warning in &keys.warnings {
         warn!("{warning}");
@@ -121,7 +121,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
 
     let proxy = Arc::new(Proxy {
         pool,
-        agent: upstream::agent(),
+        agent: upstream::agent(config.upstream_timeouts),
         config,
         metrics: Metrics::default(),
         started: Instant::now(),
@@ -129,13 +129,22 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         stopping: AtomicBool::new(false),
     });
     on_shutdown(Arc::clone(&proxy), keys_file);
-    Err(Error::Serve(workers::run(server, move |request| {
-        proxy.handle(request)
-    })))
+    let settings = connection::Settings {
+        limits: proxy.config.limits,
+        client_timeout: proxy.config.client_timeout,
+        idle_timeout: proxy.config.idle_timeout,
+    };
+    let max_connections = proxy.config.max_connections;
+    Err(Error::Serve(workers::run(
+        listener,
+        settings,
+        max_connections,
+        move |head, conn| proxy.handle(head, conn),
+    )))
 }
 
 /// A listening socket whose accepted connections have TCP_NODELAY: they inherit it from
-/// the listener (Linux, BSD, macOS), and tiny_http never sets it. Without it, a stream's
+/// the listener on Linux (and `connection::serve` sets it again). Without it, a stream's
 /// first event waits for the client's delayed ACK of the head (~40 ms, measured).
 fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -156,7 +165,17 @@ fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
     Err(last)
 }
 
-/// On SIGINT/SIGTERM (Ctrl-C on Windows): save what the pool remembers, then exit 0.
+/// Each connection takes a descriptor (and an upstream one while it is forwarded); the
+/// usual soft limit of 1,024 is below what `--max-connections` allows. Raised to the hard
+/// limit; where there is no such limit (Windows), nothing to do.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => debug!("open-file limit: {limit}"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 /// On SIGINT/SIGTERM: answer new requests 503, let requests in flight finish (up to
 /// `--shutdown-grace`), save key state, exit 0. A second signal saves and exits at once.
 fn on_shutdown(proxy: Arc<Proxy>, keys_file: PathBuf) {
@@ -202,7 +221,7 @@ fn no_keys_hint(path: &Path) -> String {
     )
 }
 
-/// The request facts that outlive the `tiny_http::Request` (consumed when answering).
+/// The request facts the log line and the attempts need.
 struct Incoming {
     method: String,
     target: String,
@@ -270,13 +289,14 @@ enum Delivery {
 }
 
 impl Proxy {
-    fn handle(&self, mut request: Request) {
+    fn handle(&self, head: &Head, conn: &mut Conn) {
         let started = Instant::now();
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let _counted = InFlight(&self.in_flight);
         if self.stopping.load(Ordering::SeqCst) {
             let reply = Reply::busy("roo-proxy is shutting down; send the request again");
-            let _ = stream::write_reply(&mut request.into_writer(), &reply);
+            let _ = stream::write_reply(conn, &reply, true);
+            conn.close_after();
             return;
         }
         if in_flight > self.config.max_requests {
@@ -284,20 +304,19 @@ impl Proxy {
                 "too many requests at once (--max-requests {}); send it again in a moment",
                 self.config.max_requests
             ));
-            let _ = stream::write_reply(&mut request.into_writer(), &reply);
+            let _ = stream::write_reply(conn, &reply, false);
             self.metrics
                 .request(503, 0, started.elapsed(), None, SystemTime::now());
             return;
         }
         let incoming = Incoming {
-            method: request.method().as_str().to_string(),
-            target: request.url().to_string(),
+            method: head.method.clone(),
+            target: head.target.clone(),
             started,
         };
-        let done = match self.prepare(&mut request, &incoming) {
+        let done = match self.prepare(head, conn, &incoming) {
             Ok(Prepared::Preflight(headers)) => {
-                let mut to = request.into_writer();
-                let _ = stream::write_head(&mut to, 204, &headers, Framing::NoBody);
+                let _ = stream::write_head(conn, 204, &headers, Framing::NoBody);
                 Done::local(204)
             }
             Ok(Prepared::Local(route)) => {
@@ -306,16 +325,16 @@ impl Proxy {
                     ("Content-Type".to_string(), content_type.to_string()),
                     ("Cache-Control".to_string(), "no-store".to_string()),
                 ];
-                let _ = stream::write_full(&mut request.into_writer(), status, &headers, &body);
+                let _ = stream::write_full(conn, status, &headers, &body);
                 // The status page polls every two seconds: keep those out of the log.
                 debug!("{} {} → {status}", incoming.method, incoming.path());
                 return;
             }
             Ok(Prepared::Forward { url, headers, body }) => {
-                self.forward(request, &incoming, &url, &headers, &body)
+                self.forward(conn, head.http10, &incoming, &url, &headers, &body)
             }
             Err(reply) => {
-                let _ = stream::write_reply(&mut request.into_writer(), &reply);
+                let _ = stream::write_reply(conn, &reply, false);
                 if reply.status >= 500 || reply.status == 429 {
                     debug!("{}", reply.message);
                 }
@@ -347,14 +366,19 @@ impl Proxy {
     }
 
     /// Everything that can be decided before the first upstream attempt.
-    fn prepare(&self, request: &mut Request, incoming: &Incoming) -> Result<Prepared, Reply> {
+    fn prepare(
+        &self,
+        head: &Head,
+        conn: &mut Conn,
+        incoming: &Incoming,
+    ) -> Result<Prepared, Reply> {
         if incoming.method == "OPTIONS" {
-            return Ok(Prepared::Preflight(preflight_headers(request)));
+            return Ok(Prepared::Preflight(preflight_headers(head)));
         }
         let route = Route::of(incoming.path());
         // The page itself holds no data; everything else needs the token.
         if route != Some(Some(Route::Page)) {
-            self.check_access(request)?;
+            self.check_access(head)?;
         }
         if let Some(route) = route {
             return match route {
@@ -377,25 +401,32 @@ impl Proxy {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
         }
         let limit = self.config.max_body;
-        if request.body_length().is_some_and(|len| len as u64 > limit) {
-            return Err(too_large(limit));
-        }
-        let body = stream::read_bounded(request.as_reader(), limit).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::Other {
-                too_large(limit)
-            } else {
-                Reply::new(400, format!("could not read the request body: {e}"))
+        let body = conn.read_body(limit).map_err(|e| match e {
+            BodyError::TooLarge => Reply::new(
+                413,
+                format!("the request body is larger than {limit} bytes (--max-body)"),
+            ),
+            BodyError::TimedOut => Reply::new(
+                408,
+                format!(
+                    "the request body did not arrive within {} s (--client-timeout)",
+                    self.config.client_timeout.as_secs()
+                ),
+            ),
+            BodyError::Broken(why) => {
+                Reply::new(400, format!("could not read the request body: {why}"))
             }
         })?;
 
-        let named = header(request, "connection")
+        let named = head
+            .header("connection")
             .map(route::connection_tokens)
             .unwrap_or_default();
-        let headers = request
-            .headers()
+        let headers = head
+            .headers
             .iter()
-            .filter(|h| route::forward_request_header(h.field.as_str().as_str(), &named))
-            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+            .filter(|(name, _)| route::forward_request_header(name, &named))
+            .cloned()
             .collect();
         Ok(Prepared::Forward { url, headers, body })
     }
@@ -404,14 +435,13 @@ impl Proxy {
     /// with `--wait`, waits for a resting key instead of answering 429.
     fn forward(
         &self,
-        request: Request,
+        to: &mut Conn,
+        http10: bool,
         incoming: &Incoming,
         url: &str,
         headers: &[(String, String)],
         body: &[u8],
     ) -> Done {
-        let http10 = *request.http_version() == HTTPVersion(1, 0);
-        let mut to = request.into_writer();
         let wait_until = Instant::now() + self.config.wait;
         let mut attempts = 0;
         let mut tried: Vec<Arc<KeyEntry>> = Vec::new();
@@ -433,7 +463,7 @@ impl Proxy {
                     .filter(|at| outlook.ready == 0 && *at <= wait_until);
                 match back {
                     Some(at) if !http10 => {
-                        if let Err(e) = wait_for(&mut to, at) {
+                        if let Err(e) = wait_for(to, at) {
                             return Done {
                                 status: 499,
                                 attempts,
@@ -458,7 +488,7 @@ impl Proxy {
                 Attempt::Deliver(delivery) => {
                     let _ = self.pool.record(&entry, Outcome::Served, None, Now::read());
                     let first_byte = Some(incoming.started.elapsed());
-                    let (status, note) = deliver(&mut to, http10, delivery);
+                    let (status, note) = deliver(to, http10, delivery);
                     return Done {
                         status,
                         attempts,
@@ -484,7 +514,7 @@ impl Proxy {
         }
         let reply = self.exhausted(attempts, last_failure);
         let first_byte = Some(incoming.started.elapsed());
-        let _ = stream::write_reply(&mut to, &reply);
+        let _ = stream::write_reply(to, &reply, false);
         Done {
             status: reply.status,
             attempts,
@@ -628,11 +658,11 @@ impl Proxy {
     }
 
     /// With an access token configured, the request must carry it.
-    fn check_access(&self, request: &Request) -> Result<(), Reply> {
+    fn check_access(&self, head: &Head) -> Result<(), Reply> {
         let Some(expected) = &self.config.access_token else {
             return Ok(());
         };
-        match access::presented(|name| header(request, name)) {
+        match access::presented(|name| head.header(name)) {
             Some(given) if access::token_matches(given, expected) => Ok(()),
             _ => Err(Reply::new(
                 401,
@@ -800,13 +830,6 @@ enum Prepared {
     },
 }
 
-fn too_large(limit: u64) -> Reply {
-    Reply::new(
-        413,
-        format!("the request body is larger than {limit} bytes (--max-body)"),
-    )
-}
-
 /// Counts a request as in flight until dropped.
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -910,19 +933,10 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         && !headers.contains_key("content-encoding")
 }
 
-/// The first value of a request header, by case-insensitive name.
-fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    let found = request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
-    found.map(|h| h.value.as_str())
-}
-
 /// The answer to a CORS preflight: anything is allowed, since the proxy listens locally
 /// and Roo Code's web view calls it from its own origin.
-fn preflight_headers(request: &Request) -> Vec<(String, String)> {
-    let asked = |name: &str| header(request, name).map(str::to_string);
+fn preflight_headers(head: &Head) -> Vec<(String, String)> {
+    let asked = |name: &str| head.header(name).map(str::to_string);
     let mut headers = vec![
         (
             "Access-Control-Allow-Methods".to_string(),

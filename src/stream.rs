@@ -1,9 +1,7 @@
 //! Writing responses to the client socket: status line, headers, framing, body.
 //!
-//! tiny_http's own `Response` gathers a chunked body in 8 KiB pieces and flushes only at
-//! the end, which would hold back every token of a stream. So the proxy writes the
-//! response itself, through `Request::into_writer`, and flushes after every upstream
-//! read. Invariants: every body the proxy starts is ended in a way the client can see
+//! Every upstream read goes to the client at once, as one write (a chunk of its own when
+//! the body is chunked), so no token of a stream is held back. Invariants: every body the proxy starts is ended in a way the client can see
 //! (a terminating chunk, an exact `Content-Length`, or a closed HTTP/1.0 connection), so
 //! no client ever waits on a dead stream; this module never sees a key.
 
@@ -102,9 +100,13 @@ pub fn write_full(
 }
 
 /// Writes one of the proxy's own answers (JSON error shape).
-pub fn write_reply(to: &mut dyn Write, reply: &Reply) -> io::Result<()> {
+/// With `close`, the client is told the connection ends after it.
+pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool) -> io::Result<()> {
     let mut headers: Vec<(String, String)> =
         vec![("Content-Type".into(), "application/json".into())];
+    if close {
+        headers.push(("Connection".into(), "close".into()));
+    }
     headers.extend(reply.headers().into_iter().map(|(n, v)| (n.to_string(), v)));
     write_full(to, reply.status, &headers, &reply.body())
 }
@@ -393,6 +395,7 @@ mod tests {
         write_reply(
             &mut wire,
             &Reply::wait(std::time::Duration::from_secs(30), "all keys rest"),
+            false,
         )
         .unwrap();
         let text = String::from_utf8(wire.bytes).unwrap();

@@ -10,18 +10,11 @@ use std::time::Duration;
 use ureq::http::{self, Response};
 use ureq::{Agent, Body, SendBody};
 
+use crate::config::UpstreamTimeouts;
 use crate::key::ApiKey;
 
-/// Time to open a TCP (and TLS) connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time to send the request body.
 const SEND_BODY_TIMEOUT: Duration = Duration::from_secs(120);
-/// Time from request sent to response headers. Non-streamed completions of slow
-/// reasoning models arrive only when done, which can take many minutes.
-const HEADERS_TIMEOUT: Duration = Duration::from_secs(900);
-/// Longest silence between two reads of a body. Never a total: a stream is not cut while
-/// bytes flow. OpenRouter sends keep-alive comments well within this.
-const SILENCE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle upstream connections kept for reuse. Below the number of requests in flight,
 /// connections churn (measured: at 256 clients, 64 idle gave a 367 ms p99).
 const IDLE_CONNECTIONS: usize = 256;
@@ -31,17 +24,17 @@ const IDLE_CONNECTIONS: usize = 256;
 const INPUT_BUFFER: usize = 16 * 1024;
 const OUTPUT_BUFFER: usize = 8 * 1024;
 
-pub fn agent() -> Agent {
+pub fn agent(timeouts: UpstreamTimeouts) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .proxy(None)
         // Send only what the client sent: no invented Accept header.
         .accept("")
-        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(timeouts.connect))
         .timeout_send_body(Some(SEND_BODY_TIMEOUT))
-        .timeout_recv_response(Some(HEADERS_TIMEOUT))
-        .timeout_per_read(Some(SILENCE_TIMEOUT))
+        .timeout_recv_response(Some(timeouts.headers))
+        .timeout_per_read(Some(timeouts.silence))
         .max_idle_connections(IDLE_CONNECTIONS)
         .max_idle_connections_per_host(IDLE_CONNECTIONS)
         .max_response_header_size(INPUT_BUFFER)

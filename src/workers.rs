@@ -1,51 +1,75 @@
-//! The threads that serve requests. Each worker takes the next request from tiny_http
-//! (`Server::recv` is safe to call from many threads) and handles it to the end, streams
-//! included; then it takes the next one.
+//! The threads that serve clients. Each worker accepts a connection itself and serves it
+//! to the end (`connection::serve`: every request on it, streams included), then accepts
+//! the next one. No queue and no second thread sit between the socket and the request.
 //!
-//! The pool is elastic, because a stream holds its worker for as long as it lasts: when a
-//! worker takes a request and none is left waiting, it starts another first, so a new
-//! request never waits behind a long stream. Idle workers beyond [`KEEP_IDLE`] retire.
-//! In steady state no thread is started per request.
+//! The pool is elastic, because a connection holds its worker for as long as it lasts:
+//! when a worker takes a connection and none is left waiting, it starts another first,
+//! so a new client never waits behind a long stream. Idle workers beyond [`KEEP_IDLE`]
+//! retire. In steady state no thread is started per connection.
 //!
-//! Invariants: a panic while handling one request is caught and logged; its worker
-//! survives (tiny_http answers that request 500 as it is dropped). If accepting fails
-//! for good, [`run`] returns the error so the process can exit non-zero.
+//! Invariants: past `--max-connections` a connection gets 503 and is closed. Running
+//! out of file descriptors never stops accepting: the connection waiting is accepted on
+//! a spare descriptor and closed at once (the client sees a refused connection), and
+//! accepting goes on when descriptors are free again. Only an error that does not pass
+//! ends [`run`], which returns it so the process exits non-zero.
 
+use std::fs::File;
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use log::error;
-use tiny_http::{Request, Server};
+use log::{error, warn};
+
+use crate::connection::{self, Conn, Settings};
+use crate::http1::Head;
 
 /// Workers started at once.
 const START: usize = 4;
 /// Idle workers kept waiting; more retire.
 const KEEP_IDLE: usize = 16;
-/// At most this many workers (and so requests in progress) at once.
-const MAX_WORKERS: usize = 8192;
+/// Accept errors in a row, none passing, after which the listener is taken for broken.
+const FATAL_AFTER: Duration = Duration::from_secs(30);
 
-type Handler = dyn Fn(Request) + Send + Sync;
+type Handler = dyn Fn(&Head, &mut Conn) + Send + Sync;
 
 struct Shared {
-    server: Server,
+    listener: TcpListener,
+    settings: Settings,
+    max_connections: usize,
     handler: Box<Handler>,
     idle: AtomicUsize,
     live: AtomicUsize,
+    open: AtomicUsize,
+    /// A descriptor held back to accept-and-close with when descriptors run out.
+    spare: Mutex<Option<File>>,
+    /// Accepting is failing for lack of descriptors (logged once per episode).
+    starved: AtomicBool,
     failed: Sender<io::Error>,
 }
 
-/// Serves requests from `server` with `handler` until accepting fails; returns why.
-pub fn run(server: Server, handler: impl Fn(Request) + Send + Sync + 'static) -> io::Error {
+/// Serves connections from `listener` with `handler` until accepting fails for good;
+/// returns why.
+pub fn run(
+    listener: TcpListener,
+    settings: Settings,
+    max_connections: usize,
+    handler: impl Fn(&Head, &mut Conn) + Send + Sync + 'static,
+) -> io::Error {
     let (failed, failure) = channel();
     let shared = Arc::new(Shared {
-        server,
+        listener,
+        settings,
+        max_connections,
         handler: Box::new(handler),
         idle: AtomicUsize::new(0),
         live: AtomicUsize::new(0),
+        open: AtomicUsize::new(0),
+        spare: Mutex::new(spare_descriptor()),
+        starved: AtomicBool::new(false),
         failed,
     });
     for _ in 0..START {
@@ -53,11 +77,16 @@ pub fn run(server: Server, handler: impl Fn(Request) + Send + Sync + 'static) ->
     }
     failure
         .recv()
-        .unwrap_or_else(|_| io::Error::other("every request worker stopped"))
+        .unwrap_or_else(|_| io::Error::other("every worker stopped"))
+}
+
+fn spare_descriptor() -> Option<File> {
+    File::open(if cfg!(windows) { "NUL" } else { "/dev/null" }).ok()
 }
 
 fn spawn(shared: &Arc<Shared>) {
-    if shared.live.fetch_add(1, Ordering::SeqCst) >= MAX_WORKERS {
+    // One worker per connection, and a few waiting to accept.
+    if shared.live.fetch_add(1, Ordering::SeqCst) >= shared.max_connections + KEEP_IDLE {
         shared.live.fetch_sub(1, Ordering::SeqCst);
         return;
     }
@@ -67,29 +96,33 @@ fn spawn(shared: &Arc<Shared>) {
         .spawn(move || work(&worker));
     if let Err(e) = started {
         shared.live.fetch_sub(1, Ordering::SeqCst);
-        error!("cannot start a request worker: {e}");
+        error!("cannot start a worker thread: {e}");
     }
 }
 
 fn work(shared: &Arc<Shared>) {
     loop {
         shared.idle.fetch_add(1, Ordering::SeqCst);
-        let next = shared.server.recv();
+        let next = accept(shared);
         let idle = shared.idle.fetch_sub(1, Ordering::SeqCst) - 1;
-        let request = match next {
-            Ok(request) => request,
+        let socket = match next {
+            Ok(socket) => socket,
             Err(e) => {
                 let _ = shared.failed.send(e);
                 break;
             }
         };
         if idle == 0 {
-            // Nobody is left to take the next request while this one runs.
+            // Nobody is left to accept the next connection while this one is served.
             spawn(shared);
         }
-        if catch_unwind(AssertUnwindSafe(|| (shared.handler)(request))).is_err() {
-            error!("a request handler panicked; the request got a 500 and the proxy goes on");
+        let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+        if open > shared.max_connections {
+            connection::refuse(socket, shared.max_connections);
+        } else {
+            connection::serve(socket, &shared.settings, &*shared.handler);
         }
+        shared.open.fetch_sub(1, Ordering::SeqCst);
         if shared.idle.load(Ordering::SeqCst) >= KEEP_IDLE {
             break;
         }
@@ -97,16 +130,110 @@ fn work(shared: &Arc<Shared>) {
     shared.live.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// The next connection. Errors that pass (descriptors or memory running out, a
+/// connection reset before it was accepted) are waited out; an error that lasts
+/// [`FATAL_AFTER`] with no success between is returned.
+fn accept(shared: &Shared) -> io::Result<TcpStream> {
+    let mut failing_since: Option<Instant> = None;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let error = match shared.listener.accept() {
+            Ok((socket, _)) => {
+                if shared.starved.swap(false, Ordering::SeqCst) {
+                    warn!("accepting connections again");
+                    restore_spare(shared);
+                }
+                return Ok(socket);
+            }
+            Err(e) => e,
+        };
+        match error.kind() {
+            io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset => continue,
+            _ => {}
+        }
+        if out_of_descriptors(&error) {
+            if !shared.starved.swap(true, Ordering::SeqCst) {
+                warn!(
+                    "out of file descriptors ({error}): new connections are closed until some are free; raise the limit (ulimit -n) or --max-connections lower"
+                );
+            }
+            if shed_one(shared) {
+                // One waiting client was turned away; there may be more.
+                failing_since = None;
+                pause = Duration::from_millis(5);
+                continue;
+            }
+        }
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > FATAL_AFTER {
+            return Err(io::Error::new(
+                error.kind(),
+                format!(
+                    "accepting connections failed for {} s: {error}",
+                    FATAL_AFTER.as_secs()
+                ),
+            ));
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or system is short of resources.
+fn out_of_descriptors(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(error.raw_os_error(), Some(23 | 24 | 105 | 12 | 55))
+    }
+    #[cfg(not(unix))]
+    {
+        // WSAEMFILE, WSAENOBUFS.
+        matches!(error.raw_os_error(), Some(10024 | 10055))
+    }
+}
+
+/// Frees the spare descriptor, accepts the waiting connection on it and closes it (the
+/// client sees the connection end instead of hanging), then takes the spare back.
+/// Returns whether a connection was turned away.
+fn shed_one(shared: &Shared) -> bool {
+    let mut spare = shared.spare.lock().unwrap();
+    // With the spare closed, this accept has a descriptor to use.
+    let shed = spare.take().is_some() && shared.listener.accept().is_ok();
+    *spare = spare_descriptor();
+    shed
+}
+
+fn restore_spare(shared: &Shared) {
+    let mut spare = shared.spare.lock().unwrap();
+    if spare.is_none() {
+        *spare = spare_descriptor();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::Limits;
+    use crate::stream;
     use std::io::{Read, Write};
-    use std::net::TcpStream;
+
+    fn settings() -> Settings {
+        Settings {
+            limits: Limits {
+                max_head: 16 * 1024,
+                max_headers: 100,
+            },
+            client_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
 
     fn get(port: u16, path: &str) -> String {
         let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
         socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         write!(
             socket,
@@ -118,22 +245,54 @@ mod tests {
         answer
     }
 
-    #[test]
-    fn a_panicking_request_never_takes_the_others_down() {
-        let server = Server::http("127.0.0.1:0").unwrap();
-        let port = server.server_addr().to_ip().unwrap().port();
+    fn start(max_connections: usize) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
         thread::spawn(move || {
-            run(server, |request: Request| {
-                assert!(request.url() != "/panic", "a handler bug");
-                let _ = request.respond(tiny_http::Response::from_string("ok"));
+            run(listener, settings(), max_connections, |head, conn| {
+                assert!(head.target != "/panic", "a handler bug");
+                let _ = stream::write_full(conn, 200, &[], b"ok");
             })
         });
+        port
+    }
+
+    #[test]
+    fn a_panicking_request_never_takes_the_others_down() {
+        let port = start(64);
         // More panics than workers at the start: none of them may cost a worker.
         for _ in 0..START * 3 {
             assert!(get(port, "/panic").starts_with("HTTP/1.1 500"));
         }
         for _ in 0..10 {
             assert!(get(port, "/fine").ends_with("ok"));
+        }
+    }
+
+    #[test]
+    fn connections_past_the_limit_get_503_and_the_rest_are_served() {
+        let port = start(2);
+        let held: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        // The two held connections are served (idle), so the third is one too many.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = get(port, "/x");
+            if answer.starts_with("HTTP/1.1 503") {
+                assert!(answer.contains("--max-connections 2"), "{answer}");
+                assert!(answer.contains("Retry-After: 1"), "{answer}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never refused: {answer}");
+        }
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !get(port, "/x").ends_with("ok") {
+            assert!(
+                Instant::now() < deadline,
+                "not served again after the flood"
+            );
         }
     }
 }

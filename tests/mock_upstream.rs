@@ -32,6 +32,9 @@
 //! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
 //!   with hop-by-hop headers that must not cross a proxy. `chunked`: JSON without a
 //!   length. `large:N`: N bytes with a `Content-Length`.
+//! - Faults: `hang:S` reads the request and says nothing for S seconds (default 30), then
+//!   closes; `stall:S` sends a stream's head and first event, then nothing for S seconds;
+//!   `garbage` answers with bytes that are not HTTP; `bighead` sends 100 KiB of headers.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -297,6 +300,33 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
             json_reply(out, code, &[], &error_body(code, "mock upstream failure"))
         }
         "drop" => Ok(false),
+        "hang" => {
+            thread::sleep(Duration::from_secs(secs));
+            Ok(false)
+        }
+        "stall" => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+            let event = json!({"choices": [{"index": 0, "delta": {"content": "tok0 "}}]});
+            chunk(out, format!("data: {event}\n\n").as_bytes())?;
+            thread::sleep(Duration::from_secs(secs));
+            Ok(false)
+        }
+        "garbage" => {
+            out.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02 this is not HTTP\r\n\r\n")?;
+            out.flush()?;
+            Ok(false)
+        }
+        "bighead" => {
+            let filler = "x".repeat(1000);
+            let headers: Vec<(String, String)> = (0..100)
+                .map(|i| (format!("X-Filler-{i}"), filler.clone()))
+                .collect();
+            let refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            json_reply(out, 200, &refs, &completion())
+        }
         "cldrop" => {
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\"")?;
             out.flush()?;

@@ -280,3 +280,50 @@ fn http_1_0_clients_get_a_body_they_can_read() {
     );
     assert!(response.ends_with("data: [DONE]\n\n"), "{response}");
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let one = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: 403\r\nContent-Length: 2\r\n\r\n{}";
+    let two = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let both = format!("{one}{two}");
+    let response = String::from_utf8(raw_exchange(
+        &proxy.addr(),
+        both.as_bytes(),
+        Duration::from_secs(5),
+    ))
+    .unwrap();
+    let first = response.find("HTTP/1.1 403").expect(&response);
+    let second = response.find("HTTP/1.1 200").expect(&response);
+    assert!(first < second, "{response}");
+    let targets: Vec<_> = mock
+        .requests()
+        .iter()
+        .map(|r| r["target"].clone())
+        .collect();
+    assert_eq!(targets, ["/api/v1/chat/completions", "/api/v1/models"]);
+}
+
+#[test]
+fn a_client_that_expects_100_continue_gets_it_before_sending_the_body() {
+    use std::io::{Read, Write};
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let mut socket = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = socket.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"));
+    socket.write_all(b"{}").unwrap();
+    let mut rest = Vec::new();
+    let _ = socket.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    assert_eq!(mock.requests()[0]["body"], "{}");
+}

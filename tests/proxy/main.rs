@@ -4,6 +4,7 @@
 mod support;
 
 mod browser;
+mod faults;
 mod forwarding;
 mod hardening;
 mod keys;

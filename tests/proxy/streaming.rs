@@ -161,7 +161,6 @@ fn long_streams_never_hold_up_a_new_request() {
 }
 
 #[test]
-#[ignore = "known defect: tiny_http's connection TaskPool queues connections that arrive in a burst behind busy keep-alive connections (a race in TaskPool::spawn); fixed once the proxy owns its connection layer (issue 5)"]
 fn streams_opened_in_a_burst_all_start_at_once() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();

@@ -174,6 +174,8 @@ pub struct ProxyBuilder {
     dir: TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Run under `ulimit -n` (hard and soft) of this many open files.
+    fd_limit: Option<u32>,
 }
 
 /// The folder a proxy will run in, to put files there before it starts.
@@ -202,8 +204,23 @@ impl ProxyBuilder {
         self
     }
 
+    /// Runs the proxy with at most `n` open files, a limit it cannot raise (Unix).
+    pub fn fd_limit(mut self, n: u32) -> ProxyBuilder {
+        self.fd_limit = Some(n);
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut command = Command::new(PROXY);
+        let mut command = match self.fd_limit {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(PROXY);
+                sh
+            }
+            None => Command::new(PROXY),
+        };
         command
             .current_dir(self.dir.path())
             .args(&self.args)
@@ -283,6 +300,7 @@ impl Proxy {
             dir: TempDir::new(),
             args: Vec::new(),
             env: Vec::new(),
+            fd_limit: None,
         }
     }
 

@@ -1,0 +1,457 @@
+//! Client requests in HTTP/1.1: the request head within limits, and how its body is
+//! framed (RFC 9112). Bytes in, decisions out: no sockets, no clock.
+//!
+//! Invariants: a head larger than the size limit or with more headers than the count
+//! limit is refused with 431 before it is held whole; a request whose body length is
+//! ambiguous (`Content-Length` beside `Transfer-Encoding`, or two different lengths) is
+//! refused with 400, never guessed, so no request can be smuggled past the proxy.
+
+use crate::error::Reply;
+
+/// Limits on a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line and headers, in bytes.
+    pub max_head: usize,
+    /// Number of header lines.
+    pub max_headers: usize,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    /// As sent: origin-form (`/path?q`), or whatever the client wrote, checked later.
+    pub target: String,
+    pub http10: bool,
+    pub headers: Vec<(String, String)>,
+    pub body: BodyLength,
+    /// The client may send another request on this connection after the answer.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for a go-ahead before sending the body.
+    pub expect_continue: bool,
+}
+
+impl Head {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    Empty,
+    /// `Content-Length`; a value too large for a u64 is `u64::MAX` (and gets 413).
+    Length(u64),
+    Chunked,
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)`: not complete yet, read
+/// more. `Ok(Some((head, n)))`: the head took the first `n` bytes. `Err`: the answer to
+/// send before closing the connection.
+pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Reply> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut headers);
+    let used = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= limits.max_head => n,
+        Ok(_) if buf.len() > limits.max_head => return Err(too_large_head(limits)),
+        Ok(httparse::Status::Complete(_)) => return Err(too_large_head(limits)),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Reply::new(
+                431,
+                format!(
+                    "the request has more than {} headers (--max-headers)",
+                    limits.max_headers
+                ),
+            ));
+        }
+        Err(e) => return Err(Reply::new(400, format!("malformed HTTP request: {e}"))),
+    };
+    // Complete, so every field is set.
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(Reply::new(400, "malformed HTTP request line"));
+    };
+    let http10 = version == 0;
+    let mut fields = Vec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            return Err(Reply::new(
+                400,
+                format!("the value of header '{}' is not UTF-8", h.name),
+            ));
+        };
+        fields.push((h.name.to_string(), value.trim().to_string()));
+    }
+    let body = body_length(&fields, http10)?;
+    let connection = connection_tokens(&fields);
+    let keep_alive = if http10 {
+        false
+    } else {
+        !connection.iter().any(|t| t == "close")
+    };
+    let expect_continue = !http10
+        && fields.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case("100-continue")
+        });
+    Ok(Some((
+        Head {
+            method: method.to_string(),
+            target: target.to_string(),
+            http10,
+            headers: fields,
+            body,
+            keep_alive,
+            expect_continue,
+        },
+        used,
+    )))
+}
+
+fn too_large_head(limits: Limits) -> Reply {
+    Reply::new(
+        431,
+        format!(
+            "the request line and headers are larger than {} bytes (--max-header-size)",
+            limits.max_head
+        ),
+    )
+}
+
+fn connection_tokens(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// The body's framing, from `Transfer-Encoding` and `Content-Length` (RFC 9112 §6).
+fn body_length(headers: &[(String, String)], http10: bool) -> Result<BodyLength, Reply> {
+    let values = |name: &str| {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+    };
+    let codings = values("transfer-encoding");
+    let lengths = values("content-length");
+    if !codings.is_empty() {
+        if http10 {
+            return Err(Reply::new(
+                400,
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request",
+            ));
+        }
+        if !lengths.is_empty() {
+            return Err(Reply::new(
+                400,
+                "the request has both Content-Length and Transfer-Encoding; send one",
+            ));
+        }
+        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
+            return Err(Reply::new(
+                501,
+                format!(
+                    "Transfer-Encoding '{}' is not supported; send chunked or a Content-Length",
+                    codings.join(", ")
+                ),
+            ));
+        }
+        return Ok(BodyLength::Chunked);
+    }
+    let Some(first) = lengths.first() else {
+        return Ok(BodyLength::Empty);
+    };
+    if lengths.iter().any(|l| l != first) {
+        return Err(Reply::new(
+            400,
+            "the request has Content-Length values that differ",
+        ));
+    }
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Reply::new(
+            400,
+            format!("Content-Length '{first}' is not a number of bytes"),
+        ));
+    }
+    // All digits: only overflow can fail, and that is simply too large.
+    Ok(BodyLength::Length(first.parse().unwrap_or(u64::MAX)))
+}
+
+/// Decodes a chunked body, a piece at a time. Feed it bytes; it says how many it used.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: ChunkState,
+    /// The size line or trailer line being collected.
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Longest chunk-size line or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl Chunked {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Takes bytes from `input`, appends body data to `out`; returns how many bytes of
+    /// `input` were used. Stops at the end of the body (the rest is the next request).
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+        let mut at = 0;
+        while at < input.len() {
+            match self.state {
+                ChunkState::Size | ChunkState::Trailers | ChunkState::DataEnd => {
+                    let Some(line) = self.take_line(&input[at..], &mut at)? else {
+                        break;
+                    };
+                    self.state = match self.state {
+                        ChunkState::Size => match chunk_size(&line)? {
+                            0 => ChunkState::Trailers,
+                            n => ChunkState::Data(n),
+                        },
+                        ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
+                        ChunkState::DataEnd => {
+                            return Err("a chunk is longer than its size says".into());
+                        }
+                        ChunkState::Trailers if line.is_empty() => ChunkState::Done,
+                        other => other,
+                    };
+                    if self.state == ChunkState::Done {
+                        break;
+                    }
+                }
+                ChunkState::Data(left) => {
+                    let n = (left.min((input.len() - at) as u64)) as usize;
+                    out.extend_from_slice(&input[at..at + n]);
+                    at += n;
+                    self.state = match left - n as u64 {
+                        0 => ChunkState::DataEnd,
+                        left => ChunkState::Data(left),
+                    };
+                }
+                ChunkState::Done => break,
+            }
+        }
+        Ok(at)
+    }
+
+    /// A complete line (without CRLF) once its end arrived; `at` moves past what was used.
+    fn take_line(&mut self, input: &[u8], at: &mut usize) -> Result<Option<Vec<u8>>, String> {
+        match input.iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                self.line.extend_from_slice(&input[..end]);
+                *at += end + 1;
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Ok(Some(line))
+            }
+            None => {
+                self.line.extend_from_slice(input);
+                *at += input.len();
+                if self.line.len() > MAX_CHUNK_LINE {
+                    return Err("a chunk-size or trailer line is too long".into());
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The size in a chunk-size line (`1a2b;ext=x`).
+fn chunk_size(line: &[u8]) -> Result<u64, String> {
+    let hex = line.split(|b| *b == b';').next().unwrap_or_default();
+    let hex = std::str::from_utf8(hex).unwrap_or("").trim();
+    if hex.is_empty() || hex.len() > 15 {
+        return Err(format!(
+            "bad chunk size '{}'",
+            String::from_utf8_lossy(line)
+        ));
+    }
+    u64::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size '{hex}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    const LIMITS: Limits = Limits {
+        max_head: 1024,
+        max_headers: 8,
+    };
+
+    fn parse(text: &str) -> Result<Option<(Head, usize)>, Reply> {
+        parse_head(text.as_bytes(), LIMITS)
+    }
+
+    fn status(text: &str) -> u16 {
+        parse(text).expect_err("should be refused").status
+    }
+
+    #[test]
+    fn a_plain_request_is_parsed_and_keeps_the_connection() {
+        let text =
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let (head, used) = parse(text).unwrap().unwrap();
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.target, "/v1/chat/completions?x=1");
+        assert_eq!(&text[used..], "hello");
+        assert_eq!(head.body, BodyLength::Length(5));
+        assert!(head.keep_alive && !head.http10 && !head.expect_continue);
+        assert_eq!(head.header("content-length"), Some("5"));
+    }
+
+    #[test]
+    fn a_head_in_pieces_asks_for_more() {
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        assert_eq!(parse("GE"), Ok(None));
+    }
+
+    #[test]
+    fn connection_close_and_http10_end_the_connection() {
+        let close = parse("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert!(!close.unwrap().unwrap().0.keep_alive);
+        let old = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let head = old.unwrap().unwrap().0;
+        assert!(head.http10 && !head.keep_alive);
+    }
+
+    #[test]
+    fn heads_over_the_limits_get_431() {
+        let long = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
+        assert_eq!(status(&long), 431);
+        // Refused before the end arrives: a client cannot make the proxy hold more.
+        assert_eq!(status(&long[..1500]), 431);
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(9));
+        assert_eq!(status(&many), 431);
+        let eight = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(8));
+        assert!(parse(&eight).unwrap().is_some());
+    }
+
+    #[test]
+    fn ambiguous_bodies_are_refused_not_guessed() {
+        let both = "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(both), 400);
+        let differ = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(status(differ), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        let same = "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n";
+        assert_eq!(parse(same).unwrap().unwrap().0.body, BodyLength::Length(3));
+    }
+
+    #[test]
+    fn a_length_beyond_u64_is_simply_too_large() {
+        let huge = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            "9".repeat(40)
+        );
+        let head = parse(&huge).unwrap().unwrap().0;
+        assert_eq!(head.body, BodyLength::Length(u64::MAX));
+    }
+
+    #[test]
+    fn control_characters_in_the_target_or_headers_are_refused() {
+        assert_eq!(status("GET /a\0b HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET /a\rb HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n"), 400);
+        assert_eq!(status("NOT HTTP AT ALL\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn expect_100_continue_is_noticed() {
+        let text = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(parse(text).unwrap().unwrap().0.expect_continue);
+    }
+
+    fn decode(pieces: &[&[u8]]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut decoder = Chunked::default();
+        let mut body = Vec::new();
+        let mut rest = Vec::new();
+        for piece in pieces {
+            let used = decoder.feed(piece, &mut body)?;
+            rest.extend_from_slice(&piece[used..]);
+        }
+        assert!(decoder.is_done(), "the body did not end");
+        Ok((body, rest))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_and_leave_the_next_request() {
+        let (body, rest) =
+            decode(&[b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET"]).unwrap();
+        assert_eq!(
+            (body.as_slice(), rest.as_slice()),
+            (&b"hello world"[..], &b"GET"[..])
+        );
+        assert!(decode(&[b"zz\r\n"]).is_err());
+        assert!(decode(&[b"2\r\nabc\r\n0\r\n\r\n"]).is_err());
+        assert!(decode(&[&[b'1'; 5000][..]]).is_err());
+    }
+
+    /// Any split of a chunked body into pieces decodes to the same bytes.
+    #[test]
+    fn chunked_decoding_does_not_depend_on_how_bytes_arrive() {
+        let mut rng = Rng::new(5);
+        for _ in 0..2_000 {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for _ in 0..rng.below(5) {
+                let data: Vec<u8> = (0..1 + rng.below(40))
+                    .map(|_| rng.below(256) as u8)
+                    .collect();
+                wire.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                wire.extend_from_slice(&data);
+                wire.extend_from_slice(b"\r\n");
+                expected.extend_from_slice(&data);
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let mut pieces = Vec::new();
+            let mut rest = wire.as_slice();
+            while !rest.is_empty() {
+                let n = (1 + rng.below(8)).min(rest.len());
+                pieces.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            let (body, after) = decode(&pieces).unwrap();
+            assert_eq!(body, expected);
+            assert!(after.is_empty());
+        }
+    }
+}
