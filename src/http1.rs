@@ -400,6 +400,53 @@ mod tests {
         assert!(parse(text).unwrap().unwrap().0.expect_continue);
     }
 
+    /// Any bytes at all: never a panic, never a head over the limits, and a refusal is
+    /// always 400, 431 or 501. Inputs are built from request pieces with damage mixed in.
+    #[test]
+    fn no_input_panics_or_slips_past_the_limits() {
+        let pieces = [
+            "GET ",
+            "POST ",
+            "/v1/chat",
+            "?a=b",
+            " HTTP/1.1",
+            " HTTP/1.0",
+            "\r\n",
+            "\n",
+            "Host: x",
+            "Content-Length: 12",
+            "Content-Length: 99999999999999999999999",
+            "Transfer-Encoding: chunked",
+            "Connection: close",
+            "Expect: 100-continue",
+            ":",
+            " ",
+            "\0",
+            "\u{7f}",
+            "é",
+            "\t",
+            "X-A: 1",
+            "a".repeat(300).leak(),
+        ];
+        let mut rng = Rng::new(11);
+        for _ in 0..20_000 {
+            let text = rng.text(&pieces, 24);
+            let mut bytes = text.into_bytes();
+            if !bytes.is_empty() && rng.below(4) == 0 {
+                let at = rng.below(bytes.len());
+                bytes[at] = rng.below(256) as u8;
+            }
+            match parse_head(&bytes, LIMITS) {
+                Ok(Some((head, used))) => {
+                    assert!(used <= LIMITS.max_head && used <= bytes.len());
+                    assert!(head.headers.len() <= LIMITS.max_headers);
+                }
+                Ok(None) => assert!(bytes.len() <= LIMITS.max_head),
+                Err(reply) => assert!(matches!(reply.status, 400 | 431 | 501), "{reply:?}"),
+            }
+        }
+    }
+
     fn decode(pieces: &[&[u8]]) -> Result<(Vec<u8>, Vec<u8>), String> {
         let mut decoder = Chunked::default();
         let mut body = Vec::new();
