@@ -52,7 +52,7 @@ pub struct Args {
     #[argh(option)]
     pub max_body: Option<String>,
 
-    /// requests handled at once; more get 503 with Retry-After: 1 (default 256)
+    /// requests handled at once; more get 503 with Retry-After: 1 (default 1024)
     #[argh(option)]
     pub max_requests: Option<usize>,
 

@@ -269,7 +269,7 @@ pub fn upstream(
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
-pub const DEFAULT_MAX_REQUESTS: usize = 256;
+pub const DEFAULT_MAX_REQUESTS: usize = 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -589,7 +589,7 @@ mod tests {
         let c = Config::build(Args::default(), no_env).unwrap();
         assert_eq!(
             (c.max_body, c.max_requests, c.shutdown_grace),
-            (32 << 20, 256, Duration::from_secs(30))
+            (32 << 20, 1024, Duration::from_secs(30))
         );
         let args = Args {
             max_body: Some("1MiB".into()),
