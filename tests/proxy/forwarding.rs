@@ -76,7 +76,7 @@ fn end_to_end_headers_pass_and_hop_by_hop_headers_stop_both_ways() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
     let request = "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n\
-        HTTP-Referer: https://github.com/RooVetGit/Roo-Code\r\nX-Title: Roo Code\r\nX-OpenRouter-Title: Roo\r\n\
+        HTTP-Referer: https://github.com/RooVetGit/Roo-Code\r\nX-Title: Roo Code\r\nX-OpenRouter-Title: Roo Café\r\n\
         Connection: keep-alive, X-Client-Hop\r\nX-Client-Hop: secret\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n\
         x-mock-reply: hop\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
     let response = String::from_utf8(raw_exchange(
@@ -95,7 +95,8 @@ fn end_to_end_headers_pass_and_hop_by_hop_headers_stop_both_ways() {
     assert_eq!(header_of(seen, "x-title").as_deref(), Some("Roo Code"));
     assert_eq!(
         header_of(seen, "x-openrouter-title").as_deref(),
-        Some("Roo")
+        Some("Roo Café"),
+        "a UTF-8 title must pass as it is"
     );
     for hop in ["x-client-hop", "te", "proxy-authorization"] {
         assert_eq!(header_of(seen, hop), None, "{hop} crossed the proxy");
