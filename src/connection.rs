@@ -138,6 +138,7 @@ impl Conn {
         loop {
             if let Some((head, used)) = http1::parse_head(&self.buf[self.at..], settings.limits)? {
                 self.at += used;
+                self.release_if_empty();
                 self.unread = match head.body {
                     BodyLength::Empty | BodyLength::Length(0) => Unread::Nothing,
                     BodyLength::Length(left) => Unread::Length {
@@ -214,7 +215,17 @@ impl Conn {
             Unread::Nothing => {}
         }
         self.unread = Unread::Nothing;
+        self.release_if_empty();
         Ok(body)
+    }
+
+    /// Frees the read buffer once nothing is left in it: a connection that streams for
+    /// minutes, or waits for its next request, holds no buffer meanwhile.
+    fn release_if_empty(&mut self) {
+        if self.at == self.buf.len() {
+            self.buf = Vec::new();
+            self.at = 0;
+        }
     }
 
     /// Reads more of a body into an emptied buffer.

@@ -122,12 +122,12 @@ const READ_SIZE: usize = 16 * 1024;
 /// error rather than take a cut-off answer for a complete one.
 pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: bool) -> (End, u64) {
     let chunked = framing == Framing::Chunked;
-    let mut buf = vec![0u8; READ_SIZE];
-    let mut frame = Vec::with_capacity(READ_SIZE + 16);
+    // One buffer per stream: each read lands after room for its chunk-size line.
+    let mut buf = vec![0u8; ROOM + READ_SIZE + 2];
     let mut sent: u64 = 0;
     let mut tail = [b'\n', b'\n'];
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match from.read(&mut buf[ROOM..ROOM + READ_SIZE]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -142,20 +142,21 @@ pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: boo
                     end.extend_from_slice(separator);
                     end.extend_from_slice(&sse_error_event(&e));
                 }
-                let ended = send(to, &mut frame, &end, chunked).and_then(|()| finish(to, chunked));
+                let ended = send(to, &end, chunked).and_then(|()| finish(to, chunked));
                 return match ended {
                     Ok(()) => (End::UpstreamFailed(e), sent),
                     Err(client) => (End::ClientGone(client), sent),
                 };
             }
         };
-        if let Err(e) = send(to, &mut frame, &buf[..n], chunked) {
+        if let Err(e) = send_in_place(to, &mut buf, n, chunked) {
             return (End::ClientGone(e), sent);
         }
         sent += n as u64;
+        let data = &buf[ROOM..ROOM + n];
         tail = match n {
-            1 => [tail[1], buf[0]],
-            _ => [buf[n - 2], buf[n - 1]],
+            1 => [tail[1], data[0]],
+            _ => [data[n - 2], data[n - 1]],
         };
     }
     match finish(to, chunked) {
@@ -164,12 +165,34 @@ pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: boo
     }
 }
 
+/// Room before the data in a relay buffer for a chunk-size line (`4000\r\n`).
+const ROOM: usize = 8;
+
+/// Sends the `n` bytes at `buf[ROOM..]` as one chunk (or raw), in one write, and
+/// flushes; the chunk-size line goes in the room before them, the CRLF after.
+fn send_in_place(to: &mut dyn Write, buf: &mut [u8], n: usize, chunked: bool) -> io::Result<()> {
+    if !chunked {
+        to.write_all(&buf[ROOM..ROOM + n])?;
+        return to.flush();
+    }
+    let mut size = [0u8; ROOM];
+    let mut line = &mut size[..];
+    // ROOM holds any size line up to 16^6 bytes; a read is at most READ_SIZE.
+    let _ = write!(line, "{n:x}\r\n");
+    let len = ROOM - line.len();
+    let start = ROOM - len;
+    buf[start..ROOM].copy_from_slice(&size[..len]);
+    buf[ROOM + n..ROOM + n + 2].copy_from_slice(b"\r\n");
+    to.write_all(&buf[start..ROOM + n + 2])?;
+    to.flush()
+}
+
 /// Sends `data` as one chunk (or raw), in one write, and flushes.
-fn send(to: &mut dyn Write, frame: &mut Vec<u8>, data: &[u8], chunked: bool) -> io::Result<()> {
+fn send(to: &mut dyn Write, data: &[u8], chunked: bool) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
-    frame.clear();
+    let mut frame = Vec::with_capacity(data.len() + 16);
     if chunked {
         let _ = write!(frame, "{:x}\r\n", data.len());
     }
@@ -177,7 +200,7 @@ fn send(to: &mut dyn Write, frame: &mut Vec<u8>, data: &[u8], chunked: bool) -> 
     if chunked {
         frame.extend_from_slice(b"\r\n");
     }
-    to.write_all(frame)?;
+    to.write_all(&frame)?;
     to.flush()
 }
 
