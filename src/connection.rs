@@ -74,15 +74,7 @@ pub fn serve(socket: TcpStream, settings: &Settings, handler: &dyn Fn(&Head, &mu
     // Inherited from the listener on Linux; set it again for other systems.
     let _ = socket.set_nodelay(true);
     let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut conn = Conn {
-        socket,
-        buf: Vec::new(),
-        at: 0,
-        deadline: Instant::now(),
-        unread: Unread::Nothing,
-        wrote: false,
-        close: false,
-    };
+    let mut conn = Conn::new(socket);
     // A client that connects must send its first request within the client timeout.
     let mut wait = settings.client_timeout;
     loop {
@@ -115,6 +107,18 @@ pub fn serve(socket: TcpStream, settings: &Settings, handler: &dyn Fn(&Head, &mu
 }
 
 impl Conn {
+    fn new(socket: TcpStream) -> Conn {
+        Conn {
+            socket,
+            buf: Vec::new(),
+            at: 0,
+            deadline: Instant::now(),
+            unread: Unread::Nothing,
+            wrote: false,
+            close: false,
+        }
+    }
+
     /// After this response, close the connection.
     pub fn close_after(&mut self) {
         self.close = true;
@@ -307,15 +311,7 @@ impl Write for Conn {
 /// Turns away a connection over `--max-connections`: a 503 in the error shape, then close.
 pub fn refuse(socket: TcpStream, limit: usize) {
     let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
-    let mut conn = Conn {
-        socket,
-        buf: Vec::new(),
-        at: 0,
-        deadline: Instant::now(),
-        unread: Unread::Nothing,
-        wrote: false,
-        close: true,
-    };
+    let mut conn = Conn::new(socket);
     let reply = Reply::busy(format!(
         "too many connections at once (--max-connections {limit}); try again in a moment"
     ));
