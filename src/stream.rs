@@ -142,7 +142,13 @@ pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: boo
                     end.extend_from_slice(separator);
                     end.extend_from_slice(&sse_error_event(&e));
                 }
-                let ended = send(to, &end, chunked).and_then(|()| finish(to, chunked));
+                let ended = end
+                    .chunks(READ_SIZE)
+                    .try_for_each(|piece| {
+                        buf[ROOM..ROOM + piece.len()].copy_from_slice(piece);
+                        send_in_place(to, &mut buf, piece.len(), chunked)
+                    })
+                    .and_then(|()| finish(to, chunked));
                 return match ended {
                     Ok(()) => (End::UpstreamFailed(e), sent),
                     Err(client) => (End::ClientGone(client), sent),
@@ -184,23 +190,6 @@ fn send_in_place(to: &mut dyn Write, buf: &mut [u8], n: usize, chunked: bool) ->
     buf[start..ROOM].copy_from_slice(&size[..len]);
     buf[ROOM + n..ROOM + n + 2].copy_from_slice(b"\r\n");
     to.write_all(&buf[start..ROOM + n + 2])?;
-    to.flush()
-}
-
-/// Sends `data` as one chunk (or raw), in one write, and flushes.
-fn send(to: &mut dyn Write, data: &[u8], chunked: bool) -> io::Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let mut frame = Vec::with_capacity(data.len() + 16);
-    if chunked {
-        let _ = write!(frame, "{:x}\r\n", data.len());
-    }
-    frame.extend_from_slice(data);
-    if chunked {
-        frame.extend_from_slice(b"\r\n");
-    }
-    to.write_all(&frame)?;
     to.flush()
 }
 
