@@ -115,19 +115,6 @@ impl Config {
             parse_size,
         )?
         .unwrap_or(DEFAULT_MAX_BODY);
-        let max_requests = setting(
-            args.max_requests.map(|n| n.to_string()),
-            "--max-requests",
-            "ROO_PROXY_MAX_REQUESTS",
-            env,
-            |v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or("must be a whole number of at least 1")
-            },
-        )?
-        .unwrap_or(DEFAULT_MAX_REQUESTS);
         let shutdown_grace = setting(
             args.shutdown_grace,
             "--shutdown-grace",
@@ -147,6 +134,12 @@ impl Config {
         let time = |flag: Option<String>, name: &str, variable: &str, default: Duration| {
             setting(flag, name, variable, env, parse_duration).map(|t| t.unwrap_or(default))
         };
+        let max_requests = count(
+            args.max_requests,
+            "--max-requests",
+            "ROO_PROXY_MAX_REQUESTS",
+        )?
+        .unwrap_or(DEFAULT_MAX_REQUESTS);
         let max_connections = count(
             args.max_connections,
             "--max-connections",
