@@ -7,6 +7,7 @@
 //! refused with 400, never guessed, so no request can be smuggled past the proxy.
 
 use crate::error::Reply;
+use crate::route;
 
 /// Limits on a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,12 +92,12 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
         fields.push((h.name.to_string(), value.trim().to_string()));
     }
     let body = body_length(&fields, http10)?;
-    let connection = connection_tokens(&fields);
-    let keep_alive = if http10 {
-        false
-    } else {
-        !connection.iter().any(|t| t == "close")
-    };
+    let keep_alive = !http10
+        && !fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, v)| route::connection_tokens(v))
+            .any(|t| t == "close");
     let expect_continue = !http10
         && fields.iter().any(|(n, v)| {
             n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case("100-continue")
@@ -123,15 +124,6 @@ fn too_large_head(limits: Limits) -> Reply {
             limits.max_head
         ),
     )
-}
-
-fn connection_tokens(headers: &[(String, String)]) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect()
 }
 
 /// The body's framing, from `Transfer-Encoding` and `Content-Length` (RFC 9112 §6).
