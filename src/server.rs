@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
+use ureq::BodyReader;
 use ureq::http::HeaderMap;
-use ureq::{Agent, BodyReader};
 
 use crate::access;
 use crate::classify::{self, Verdict};
@@ -34,7 +34,7 @@ use crate::state;
 use crate::status::{self, About, Route};
 use crate::store::{self, KeyEntry, KeysFile, Source};
 use crate::stream::{self, End, Framing};
-use crate::upstream;
+use crate::upstream::{self, Upstream};
 use crate::watch::{self, EnvKeys, Watch};
 use crate::workers;
 
@@ -52,7 +52,7 @@ const MAX_HELD_STREAM_START: usize = 64 * 1024;
 struct Proxy {
     config: Config,
     pool: Arc<Pool>,
-    agent: Agent,
+    upstream: Upstream,
     metrics: Metrics,
     started: Instant,
     /// Requests being handled now (for --max-requests and a graceful stop).
@@ -121,7 +121,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
 
     let proxy = Arc::new(Proxy {
         pool,
-        agent: upstream::agent(config.upstream_timeouts),
+        upstream: Upstream::new(config.upstream_timeouts),
         config,
         metrics: Metrics::default(),
         started: Instant::now(),
@@ -547,7 +547,7 @@ impl Proxy {
             why,
         };
         let sent = upstream::send(
-            &self.agent,
+            self.upstream.agent(),
             &incoming.method,
             url,
             headers,
