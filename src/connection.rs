@@ -67,6 +67,8 @@ pub struct Conn {
     wrote: bool,
     /// A write failed, or the handler asked to close after this response.
     close: bool,
+    /// The socket's read time limit as last set.
+    read_limit: Option<Duration>,
 }
 
 /// Serves one connection until it closes, calling `handler` for each request.
@@ -116,6 +118,7 @@ impl Conn {
             unread: Unread::Nothing,
             wrote: false,
             close: false,
+            read_limit: None,
         }
     }
 
@@ -252,7 +255,11 @@ impl Conn {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.socket.set_read_timeout(Some(left))?;
+        let limit = Some(coarse(left));
+        if limit != self.read_limit {
+            self.socket.set_read_timeout(limit)?;
+            self.read_limit = limit;
+        }
         let len = self.buf.len();
         self.buf.resize(len + READ_SIZE, 0);
         let read = loop {
@@ -283,6 +290,18 @@ impl Conn {
                 Ok(n) => dropped += n,
             }
         }
+    }
+}
+
+/// A socket time limit for a wait of `left`, rounded up (to the second from 10 s, to a
+/// tenth of a second from 1 s) so that waits of about the same length share one value
+/// and the socket option is not set again for every request. It outlasts `left` by
+/// less than a tenth.
+pub fn coarse(left: Duration) -> Duration {
+    match left.as_secs() {
+        10.. => Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0)),
+        1.. => Duration::from_millis(left.as_millis().div_ceil(100) as u64 * 100),
+        0 => left,
     }
 }
 
@@ -317,4 +336,26 @@ pub fn refuse(socket: TcpStream, limit: usize) {
     ));
     let _ = stream::write_reply(&mut conn, &reply, true);
     conn.linger();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coarse_limits_round_up_by_less_than_a_tenth() {
+        let ms = Duration::from_millis;
+        assert_eq!(coarse(ms(59_990)), ms(60_000));
+        assert_eq!(coarse(ms(60_000)), ms(60_000));
+        assert_eq!(coarse(ms(119_998)), ms(120_000));
+        assert_eq!(coarse(ms(2_345)), ms(2_400));
+        assert_eq!(coarse(ms(950)), ms(950));
+        for left in (1..200_000).step_by(997).map(ms) {
+            let limit = coarse(left);
+            assert!(
+                limit >= left && limit - left <= left / 10,
+                "{left:?} -> {limit:?}"
+            );
+        }
+    }
 }

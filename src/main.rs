@@ -23,6 +23,7 @@ mod store;
 mod stream;
 #[cfg(test)]
 mod testing;
+mod transport;
 mod upstream;
 mod watch;
 mod workers;

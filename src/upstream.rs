@@ -9,10 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ureq::http::{self, Response};
+use ureq::tls::TlsConfig;
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::{Agent, Body, SendBody};
 
 use crate::config::UpstreamTimeouts;
 use crate::key::ApiKey;
+use crate::transport::Tcp;
 
 /// Time to send the request (head and body). One value for both, so the socket's send
 /// timeout is set once per connection, not twice per request.
@@ -40,7 +44,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(timeouts: UpstreamTimeouts) -> Upstream {
         let agents = (0..AGENTS)
-            .map(|_| agent(timeouts, IDLE_CONNECTIONS / AGENTS))
+            .map(|_| agent(timeouts, IDLE_CONNECTIONS / AGENTS, TlsConfig::default()))
             .collect();
         Upstream { agents }
     }
@@ -55,7 +59,7 @@ impl Upstream {
     }
 }
 
-fn agent(timeouts: UpstreamTimeouts, idle: usize) -> Agent {
+fn agent(timeouts: UpstreamTimeouts, idle: usize, tls: TlsConfig) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -72,8 +76,10 @@ fn agent(timeouts: UpstreamTimeouts, idle: usize) -> Agent {
         .max_response_header_size(INPUT_BUFFER)
         .input_buffer_size(INPUT_BUFFER)
         .output_buffer_size(OUTPUT_BUFFER)
+        .tls_config(tls)
         .build();
-    Agent::new_with_config(config)
+    let connector = Tcp.chain(RustlsConnector::default());
+    Agent::with_parts(config, connector, DefaultResolver::default())
 }
 
 /// Sends one attempt: `headers` are the client's end-to-end headers (already filtered),
@@ -112,6 +118,12 @@ pub fn describe(error: &ureq::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use ureq::tls::{Certificate, RootCerts};
+
     use super::*;
 
     #[test]
@@ -128,5 +140,95 @@ mod tests {
             "threads share too few agents: {}",
             seen.len()
         );
+    }
+
+    /// An https upstream on 127.0.0.1 (certificate from tests/tls) that answers
+    /// `requests` requests on the first connection it accepts with their body's length,
+    /// then returns what it was sent.
+    fn tls_upstream(requests: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let certs = vec![rustls::pki_types::CertificateDer::from(
+                Certificate::from_pem(include_bytes!("../tests/tls/upstream.pem"))
+                    .unwrap()
+                    .der()
+                    .to_vec(),
+            )];
+            let key = ureq::tls::PrivateKey::from_pem(include_bytes!("../tests/tls/upstream.key"))
+                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.der().to_vec().into());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+            let (socket, _) = listener.accept().unwrap();
+            let tls = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut stream = BufReader::new(rustls::StreamOwned::new(tls, socket));
+            let mut seen = Vec::new();
+            for _ in 0..requests {
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    assert!(stream.read_line(&mut head).unwrap() > 0, "closed in a head");
+                }
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.parse().unwrap());
+                let mut body = vec![0; length];
+                stream.read_exact(&mut body).unwrap();
+                let answer = length.to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                stream.get_mut().write_all(reply.as_bytes()).unwrap();
+                seen.push(head + &String::from_utf8(body).unwrap());
+            }
+            seen
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn requests_go_whole_over_one_reused_tls_connection() {
+        let (port, server) = tls_upstream(3);
+        let ca = Certificate::from_pem(include_bytes!("../tests/tls/ca.pem")).unwrap();
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
+            .build();
+        let short = Duration::from_secs(5);
+        let timeouts = UpstreamTimeouts {
+            connect: short,
+            headers: short,
+            silence: short,
+        };
+        let agent = agent(timeouts, 4, tls);
+        let key =
+            ApiKey::parse("sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab")
+                .unwrap();
+        let url = format!("https://127.0.0.1:{port}/api/v1/chat/completions");
+        let headers = [("content-type".to_string(), "application/json".to_string())];
+        let bodies: [&[u8]; 3] = [b"{\"stream\":false}", b"", &[b'x'; 20_000]];
+        for body in bodies {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let response = send(&agent, method, &url, &headers, &key, body).unwrap();
+            assert_eq!(response.status(), 200);
+            let answer = response.into_body().read_to_string().unwrap();
+            assert_eq!(answer, body.len().to_string());
+        }
+        // All three on the first connection: a second one would never be answered.
+        let seen = server.join().unwrap();
+        assert!(seen[0].starts_with("POST /api/v1/chat/completions HTTP/1.1\r\n"));
+        assert!(
+            seen[0].ends_with("\r\n\r\n{\"stream\":false}"),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[1].starts_with("GET "), "{}", seen[1]);
+        assert!(seen[2].ends_with(&"x".repeat(20_000)));
     }
 }
