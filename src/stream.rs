@@ -111,9 +111,10 @@ pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool) -> io::Result
     write_full(to, reply.status, &headers, &reply.body())
 }
 
-/// Size of one read from the upstream: bigger reads only wait for more bytes that a
-/// stream does not have yet, smaller ones cost more calls for large bodies.
-const READ_SIZE: usize = 16 * 1024;
+/// Size of one read from the upstream: the relay buffer (with the chunk framing around
+/// it) is 8 KiB, held by every open stream. Events are far smaller; a large chunked body
+/// costs one write to the client per 8 KiB.
+const READ_SIZE: usize = 8 * 1024 - ROOM - 2;
 
 /// Copies `from` to the client as it arrives, one flushed chunk per read, after
 /// [`write_head`] was written with the same `framing` (`Chunked` or `Close`). When the

@@ -10,6 +10,9 @@
 //!   goes back to its pool and again when it is taken out) is one non-blocking peek on
 //!   Unix, where ureq's check takes three system calls.
 //! - A socket time limit is set only when it changes (rounded by `connection::coarse`).
+//! - A connection's buffers are small while a response streams: the output buffer is
+//!   given back once the request is sent, and the input buffer starts at one page and
+//!   grows only when a read fills it. With ureq's buffers an open stream held 24 KiB.
 //!
 //! Built on ureq's `unversioned` transport API, which may change between ureq releases;
 //! `Cargo.lock` holds the version this was written against.
@@ -20,9 +23,7 @@ use std::time::Duration;
 
 use ureq::Error;
 use ureq::Timeout;
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport,
-};
+use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, NextTimeout, Transport};
 
 use crate::connection::coarse;
 
@@ -38,7 +39,7 @@ impl Connector<()> for Tcp {
         let config = details.config;
         Ok(Some(Socket {
             stream,
-            buffers: LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
+            buffers: Room::new(config.input_buffer_size(), config.output_buffer_size()),
             held: 0,
             read_timeout: None,
             write_timeout: None,
@@ -86,7 +87,7 @@ fn is_timeout(e: &io::Error) -> bool {
 #[derive(Debug)]
 pub struct Socket {
     stream: TcpStream,
-    buffers: LazyBuffers,
+    buffers: Room,
     held: usize,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
@@ -136,6 +137,8 @@ impl Transport for Socket {
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         self.send_held(timeout)?;
+        // The request is out; an answer that streams for minutes should not keep its buffer.
+        self.buffers.release_output();
         let timeout = timeout.for_read();
         if timeout.after.is_zero() {
             return Err(Error::Timeout(timeout.reason));
@@ -154,6 +157,7 @@ impl Transport for Socket {
         match read {
             Ok(amount) => {
                 self.buffers.input_appended(amount);
+                self.buffers.grow_if_filled(amount);
                 Ok(amount > 0)
             }
             Err(e) if is_timeout(&e) => Err(Error::Timeout(timeout.reason)),
@@ -219,6 +223,109 @@ impl Buffers for Socket {
     }
 }
 
+/// A connection's input and output buffers (ureq's `LazyBuffers` keeps both at full size
+/// for the connection's life). The output buffer exists only while a request is being
+/// sent. The input buffer starts at [`INPUT_START`] and doubles, up to the configured
+/// size, when a read fills it (a large body is coming), or beyond it when ureq needs
+/// more bytes together than it holds (a long response head; ureq caps those itself).
+#[derive(Debug)]
+struct Room {
+    output: Vec<u8>,
+    output_size: usize,
+    input: Vec<u8>,
+    input_size: usize,
+    filled: usize,
+    consumed: usize,
+    /// The last `input_consume` took something (ureq's `can_use_input` contract).
+    progress: bool,
+}
+
+/// One page: an event of a stream fits many times over.
+const INPUT_START: usize = 4 * 1024;
+/// Less free room than this at the end of the input buffer is made room for first.
+const MIN_READ: usize = 1024;
+
+impl Room {
+    fn new(input_size: usize, output_size: usize) -> Room {
+        Room {
+            output: Vec::new(),
+            output_size: output_size.max(1),
+            input: Vec::new(),
+            input_size: input_size.max(1),
+            filled: 0,
+            consumed: 0,
+            progress: false,
+        }
+    }
+
+    fn output(&mut self) -> &mut [u8] {
+        if self.output.is_empty() {
+            self.output = vec![0; self.output_size];
+        }
+        &mut self.output
+    }
+
+    fn release_output(&mut self) {
+        self.output = Vec::new();
+    }
+
+    fn input(&self) -> &[u8] {
+        &self.input[self.consumed..self.filled]
+    }
+
+    /// The free end of the input buffer, at least [`MIN_READ`] long.
+    fn input_append_buf(&mut self) -> &mut [u8] {
+        if self.consumed == self.filled {
+            (self.consumed, self.filled) = (0, 0);
+        }
+        if self.input.len() - self.filled < MIN_READ {
+            if self.consumed > 0 {
+                self.input.copy_within(self.consumed..self.filled, 0);
+                (self.consumed, self.filled) = (0, self.filled - self.consumed);
+            }
+            let start = INPUT_START.min(self.input_size);
+            let mut len = self.input.len().max(start);
+            while len - self.filled < MIN_READ {
+                len *= 2;
+            }
+            self.input.resize(len, 0);
+        }
+        &mut self.input[self.filled..]
+    }
+
+    fn input_appended(&mut self, amount: usize) {
+        self.filled += amount;
+        assert!(self.filled <= self.input.len());
+    }
+
+    /// After a read of `amount` bytes: if it filled the buffer, the next one gets twice
+    /// the room (up to the configured size).
+    fn grow_if_filled(&mut self, amount: usize) {
+        let len = self.input.len();
+        if self.filled == len && amount > 0 && len < self.input_size {
+            self.input.resize((len * 2).min(self.input_size), 0);
+        }
+    }
+
+    fn input_consume(&mut self, amount: usize) {
+        self.progress = amount > 0;
+        self.consumed += amount;
+        assert!(self.consumed <= self.filled);
+    }
+
+    fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
+        if self.output.is_empty() {
+            self.output = vec![0; self.output_size];
+        }
+        self.input_append_buf();
+        (&mut self.input[self.filled..], &mut self.output)
+    }
+
+    fn can_use_input(&self) -> bool {
+        self.consumed < self.filled && self.progress
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
@@ -235,7 +342,7 @@ mod tests {
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let socket = Socket {
             stream,
-            buffers: LazyBuffers::new(1024, 1024),
+            buffers: Room::new(1024, 1024),
             held: 0,
             read_timeout: None,
             write_timeout: None,
@@ -296,6 +403,63 @@ mod tests {
         assert!(socket.await_input(within(Timeout::RecvResponse)).unwrap());
         assert_eq!(&upstream.join().unwrap(), b"GET / HTTP/1.1\r\n\r\n");
         assert!(socket.input().starts_with(b"HTTP/1.1 204"));
+        assert!(
+            socket.buffers.output.is_empty(),
+            "the output buffer outlived the request"
+        );
+    }
+
+    /// What ureq does to read: append into the free end, then consume what it parsed.
+    fn arrive(room: &mut Room, bytes: usize) {
+        let free = room.input_append_buf();
+        assert!(
+            free.len() >= bytes,
+            "{} bytes free, {bytes} arrived",
+            free.len()
+        );
+        free[..bytes].fill(b'x');
+        room.input_appended(bytes);
+        room.grow_if_filled(bytes);
+    }
+
+    #[test]
+    fn input_starts_at_a_page_and_doubles_when_a_read_fills_it() {
+        let mut room = Room::new(16 * 1024, 1024);
+        assert_eq!(room.input_append_buf().len(), 4096);
+        arrive(&mut room, 300);
+        room.input_consume(300);
+        assert_eq!(room.input_append_buf().len(), 4096, "a small read grew it");
+        for size in [8192, 16384, 16384] {
+            let free = room.input_append_buf().len();
+            arrive(&mut room, free);
+            room.input_consume(free);
+            assert_eq!(room.input.len(), size);
+        }
+    }
+
+    #[test]
+    fn unconsumed_input_survives_making_room() {
+        let mut room = Room::new(4096, 1024);
+        arrive(&mut room, 4000);
+        room.input_consume(3990);
+        assert!(room.can_use_input());
+        room.input_append_buf()[..4].copy_from_slice(b"tail");
+        room.input_appended(4);
+        assert_eq!(room.input(), b"xxxxxxxxxxtail");
+        assert_eq!(room.input.len(), 4096, "moved to the front, not grown");
+    }
+
+    #[test]
+    fn a_head_longer_than_the_buffer_still_gets_room() {
+        let mut room = Room::new(2048, 1024);
+        for _ in 0..4 {
+            let free = room.input_append_buf().len();
+            assert!(free >= MIN_READ);
+            arrive(&mut room, free);
+            room.input_consume(0);
+            assert!(!room.can_use_input(), "nothing was parsed, so read more");
+        }
+        assert!(room.input().len() > 4096);
     }
 
     #[test]
