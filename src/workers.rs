@@ -44,8 +44,9 @@ struct Shared {
     idle: AtomicUsize,
     live: AtomicUsize,
     open: AtomicUsize,
-    /// A descriptor held back to accept-and-close with when descriptors run out.
-    spare: Mutex<Option<File>>,
+    /// Held by the one worker accepting; inside, a descriptor held back to
+    /// accept-and-close with when descriptors run out.
+    gate: Mutex<Option<File>>,
     /// Accepting is failing for lack of descriptors (logged once per episode).
     starved: AtomicBool,
     failed: Sender<io::Error>,
@@ -68,7 +69,7 @@ pub fn run(
         idle: AtomicUsize::new(0),
         live: AtomicUsize::new(0),
         open: AtomicUsize::new(0),
-        spare: Mutex::new(spare_descriptor()),
+        gate: Mutex::new(spare_descriptor()),
         starved: AtomicBool::new(false),
         failed,
     });
@@ -133,16 +134,22 @@ fn work(shared: &Arc<Shared>) {
 /// The next connection. Errors that pass (descriptors or memory running out, a
 /// connection reset before it was accepted) are waited out; an error that lasts
 /// [`FATAL_AFTER`] with no success between is returned.
+///
+/// One worker accepts at a time, holding the gate (the others wait on it): so the
+/// descriptor the spare frees goes to the accept that sheds a client, not to another
+/// worker's accept, and the spare is taken back before anyone else accepts.
 fn accept(shared: &Shared) -> io::Result<TcpStream> {
     let mut failing_since: Option<Instant> = None;
     let mut pause = Duration::from_millis(5);
+    let mut spare = shared.gate.lock().unwrap_or_else(|e| e.into_inner());
     loop {
+        if spare.is_none() {
+            // Lost to another open while it was free; take it back when there is one.
+            *spare = spare_descriptor();
+        }
         let error = match shared.listener.accept() {
             Ok((socket, _)) => {
-                if shared.starved.swap(false, Ordering::SeqCst) {
-                    warn!("accepting connections again");
-                    restore_spare(shared);
-                }
+                recovered(shared);
                 return Ok(socket);
             }
             Err(e) => e,
@@ -159,11 +166,27 @@ fn accept(shared: &Shared) -> io::Result<TcpStream> {
                     "out of file descriptors ({error}): new connections are closed until some are free; raise the limit (ulimit -n) or --max-connections lower"
                 );
             }
-            if shed_one(shared) {
-                // One waiting client was turned away; there may be more.
-                failing_since = None;
-                pause = Duration::from_millis(5);
-                continue;
+            if let Some(file) = spare.take() {
+                // With the spare closed, this accept has a descriptor to use. It waits
+                // for the next client if none is waiting now.
+                drop(file);
+                let accepted = shared.listener.accept();
+                *spare = spare_descriptor();
+                match accepted {
+                    Ok((socket, _)) if spare.is_some() => {
+                        // A descriptor was free after all: serve the client.
+                        recovered(shared);
+                        return Ok(socket);
+                    }
+                    Ok(_) => {
+                        // Closed at once: the client sees the connection end instead
+                        // of hanging. There may be more waiting.
+                        failing_since = None;
+                        pause = Duration::from_millis(5);
+                        continue;
+                    }
+                    Err(_) => {}
+                }
             }
         }
         let since = *failing_since.get_or_insert_with(Instant::now);
@@ -181,6 +204,12 @@ fn accept(shared: &Shared) -> io::Result<TcpStream> {
     }
 }
 
+fn recovered(shared: &Shared) {
+    if shared.starved.swap(false, Ordering::SeqCst) {
+        warn!("accepting connections again");
+    }
+}
+
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or system is short of resources.
 fn out_of_descriptors(error: &io::Error) -> bool {
     #[cfg(unix)]
@@ -191,24 +220,6 @@ fn out_of_descriptors(error: &io::Error) -> bool {
     {
         // WSAEMFILE, WSAENOBUFS.
         matches!(error.raw_os_error(), Some(10024 | 10055))
-    }
-}
-
-/// Frees the spare descriptor, accepts the waiting connection on it and closes it (the
-/// client sees the connection end instead of hanging), then takes the spare back.
-/// Returns whether a connection was turned away.
-fn shed_one(shared: &Shared) -> bool {
-    let mut spare = shared.spare.lock().unwrap();
-    // With the spare closed, this accept has a descriptor to use.
-    let shed = spare.take().is_some() && shared.listener.accept().is_ok();
-    *spare = spare_descriptor();
-    shed
-}
-
-fn restore_spare(shared: &Shared) {
-    let mut spare = shared.spare.lock().unwrap();
-    if spare.is_none() {
-        *spare = spare_descriptor();
     }
 }
 
