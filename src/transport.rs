@@ -23,28 +23,54 @@ use std::time::Duration;
 
 use ureq::Error;
 use ureq::Timeout;
-use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, NextTimeout, Transport};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, NextTimeout, RustlsConnector, Transport,
+};
 
 use crate::connection::coarse;
 
-/// The first link of ureq's connector chain: opens the TCP connection.
-#[derive(Debug)]
-pub struct Tcp;
+/// ureq's connector for the upstream: opens the TCP connection, and for an `https`
+/// upstream runs ureq's rustls connector on top.
+///
+/// Not `Tcp.chain(RustlsConnector)`: the chain compiles into one function whose stack
+/// frame holds room for the TLS handshake (12 KiB) even for plain HTTP, and a worker
+/// thread keeps every stack page it has touched for as long as it lives.
+#[derive(Debug, Default)]
+pub struct Connect {
+    tls: RustlsConnector,
+}
 
-impl Connector<()> for Tcp {
-    type Out = Socket;
+type Tls = <RustlsConnector as Connector<Socket>>::Out;
 
-    fn connect(&self, details: &ConnectionDetails, _: Option<()>) -> Result<Option<Socket>, Error> {
+impl Connector<()> for Connect {
+    type Out = Tls;
+
+    fn connect(&self, details: &ConnectionDetails, _: Option<()>) -> Result<Option<Tls>, Error> {
         let stream = connect(&details.addrs, details.timeout)?;
         let config = details.config;
-        Ok(Some(Socket {
+        let socket = Socket {
             stream,
             buffers: Room::new(config.input_buffer_size(), config.output_buffer_size()),
             held: 0,
             read_timeout: None,
             write_timeout: None,
-        }))
+        };
+        if details.needs_tls() {
+            wrap_in_tls(&self.tls, details, socket)
+        } else {
+            Ok(Some(Either::A(socket)))
+        }
     }
+}
+
+/// Its own frame, entered only for `https`.
+#[inline(never)]
+fn wrap_in_tls(
+    tls: &RustlsConnector,
+    details: &ConnectionDetails,
+    socket: Socket,
+) -> Result<Option<Tls>, Error> {
+    tls.connect(details, Some(socket))
 }
 
 /// Tries the resolved addresses in order, sharing the connect time limit among them.

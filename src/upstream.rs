@@ -11,12 +11,11 @@ use std::time::Duration;
 use ureq::http::{self, Response};
 use ureq::tls::TlsConfig;
 use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{Connector, RustlsConnector};
 use ureq::{Agent, Body, SendBody};
 
 use crate::config::UpstreamTimeouts;
 use crate::key::ApiKey;
-use crate::transport::Tcp;
+use crate::transport::Connect;
 
 /// Time to send the request (head and body). One value for both, so the socket's send
 /// timeout is set once per connection, not twice per request.
@@ -78,8 +77,7 @@ fn agent(timeouts: UpstreamTimeouts, idle: usize, tls: TlsConfig) -> Agent {
         .output_buffer_size(OUTPUT_BUFFER)
         .tls_config(tls)
         .build();
-    let connector = Tcp.chain(RustlsConnector::default());
-    Agent::with_parts(config, connector, DefaultResolver::default())
+    Agent::with_parts(config, Connect::default(), DefaultResolver::default())
 }
 
 /// Sends one attempt: `headers` are the client's end-to-end headers (already filtered),
