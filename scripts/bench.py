@@ -135,8 +135,8 @@ def main():
     size = os.path.getsize(os.path.join(BIN, "roo-proxy"))
     write_report(rows, sse, hold, startups, many, size, results)
     shutil.rmtree(work, ignore_errors=True)
-    return 0
     shutil.rmtree(big, ignore_errors=True)
+    return 0
 
 
 def write_report(rows, sse, hold, startups, many, size, results):

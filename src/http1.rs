@@ -6,6 +6,8 @@
 //! ambiguous (`Content-Length` beside `Transfer-Encoding`, or two different lengths) is
 //! refused with 400, never guessed, so no request can be smuggled past the proxy.
 
+use std::mem::MaybeUninit;
+
 use crate::error::Reply;
 use crate::route;
 
@@ -52,13 +54,25 @@ pub enum BodyLength {
     Chunked,
 }
 
+/// Header slots `parse_head` keeps on the stack (32 bytes each).
+const HEADERS_ON_STACK: usize = 128;
+
 /// Parses a request head from the start of `buf`. `Ok(None)`: not complete yet, read
 /// more. `Ok(Some((head, n)))`: the head took the first `n` bytes. `Err`: the answer to
 /// send before closing the connection.
 pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Reply> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut headers);
-    let used = match request.parse(buf) {
+    // Room for the parsed headers: on the stack unless --max-headers is unusually high,
+    // and never zeroed (httparse writes each one it uses).
+    let mut on_stack = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADERS_ON_STACK];
+    let mut on_heap = Vec::new();
+    let slots = if limits.max_headers <= HEADERS_ON_STACK {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap.resize(limits.max_headers, MaybeUninit::uninit());
+        &mut on_heap[..]
+    };
+    let mut request = httparse::Request::new(&mut []);
+    let used = match request.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(n)) if n <= limits.max_head => n,
         Ok(_) if buf.len() > limits.max_head => return Err(too_large_head(limits)),
         Ok(httparse::Status::Complete(_)) => return Err(too_large_head(limits)),
@@ -342,6 +356,19 @@ mod tests {
         assert_eq!(status(&many), 431);
         let eight = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(8));
         assert!(parse(&eight).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_header_limit_above_the_stack_slots_still_counts_exactly() {
+        let limits = Limits {
+            max_head: 64 * 1024,
+            max_headers: HEADERS_ON_STACK + 72,
+        };
+        let head = |n: usize| format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(n));
+        let (parsed, _) = parse_head(head(200).as_bytes(), limits).unwrap().unwrap();
+        assert_eq!(parsed.headers.len(), 200);
+        let over = parse_head(head(201).as_bytes(), limits).unwrap_err();
+        assert_eq!(over.status, 431);
     }
 
     #[test]

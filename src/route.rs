@@ -69,14 +69,27 @@ pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
     Ok(url)
 }
 
+/// `.` or `..`, with any dot percent-encoded (`%2e`, `%2E`).
 fn is_dot_segment(segment: &str) -> bool {
-    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-    decoded == "." || decoded == ".."
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while let Some(&first) = rest.first() {
+        rest = if first == b'.' {
+            &rest[1..]
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            &rest[3..]
+        } else {
+            return false;
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 fn contains_encoded_slash(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.contains("%2f") || lower.contains("%5c")
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%2f") || w.eq_ignore_ascii_case(b"%5c"))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never
@@ -106,23 +119,32 @@ pub fn connection_tokens(value: &str) -> Vec<String> {
 /// client's own credentials are dropped (the pool key replaces them), and the framing
 /// headers the HTTP client computes itself.
 pub fn forward_request_header(name: &str, named_by_connection: &[String]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !(HOP_BY_HOP.contains(&lower.as_str())
-        || named_by_connection.contains(&lower)
-        || matches!(
-            lower.as_str(),
-            "host" | "content-length" | "expect" | "authorization" | "x-api-key"
-        ))
+    let is = |other: &str| name.eq_ignore_ascii_case(other);
+    !(HOP_BY_HOP.iter().any(|h| is(h))
+        || named_by_connection.iter().any(|n| is(n))
+        || [
+            "host",
+            "content-length",
+            "expect",
+            "authorization",
+            "x-api-key",
+        ]
+        .iter()
+        .any(|h| is(h)))
 }
 
 /// Whether an upstream response header goes to the client. Framing is ours to set
 /// (`Content-Length` or chunked), and so is CORS, which the proxy answers for.
 pub fn forward_response_header(name: &str, named_by_connection: &[String]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !(HOP_BY_HOP.contains(&lower.as_str())
-        || named_by_connection.contains(&lower)
-        || lower == "content-length"
-        || lower.starts_with("access-control-"))
+    let is = |other: &str| name.eq_ignore_ascii_case(other);
+    let cors = name
+        .as_bytes()
+        .get(..15)
+        .is_some_and(|start| start.eq_ignore_ascii_case(b"access-control-"));
+    !(HOP_BY_HOP.iter().any(|h| is(h))
+        || named_by_connection.iter().any(|n| is(n))
+        || is("content-length")
+        || cors)
 }
 
 #[cfg(test)]

@@ -222,13 +222,13 @@ fn no_keys_hint(path: &Path) -> String {
 }
 
 /// The request facts the log line and the attempts need.
-struct Incoming {
-    method: String,
-    target: String,
+struct Incoming<'a> {
+    method: &'a str,
+    target: &'a str,
     started: Instant,
 }
 
-impl Incoming {
+impl Incoming<'_> {
     /// The path for logs: no query string, which may carry ids people would rather not log.
     fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
@@ -310,8 +310,8 @@ impl Proxy {
             return;
         }
         let incoming = Incoming {
-            method: head.method.clone(),
-            target: head.target.clone(),
+            method: &head.method,
+            target: &head.target,
             started,
         };
         let done = match self.prepare(head, conn, &incoming) {
@@ -320,7 +320,7 @@ impl Proxy {
                 Done::local(204)
             }
             Ok(Prepared::Local(route)) => {
-                let (status, content_type, body) = self.answer_local(route, &incoming.method);
+                let (status, content_type, body) = self.answer_local(route, incoming.method);
                 let headers = [
                     ("Content-Type".to_string(), content_type.to_string()),
                     ("Cache-Control".to_string(), "no-store".to_string()),
@@ -366,12 +366,12 @@ impl Proxy {
     }
 
     /// Everything that can be decided before the first upstream attempt.
-    fn prepare(
+    fn prepare<'h>(
         &self,
-        head: &Head,
+        head: &'h Head,
         conn: &mut Conn,
         incoming: &Incoming,
-    ) -> Result<Prepared, Reply> {
+    ) -> Result<Prepared<'h>, Reply> {
         if incoming.method == "OPTIONS" {
             return Ok(Prepared::Preflight(preflight_headers(head)));
         }
@@ -395,7 +395,7 @@ impl Proxy {
                 "CONNECT is not supported: this is not a general proxy; send API requests such as POST /v1/chat/completions",
             ));
         }
-        let url = route::upstream_url(&self.config.upstream, &incoming.target)
+        let url = route::upstream_url(&self.config.upstream, incoming.target)
             .map_err(|e| Reply::new(400, e.to_string()))?;
         if self.pool.len() == 0 {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
@@ -426,7 +426,7 @@ impl Proxy {
             .headers
             .iter()
             .filter(|(name, _)| route::forward_request_header(name, &named))
-            .cloned()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
         Ok(Prepared::Forward { url, headers, body })
     }
@@ -439,7 +439,7 @@ impl Proxy {
         http10: bool,
         incoming: &Incoming,
         url: &str,
-        headers: &[(String, String)],
+        headers: &[(&str, &str)],
         body: &[u8],
     ) -> Done {
         let wait_until = Instant::now() + self.config.wait;
@@ -538,7 +538,7 @@ impl Proxy {
         &self,
         incoming: &Incoming,
         url: &str,
-        headers: &[(String, String)],
+        headers: &[(&str, &str)],
         entry: &KeyEntry,
         body: &[u8],
     ) -> Attempt {
@@ -548,7 +548,7 @@ impl Proxy {
         };
         let sent = upstream::send(
             self.upstream.agent(),
-            &incoming.method,
+            incoming.method,
             url,
             headers,
             &entry.key,
@@ -819,13 +819,14 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
     }
 }
 
-enum Prepared {
+enum Prepared<'a> {
     Preflight(Vec<(String, String)>),
     /// One of the proxy's own status paths.
     Local(Route),
     Forward {
         url: String,
-        headers: Vec<(String, String)>,
+        /// The client's headers that go upstream, borrowed from its request head.
+        headers: Vec<(&'a str, &'a str)>,
         body: Vec<u8>,
     },
 }

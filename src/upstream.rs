@@ -86,13 +86,13 @@ pub fn send(
     agent: &Agent,
     method: &str,
     url: &str,
-    headers: &[(String, String)],
+    headers: &[(&str, &str)],
     key: &ApiKey,
     body: &[u8],
 ) -> Result<Response<Body>, ureq::Error> {
     let mut request = http::Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(name.as_str(), value.as_str());
+    for &(name, value) in headers {
+        request = request.header(name, value);
     }
     request = request.header("authorization", format!("Bearer {}", key.expose()));
     // No body at all (rather than an empty one) keeps GETs free of `Content-Length: 0`.
@@ -209,7 +209,7 @@ mod tests {
             ApiKey::parse("sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab")
                 .unwrap();
         let url = format!("https://127.0.0.1:{port}/api/v1/chat/completions");
-        let headers = [("content-type".to_string(), "application/json".to_string())];
+        let headers = [("content-type", "application/json")];
         let bodies: [&[u8]; 3] = [b"{\"stream\":false}", b"", &[b'x'; 20_000]];
         for body in bodies {
             let method = if body.is_empty() { "GET" } else { "POST" };
