@@ -51,9 +51,9 @@ def to_ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(port, connections, lua):
+def wrk(port, connections, lua, seconds=None):
     threads = min(2, connections)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{SECONDS}s", "--latency", "-s", lua,
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds or SECONDS}s", "--latency", "-s", lua,
                           f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -121,16 +121,26 @@ def main():
     startups = sorted(client("startup", PATH, "--", *proxy_args, cwd=work)["ready_ms"] for _ in range(5))
     print(f"startup: {startups}", flush=True)
 
+    # 10,000 keys against 4, both fresh, warmed, then measured in turn (twice each) so
+    # the two see the same machine.
     big = tempfile.mkdtemp(prefix="roo-bench-10k-")
     keys_file(big, 10_000)
-    proxy10k, port10k = start(proxy_args, cwd=big)
+    pools = {"4": start(proxy_args, cwd=work), "10000": start(proxy_args, cwd=big)}
     time.sleep(0.5)
-    before = cpu_seconds(proxy10k.pid)
-    many = wrk(port10k, 64, lua)
-    many["cpu_us"] = (cpu_seconds(proxy10k.pid) - before) / max(many["total"], 1) * 1e6
-    proxy10k.kill()
+    many = {name: [] for name in pools}
+    for p, port in pools.values():
+        wrk(port, 64, lua, seconds=1)
+    for turn in range(2):
+        for name in (("4", "10000") if turn == 0 else ("10000", "4")):
+            p, port = pools[name]
+            before = cpu_seconds(p.pid)
+            run = wrk(port, 64, lua)
+            run["cpu_us"] = (cpu_seconds(p.pid) - before) / max(run["total"], 1) * 1e6
+            many[name].append(run)
+    for p, _ in pools.values():
+        p.kill()
     mock.kill()
-    print(f"10,000 keys at c=64: {many}", flush=True)
+    print(f"4 vs 10,000 keys at c=64: {many}", flush=True)
 
     size = os.path.getsize(os.path.join(BIN, "roo-proxy"))
     write_report(rows, sse, hold, startups, many, size, results)
@@ -175,7 +185,12 @@ def write_report(rows, sse, hold, startups, many, size, results):
         f"| RSS idle / after the load runs | {results['idle_rss_kib'] / 1024:.1f} MiB / {results['peak_rss_load_kib'] / 1024:.1f} MiB |",
         f"| start to first served request (5 runs, median) | {startups[len(startups) // 2]:.1f} ms |",
         f"| stripped release binary | {size / 1e6:.2f} MB |",
-        f"| 10,000 keys, 64 connections | {many['rps']:,.0f} req/s, {many['cpu_us']:.1f} µs CPU/request (4 keys: {rows[2][2]['rps']:,.0f} req/s, {rows[2][2]['cpu_us']:.1f} µs) |",
+        "| 10,000 keys vs 4, 64 connections, fresh proxies measured in turn | "
+        + "; ".join(
+            f"{ten['rps']:,.0f} vs {four['rps']:,.0f} req/s, {ten['cpu_us']:.1f} vs {four['cpu_us']:.1f} µs CPU/request"
+            for ten, four in zip(many["10000"], many["4"])
+        )
+        + " |",
         "",
     ]
     report = "\n".join(lines)
