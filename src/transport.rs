@@ -123,14 +123,9 @@ impl Socket {
     /// Writes the first `amount` bytes of the output buffer (held head included).
     fn send(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
         let timeout = timeout.for_write();
-        if timeout.after.is_zero() {
-            return Err(Error::Timeout(timeout.reason));
-        }
-        let limit = timeout.not_zero().map(|t| coarse(*t));
-        if limit != self.write_timeout {
-            self.stream.set_write_timeout(limit)?;
-            self.write_timeout = limit;
-        }
+        set_limit(timeout, &mut self.write_timeout, |limit| {
+            self.stream.set_write_timeout(limit)
+        })?;
         let bytes = &self.buffers.output()[..amount];
         (&self.stream).write_all(bytes).map_err(|e| match e {
             e if is_timeout(&e) => Error::Timeout(timeout.reason),
@@ -166,14 +161,9 @@ impl Transport for Socket {
         // The request is out; an answer that streams for minutes should not keep its buffer.
         self.buffers.release_output();
         let timeout = timeout.for_read();
-        if timeout.after.is_zero() {
-            return Err(Error::Timeout(timeout.reason));
-        }
-        let limit = timeout.not_zero().map(|t| coarse(*t));
-        if limit != self.read_timeout {
-            self.stream.set_read_timeout(limit)?;
-            self.read_timeout = limit;
-        }
+        set_limit(timeout, &mut self.read_timeout, |limit| {
+            self.stream.set_read_timeout(limit)
+        })?;
         let read = loop {
             match (&self.stream).read(self.buffers.input_append_buf()) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -194,6 +184,24 @@ impl Transport for Socket {
     fn is_open(&mut self) -> bool {
         self.held == 0 && nothing_waiting(&self.stream)
     }
+}
+
+/// Gives a socket operation the time `timeout` leaves (rounded by `coarse`), through
+/// `set`, unless the socket already has that limit (`current`). Fails when no time is left.
+fn set_limit(
+    timeout: NextTimeout,
+    current: &mut Option<Duration>,
+    set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> Result<(), Error> {
+    if timeout.after.is_zero() {
+        return Err(Error::Timeout(timeout.reason));
+    }
+    let limit = timeout.not_zero().map(|t| coarse(*t));
+    if limit != *current {
+        set(limit)?;
+        *current = limit;
+    }
+    Ok(())
 }
 
 /// An idle connection is usable when reading from it would block: no bytes the

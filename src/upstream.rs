@@ -29,9 +29,10 @@ const AGENTS: usize = 8;
 /// requests in flight, connections churn (measured: at 256 clients, 64 idle gave a
 /// 367 ms p99).
 const IDLE_CONNECTIONS: usize = 256;
-/// Per-connection buffers. ureq's defaults (128 KiB each way) cost a quarter of a
-/// megabyte per open stream; responses' headers are small and bodies are relayed in
-/// 16 KiB reads, so these suffice. Measured in BENCHMARKS.md.
+/// Per-connection buffers, at most. ureq's defaults (128 KiB each way) cost a quarter of
+/// a megabyte per open stream; responses' heads are small (the input size caps them)
+/// and bodies are relayed in 8 KiB reads. The transport starts the input buffer at a
+/// page and drops the output buffer once a request is sent. Measured in BENCHMARKS.md.
 const INPUT_BUFFER: usize = 16 * 1024;
 const OUTPUT_BUFFER: usize = 8 * 1024;
 
