@@ -32,9 +32,10 @@ use crate::connection::coarse;
 /// ureq's connector for the upstream: opens the TCP connection, and for an `https`
 /// upstream runs ureq's rustls connector on top.
 ///
-/// Not `Tcp.chain(RustlsConnector)`: the chain compiles into one function whose stack
-/// frame holds room for the TLS handshake (12 KiB) even for plain HTTP, and a worker
-/// thread keeps every stack page it has touched for as long as it lives.
+/// Not ureq's chain of a TCP connector and `RustlsConnector`: a chain compiles into one
+/// function whose stack frame holds room for the TLS handshake (12 KiB) even for plain
+/// HTTP, and a worker thread keeps every stack page it has touched for as long as it
+/// lives.
 #[derive(Debug, Default)]
 pub struct Connect {
     tls: RustlsConnector,
