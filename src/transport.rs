@@ -349,9 +349,7 @@ impl Room {
     }
 
     fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
-        if self.output.is_empty() {
-            self.output = vec![0; self.output_size];
-        }
+        self.output();
         self.input_append_buf();
         (&mut self.input[self.filled..], &mut self.output)
     }
