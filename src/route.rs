@@ -120,8 +120,7 @@ pub fn connection_tokens(value: &str) -> Vec<String> {
 /// headers the HTTP client computes itself.
 pub fn forward_request_header(name: &str, named_by_connection: &[String]) -> bool {
     let is = |other: &str| name.eq_ignore_ascii_case(other);
-    !(HOP_BY_HOP.iter().any(|h| is(h))
-        || named_by_connection.iter().any(|n| is(n))
+    !(is_hop_by_hop(name, named_by_connection)
         || [
             "host",
             "content-length",
@@ -136,15 +135,19 @@ pub fn forward_request_header(name: &str, named_by_connection: &[String]) -> boo
 /// Whether an upstream response header goes to the client. Framing is ours to set
 /// (`Content-Length` or chunked), and so is CORS, which the proxy answers for.
 pub fn forward_response_header(name: &str, named_by_connection: &[String]) -> bool {
-    let is = |other: &str| name.eq_ignore_ascii_case(other);
     let cors = name
         .as_bytes()
         .get(..15)
         .is_some_and(|start| start.eq_ignore_ascii_case(b"access-control-"));
-    !(HOP_BY_HOP.iter().any(|h| is(h))
-        || named_by_connection.iter().any(|n| is(n))
-        || is("content-length")
+    !(is_hop_by_hop(name, named_by_connection)
+        || name.eq_ignore_ascii_case("content-length")
         || cors)
+}
+
+/// One of [`HOP_BY_HOP`] or a header the message's `Connection` header names.
+fn is_hop_by_hop(name: &str, named_by_connection: &[String]) -> bool {
+    let is = |other: &str| name.eq_ignore_ascii_case(other);
+    HOP_BY_HOP.iter().any(|h| is(h)) || named_by_connection.iter().any(|n| is(n))
 }
 
 #[cfg(test)]
