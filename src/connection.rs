@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Reply;
 use crate::http1::{self, BodyLength, Chunked, Head, Limits};
-use crate::stream;
+use crate::{spare, stream};
 
 /// Longest time a write to a client may block (a client that stops reading).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,8 +22,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// is read and dropped, so the client gets the answer instead of a connection reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
-/// Read size from a client socket.
-const READ_SIZE: usize = 8 * 1024;
+/// Read size from a client socket: a thread's spare buffer.
+const READ_SIZE: usize = spare::SIZE;
 
 /// How client connections are treated.
 #[derive(Debug, Clone, Copy)]
@@ -226,11 +226,12 @@ impl Conn {
         Ok(body)
     }
 
-    /// Frees the read buffer once nothing is left in it: a connection that streams for
-    /// minutes, or waits for its next request, holds no buffer meanwhile.
+    /// Gives the read buffer back (as the thread's spare) once nothing is left in it: a
+    /// connection that streams for minutes, or waits for its next request, holds no
+    /// buffer meanwhile.
     fn release_if_empty(&mut self) {
         if self.at == self.buf.len() {
-            self.buf = Vec::new();
+            spare::give(std::mem::take(&mut self.buf));
             self.at = 0;
         }
     }
@@ -259,6 +260,10 @@ impl Conn {
         if limit != self.read_limit {
             self.socket.set_read_timeout(limit)?;
             self.read_limit = limit;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf = spare::take();
+            self.buf.clear();
         }
         let len = self.buf.len();
         self.buf.resize(len + READ_SIZE, 0);

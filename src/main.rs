@@ -17,6 +17,7 @@ mod policy;
 mod pool;
 mod route;
 mod server;
+mod spare;
 mod state;
 mod status;
 mod store;

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use ureq::http::StatusCode;
 
 use crate::error::Reply;
+use crate::spare;
 
 /// How a response body is delimited on the client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +115,7 @@ pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool) -> io::Result
 /// Size of one read from the upstream: the relay buffer (with the chunk framing around
 /// it) is 8 KiB, held by every open stream. Events are far smaller; a large chunked body
 /// costs one write to the client per 8 KiB.
-const READ_SIZE: usize = 8 * 1024 - ROOM - 2;
+const READ_SIZE: usize = spare::SIZE - ROOM - 2;
 
 /// Copies `from` to the client as it arrives, one flushed chunk per read, after
 /// [`write_head`] was written with the same `framing` (`Chunked` or `Close`). When the
@@ -122,9 +123,22 @@ const READ_SIZE: usize = 8 * 1024 - ROOM - 2;
 /// (`sse`), an error event in OpenRouter's in-stream shape goes first, so SDKs raise an
 /// error rather than take a cut-off answer for a complete one.
 pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: bool) -> (End, u64) {
+    // One buffer per stream, the thread's spare: each read lands after room for its
+    // chunk-size line.
+    let mut buf = spare::take();
+    let ended = relay_in(&mut buf, from, to, framing, sse);
+    spare::give(buf);
+    ended
+}
+
+fn relay_in(
+    buf: &mut [u8],
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    framing: Framing,
+    sse: bool,
+) -> (End, u64) {
     let chunked = framing == Framing::Chunked;
-    // One buffer per stream: each read lands after room for its chunk-size line.
-    let mut buf = vec![0u8; ROOM + READ_SIZE + 2];
     let mut sent: u64 = 0;
     let mut tail = [b'\n', b'\n'];
     loop {
@@ -147,7 +161,7 @@ pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: boo
                     .chunks(READ_SIZE)
                     .try_for_each(|piece| {
                         buf[ROOM..ROOM + piece.len()].copy_from_slice(piece);
-                        send_in_place(to, &mut buf, piece.len(), chunked)
+                        send_in_place(to, buf, piece.len(), chunked)
                     })
                     .and_then(|()| finish(to, chunked));
                 return match ended {
@@ -156,7 +170,7 @@ pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: boo
                 };
             }
         };
-        if let Err(e) = send_in_place(to, &mut buf, n, chunked) {
+        if let Err(e) = send_in_place(to, buf, n, chunked) {
             return (End::ClientGone(e), sent);
         }
         sent += n as u64;

@@ -28,6 +28,7 @@ use ureq::unversioned::transport::{
 };
 
 use crate::connection::coarse;
+use crate::spare;
 
 /// ureq's connector for the upstream: opens the TCP connection, and for an `https`
 /// upstream runs ureq's rustls connector on top.
@@ -293,15 +294,19 @@ impl Room {
         }
     }
 
+    /// The output buffer: the thread's spare when the configured size is a spare's.
     fn output(&mut self) -> &mut [u8] {
         if self.output.is_empty() {
-            self.output = vec![0; self.output_size];
+            self.output = match self.output_size {
+                spare::SIZE => spare::take(),
+                size => vec![0; size],
+            };
         }
         &mut self.output
     }
 
     fn release_output(&mut self) {
-        self.output = Vec::new();
+        spare::give(std::mem::take(&mut self.output));
     }
 
     fn input(&self) -> &[u8] {
