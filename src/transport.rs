@@ -6,9 +6,9 @@
 //!   the start of its body. ureq writes them separately, and with TCP_NODELAY that is two
 //!   packets and two wake-ups of the upstream. A head is sent on its own only when no
 //!   body follows (before the first read) or when it is too large to share the buffer.
-//! - Checking that an idle connection is still usable (ureq does it when a connection
-//!   goes back to its pool and again when it is taken out) is one non-blocking peek on
-//!   Unix, where ureq's check takes three system calls.
+//! - Checking that an idle connection is still usable is one non-blocking peek on Unix,
+//!   where ureq's check takes three system calls, and it is done once per request (as
+//!   the connection is taken out of the pool), where ureq checks twice.
 //! - A socket time limit is set only when it changes (rounded by `connection::coarse`).
 //! - A connection's buffers are small while a response streams: the output buffer is
 //!   given back once the request is sent, and the input buffer starts at one page and
@@ -54,6 +54,7 @@ impl Connector<()> for Connect {
             stream,
             buffers: Room::new(config.input_buffer_size(), config.output_buffer_size()),
             held: 0,
+            answered: false,
             read_timeout: None,
             write_timeout: None,
         };
@@ -117,6 +118,9 @@ pub struct Socket {
     stream: TcpStream,
     buffers: Room,
     held: usize,
+    /// An answer was read since the last idle check: ureq's next `is_open` is the one as
+    /// the connection goes back to its pool.
+    answered: bool,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
 }
@@ -174,6 +178,7 @@ impl Transport for Socket {
         };
         match read {
             Ok(amount) => {
+                self.answered = true;
                 self.buffers.input_appended(amount);
                 self.buffers.grow_if_filled(amount);
                 Ok(amount > 0)
@@ -183,7 +188,14 @@ impl Transport for Socket {
         }
     }
 
+    /// ureq asks twice per request: as the connection goes back to its pool, and as it
+    /// is taken out for the next request. Only the second looks at the socket; anything
+    /// the first would catch (stray bytes, a close) is still there for it, and a
+    /// connection found broken then is dropped and another one used.
     fn is_open(&mut self) -> bool {
+        if std::mem::take(&mut self.answered) {
+            return self.held == 0;
+        }
         self.held == 0 && nothing_waiting(&self.stream)
     }
 }
@@ -382,6 +394,7 @@ mod tests {
             stream,
             buffers: Room::new(1024, 1024),
             held: 0,
+            answered: false,
             read_timeout: None,
             write_timeout: None,
         };

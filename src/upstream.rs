@@ -118,7 +118,7 @@ pub fn describe(error: &ureq::Error) -> String {
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
 
     use ureq::tls::{Certificate, RootCerts};
@@ -139,6 +139,69 @@ mod tests {
             "threads share too few agents: {}",
             seen.len()
         );
+    }
+
+    /// A plain-HTTP upstream that answers each connection's first request with `ok`,
+    /// then does `after` to the connection and reports on `done`. Returns the port and
+    /// the number of connections it accepted.
+    fn one_answer_each(
+        after: fn(&mut TcpStream),
+    ) -> (u16, Arc<AtomicUsize>, std::sync::mpsc::Receiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (done, finished) = std::sync::mpsc::channel();
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for socket in listener.incoming() {
+                let mut socket = socket.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut head = String::new();
+                let mut reader = BufReader::new(socket.try_clone().unwrap());
+                while !head.ends_with("\r\n\r\n") {
+                    if reader.read_line(&mut head).unwrap() == 0 {
+                        break;
+                    }
+                }
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .unwrap();
+                after(&mut socket);
+                if done.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        (port, accepted, finished)
+    }
+
+    /// ureq's idle check is made once per request, as a connection leaves the pool
+    /// (transport.rs): a connection the upstream closed, or sent stray bytes on, while it
+    /// sat in the pool is still never used for the next request.
+    #[test]
+    fn a_pooled_connection_the_upstream_spoiled_is_not_used() {
+        let spoil: [fn(&mut TcpStream); 2] = [
+            |socket| socket.shutdown(std::net::Shutdown::Both).unwrap(),
+            |socket| socket.write_all(b"HTTP/1.1 200 OK\r\n").unwrap(),
+        ];
+        for (case, after) in spoil.into_iter().enumerate() {
+            let (port, accepted, finished) = one_answer_each(after);
+            let agent = agent(UpstreamTimeouts::DEFAULT, 4, TlsConfig::default());
+            let key = ApiKey::parse(
+                "sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab",
+            )
+            .unwrap();
+            let url = format!("http://127.0.0.1:{port}/api/v1/models");
+            for round in 1..=2 {
+                let response = send(&agent, "GET", &url, &[], &key, b"");
+                let answer = response.and_then(|r| r.into_body().read_to_string());
+                assert_eq!(answer.unwrap(), "ok", "case {case}, request {round}");
+                finished
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("the upstream did not answer");
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "case {case}");
+        }
     }
 
     /// An https upstream on 127.0.0.1 (certificate from tests/tls) that answers
