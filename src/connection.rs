@@ -57,9 +57,11 @@ enum Unread {
 /// A client connection, with bytes read ahead (a pipelined next request) kept.
 pub struct Conn {
     socket: TcpStream,
+    /// Room to read into (initialized, so a read needs no zeroing first).
     buf: Vec<u8>,
-    /// `buf[at..]` holds bytes read but not used yet.
+    /// `buf[at..end]` holds bytes read but not used yet.
     at: usize,
+    end: usize,
     /// When the request being read must be in.
     deadline: Instant,
     unread: Unread,
@@ -114,6 +116,7 @@ impl Conn {
             socket,
             buf: Vec::new(),
             at: 0,
+            end: 0,
             deadline: Instant::now(),
             unread: Unread::Nothing,
             wrote: false,
@@ -131,9 +134,9 @@ impl Conn {
     /// nothing within `wait`. `Err`: the answer to send before closing.
     fn read_head(&mut self, settings: &Settings, wait: Duration) -> Result<Option<Head>, Reply> {
         // Bytes of a pipelined request move to the front; the rest of the buffer is free.
-        self.buf.drain(..self.at);
-        self.at = 0;
-        if self.buf.is_empty() {
+        self.buf.copy_within(self.at..self.end, 0);
+        (self.at, self.end) = (0, self.end - self.at);
+        if self.end == 0 {
             self.deadline = Instant::now() + wait;
             match self.fill() {
                 Ok(0) | Err(_) => return Ok(None),
@@ -143,7 +146,9 @@ impl Conn {
         // The clock for the whole request starts with its first byte.
         self.deadline = Instant::now() + settings.client_timeout;
         loop {
-            if let Some((head, used)) = http1::parse_head(&self.buf[self.at..], settings.limits)? {
+            if let Some((head, used)) =
+                http1::parse_head(&self.buf[self.at..self.end], settings.limits)?
+            {
                 self.at += used;
                 self.release_if_empty();
                 self.unread = match head.body {
@@ -195,10 +200,10 @@ impl Conn {
                 body.reserve(left.min(64 * 1024) as usize);
                 let mut left = left as usize;
                 while left > 0 {
-                    if self.at == self.buf.len() {
+                    if self.at == self.end {
                         self.refill()?;
                     }
-                    let n = left.min(self.buf.len() - self.at);
+                    let n = left.min(self.end - self.at);
                     body.extend_from_slice(&self.buf[self.at..self.at + n]);
                     self.at += n;
                     left -= n;
@@ -207,11 +212,11 @@ impl Conn {
             Unread::Chunked { .. } => {
                 let mut decoder = Chunked::default();
                 while !decoder.is_done() {
-                    if self.at == self.buf.len() {
+                    if self.at == self.end {
                         self.refill()?;
                     }
                     let used = decoder
-                        .feed(&self.buf[self.at..], &mut body)
+                        .feed(&self.buf[self.at..self.end], &mut body)
                         .map_err(BodyError::Broken)?;
                     self.at += used;
                     if body.len() as u64 > limit {
@@ -230,16 +235,15 @@ impl Conn {
     /// connection that streams for minutes, or waits for its next request, holds no
     /// buffer meanwhile.
     fn release_if_empty(&mut self) {
-        if self.at == self.buf.len() {
+        if self.at == self.end {
             spare::give(std::mem::take(&mut self.buf));
-            self.at = 0;
+            (self.at, self.end) = (0, 0);
         }
     }
 
     /// Reads more of a body into an emptied buffer.
     fn refill(&mut self) -> Result<(), BodyError> {
-        self.buf.clear();
-        self.at = 0;
+        (self.at, self.end) = (0, 0);
         match self.fill() {
             Ok(0) => Err(BodyError::Broken(
                 "the client closed the connection before the body was complete".into(),
@@ -261,19 +265,19 @@ impl Conn {
             self.socket.set_read_timeout(limit)?;
             self.read_limit = limit;
         }
-        if self.buf.capacity() == 0 {
+        if self.buf.is_empty() {
             self.buf = spare::take();
-            self.buf.clear();
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_SIZE, 0);
+        if self.buf.len() - self.end < READ_SIZE {
+            self.buf.resize(self.end + READ_SIZE, 0);
+        }
         let read = loop {
-            match self.socket.read(&mut self.buf[len..]) {
+            match self.socket.read(&mut self.buf[self.end..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
-        self.buf.truncate(len + read.as_ref().map_or(0, |n| *n));
+        self.end += read.as_ref().map_or(0, |n| *n);
         read
     }
 

@@ -328,3 +328,42 @@ fn a_client_that_expects_100_continue_gets_it_before_sending_the_body() {
     assert!(rest.contains("HTTP/1.1 200"), "{rest}");
     assert_eq!(mock.requests()[0]["body"], "{}");
 }
+
+/// Bodies larger than the connection's read buffer, one of them chunked, sent in pieces
+/// and pipelined, reach the upstream whole, and the request after them is read right.
+#[test]
+fn large_and_chunked_bodies_in_pieces_pass_whole_and_the_next_request_follows() {
+    use std::io::{Read, Write};
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let long = format!("{{\"pad\":\"{}\"}}", "a".repeat(50_000));
+    let chunked = format!("{{\"pad\":\"{}\"}}", "b".repeat(20_000));
+    let (first, rest) = chunked.split_at(9_000);
+    let requests = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{long}\
+         POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n\
+         GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        long.len(),
+        first.len(),
+        rest.len(),
+    );
+    let mut socket = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for piece in requests.as_bytes().chunks(3_001) {
+        socket.write_all(piece).unwrap();
+    }
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert_eq!(response.matches("HTTP/1.1 200").count(), 3, "{response}");
+    let seen = mock.requests();
+    let bodies: Vec<_> = seen
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(bodies, [long.as_str(), chunked.as_str(), ""]);
+    assert_eq!(seen[2]["target"], "/api/v1/models");
+}
