@@ -5,12 +5,15 @@ Everything talks to 127.0.0.1 only. Each server runs as its own process; the pro
 time and memory come from /proc. Load comes from wrk (one request body of 936 bytes, as
 a chat request), the streaming and start-up measurements from target/release/bench-client.
 """
-import datetime, json, os, platform, re, shutil, subprocess, sys, tempfile, time
+import datetime, json, os, platform, re, shutil, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONCURRENCY = [1, 16, 64, 256]
+# Each point of the main table is measured this many times (direct, then proxy, in turn);
+# the table shows the median of each column, and the spread of the proxy's CPU.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TICK = os.sysconf("SC_CLK_TCK")
 PATH = "/v1/chat/completions"
 
@@ -67,6 +70,15 @@ def wrk(port, connections, lua, seconds=None):
     return {"rps": rps, "total": total, "p50": p50, "p99": p99, "errors": errors}
 
 
+def median_run(runs):
+    """The median of each measure over runs; errors are summed, and the CPU's range kept."""
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
+    out["errors"] = sum(r["errors"] for r in runs)
+    if "cpu_us" in out:
+        out["cpu_range"] = (min(r["cpu_us"] for r in runs), max(r["cpu_us"] for r in runs))
+    return out
+
+
 def client(*args, cwd=None):
     out = subprocess.run([os.path.join(BIN, "bench-client"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
     if not out.stdout.strip():
@@ -95,16 +107,22 @@ def main():
     time.sleep(0.3)
     results = {"idle_rss_kib": memory_kib(proxy.pid, "VmRSS")}
 
+    # One second of load first, so that no point pays for starting threads and connections.
+    wrk(proxy_port, 64, lua, seconds=1)
     rows = []
     for c in CONCURRENCY:
-        direct = wrk(mock_port, c, lua)
-        before = cpu_seconds(proxy.pid)
-        via = wrk(proxy_port, c, lua)
-        used = cpu_seconds(proxy.pid) - before
-        via["cpu_us"] = used / max(via["total"], 1) * 1e6
-        rows.append((c, direct, via))
-        print(f"c={c:<4} direct {direct['rps']:>9.0f} req/s p50 {direct['p50']:.3f} ms | proxy {via['rps']:>9.0f} req/s "
-              f"p50 {via['p50']:.3f} ms p99 {via['p99']:.3f} ms errors {via['errors']} cpu {via['cpu_us']:.1f} us/req", flush=True)
+        directs, vias = [], []
+        for _ in range(ROUNDS):
+            direct = wrk(mock_port, c, lua)
+            before = cpu_seconds(proxy.pid)
+            via = wrk(proxy_port, c, lua)
+            used = cpu_seconds(proxy.pid) - before
+            via["cpu_us"] = used / max(via["total"], 1) * 1e6
+            directs.append(direct)
+            vias.append(via)
+            print(f"c={c:<4} direct {direct['rps']:>9.0f} req/s p50 {direct['p50']:.3f} ms | proxy {via['rps']:>9.0f} req/s "
+                  f"p50 {via['p50']:.3f} ms p99 {via['p99']:.3f} ms errors {via['errors']} cpu {via['cpu_us']:.1f} us/req", flush=True)
+        rows.append((c, median_run(directs), median_run(vias)))
     results["peak_rss_load_kib"] = memory_kib(proxy.pid, "VmHWM")
 
     sse = {}
@@ -161,14 +179,15 @@ def write_report(rows, sse, hold, startups, many, size, results):
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{git_head()}`",
         f"- Machine: {os.cpu_count()} cores ({model}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
         f"Linux {platform.release()}; mock, proxy and load generator share the cores",
-        f"- Command: `scripts/bench.sh` (wrk, {SECONDS} s per point, 936-byte chat request, 4 keys)",
+        f"- Command: `scripts/bench.sh` (wrk, {SECONDS} s per run, 936-byte chat request, 4 keys; "
+        f"each row of the first table is the median of {ROUNDS} runs, direct and proxy in turn)",
         "",
-        "| connections | mock alone req/s | through roo-proxy req/s | ratio | p50 direct → proxy (ms) | p99 proxy (ms) | errors | proxy CPU µs/request |",
+        "| connections | mock alone req/s | through roo-proxy req/s | ratio | p50 direct → proxy (ms) | p99 proxy (ms) | errors | proxy CPU µs/request (lowest–highest run) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c, d, v in rows:
         lines.append(f"| {c} | {d['rps']:,.0f} | {v['rps']:,.0f} | {v['rps'] / d['rps']:.0%} | {d['p50']:.3f} → {v['p50']:.3f} "
-                     f"| {v['p99']:.3f} | {v['errors']} | {v['cpu_us']:.1f} |")
+                     f"| {v['p99']:.3f} | {v['errors']} | {v['cpu_us']:.1f} ({v['cpu_range'][0]:.1f}–{v['cpu_range'][1]:.1f}) |")
     lines += ["", "| streaming (SSE, 5 events 20 ms apart) | direct | through roo-proxy |", "|---|---|---|"]
     for streams in sse:
         d, p = sse[streams]["direct"], sse[streams]["proxy"]

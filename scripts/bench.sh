@@ -3,8 +3,8 @@
 # Builds release binaries, installs wrk if missing, runs scripts/bench.py, which prints
 # the table and writes BENCHMARKS.md.  Not part of `cargo test`.
 #
-#   scripts/bench.sh            # full run, about 5 minutes on 2 cores
-#   BENCH_SECONDS=3 scripts/bench.sh   # shorter runs per measurement
+#   scripts/bench.sh            # full run, about 7 minutes on 2 cores
+#   BENCH_SECONDS=3 BENCH_ROUNDS=1 scripts/bench.sh   # shorter runs, one per point
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
