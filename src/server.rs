@@ -6,7 +6,6 @@
 //! first byte of a response went to the client; every response, ours or the upstream's,
 //! is written by `stream.rs`.
 
-use std::io::Read;
 use std::io::Write;
 use std::net::{TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -869,11 +868,12 @@ fn deliver(to: &mut dyn Write, http10: bool, delivery: Delivery) -> (u16, Option
             sse,
         } => {
             let framing = Framing::streaming(http10);
-            if let Err(e) = stream::write_head(to, status, &headers, framing) {
-                return (status, gone(e));
-            }
-            let mut from = std::io::Cursor::new(held).chain(body);
-            let (end, bytes) = stream::relay(&mut from, to, framing, sse);
+            let mut body = body;
+            let (end, bytes) =
+                match stream::write_stream(to, status, &headers, framing, held, &mut body, sse) {
+                    Ok(relayed) => relayed,
+                    Err(e) => return (status, gone(e)),
+                };
             let note = match end {
                 End::Complete => None,
                 End::UpstreamFailed(e) => {

@@ -117,6 +117,55 @@ pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool) -> io::Result
 /// costs one write to the client per 8 KiB.
 const READ_SIZE: usize = spare::SIZE - ROOM - 2;
 
+/// Sends a streamed answer: the head, then `held` (the start of the body, already read)
+/// and the rest of `body` through [`relay`]. With `held` in hand the head goes out in the
+/// same write as it: one packet, and one wake-up of the client for its first event.
+/// `Err`: the head could not be written.
+pub fn write_stream(
+    to: &mut dyn Write,
+    status: u16,
+    headers: &[(String, String)],
+    framing: Framing,
+    held: Vec<u8>,
+    body: &mut dyn Read,
+    sse: bool,
+) -> io::Result<(End, u64)> {
+    let mut head = Vec::with_capacity(256);
+    head_bytes(&mut head, status, headers, framing);
+    if held.is_empty() {
+        to.write_all(&head)?;
+        to.flush()?;
+        return Ok(relay(body, to, framing, sse));
+    }
+    let mut from = io::Cursor::new(held).chain(body);
+    let mut to = HeadFirst { to, head };
+    let relayed = relay(&mut from, &mut to, framing, sse);
+    Ok(relayed)
+}
+
+/// A writer whose first write goes out behind `head`, in one write.
+struct HeadFirst<'a> {
+    to: &'a mut dyn Write,
+    head: Vec<u8>,
+}
+
+impl Write for HeadFirst<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.head.is_empty() {
+            return self.to.write(bytes);
+        }
+        // Freed once sent: an open stream keeps no copy of its head.
+        let mut head = std::mem::take(&mut self.head);
+        head.extend_from_slice(bytes);
+        self.to.write_all(&head)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.to.flush()
+    }
+}
+
 /// Copies `from` to the client as it arrives, one flushed chunk per read, after
 /// [`write_head`] was written with the same `framing` (`Chunked` or `Close`). When the
 /// upstream breaks off, the body is still ended; if it is a server-sent event stream
@@ -319,16 +368,18 @@ mod tests {
         }
     }
 
-    /// A writer that records what each flush made visible.
+    /// A writer that records each write, and what each flush made visible.
     #[derive(Default)]
     struct Wire {
         bytes: Vec<u8>,
+        writes: Vec<String>,
         flushed: Vec<usize>,
     }
 
     impl Write for Wire {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.bytes.extend_from_slice(buf);
+            self.writes.push(String::from_utf8_lossy(buf).into_owned());
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -337,6 +388,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_stream_whose_start_is_in_hand_sends_it_in_the_write_of_the_head() {
+        let mut wire = Wire::default();
+        let mut rest = Pieces(vec![b"data: 2\n\n"], false);
+        let held = b"data: 1\n\n".to_vec();
+        let relayed = write_stream(&mut wire, 200, &[], Framing::Chunked, held, &mut rest, true);
+        let (end, sent) = relayed.unwrap();
+        assert!(matches!(end, End::Complete));
+        assert_eq!(sent, 18);
+        let first = &wire.writes[0];
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first:?}");
+        assert!(first.ends_with("\r\n\r\n9\r\ndata: 1\n\n\r\n"), "{first:?}");
+        assert_eq!(wire.writes[1..], ["9\r\ndata: 2\n\n\r\n", "0\r\n\r\n"]);
+    }
+
+    #[test]
+    fn a_stream_with_nothing_in_hand_sends_its_head_at_once() {
+        let mut wire = Wire::default();
+        let mut body = Pieces(vec![b"data: 1\n\n"], false);
+        let relayed = write_stream(
+            &mut wire,
+            200,
+            &[],
+            Framing::Close,
+            Vec::new(),
+            &mut body,
+            true,
+        );
+        assert!(matches!(relayed.unwrap().0, End::Complete));
+        assert!(
+            wire.writes[0].ends_with("Origin: *\r\n\r\n"),
+            "{:?}",
+            wire.writes[0]
+        );
+        assert_eq!(
+            wire.flushed[0],
+            wire.writes[0].len(),
+            "the head was not flushed alone"
+        );
+        assert_eq!(wire.writes[1], "data: 1\n\n");
+    }
     #[test]
     fn every_read_is_one_flushed_chunk() {
         let mut wire = Wire::default();
