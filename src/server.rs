@@ -864,11 +864,10 @@ fn deliver(to: &mut dyn Write, http10: bool, delivery: Delivery) -> (u16, Option
             status,
             headers,
             held,
-            body,
+            mut body,
             sse,
         } => {
             let framing = Framing::streaming(http10);
-            let mut body = body;
             let (end, bytes) =
                 match stream::write_stream(to, status, &headers, framing, held, &mut body, sse) {
                     Ok(relayed) => relayed,

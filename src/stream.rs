@@ -130,17 +130,14 @@ pub fn write_stream(
     body: &mut dyn Read,
     sse: bool,
 ) -> io::Result<(End, u64)> {
-    let mut head = Vec::with_capacity(256);
-    head_bytes(&mut head, status, headers, framing);
     if held.is_empty() {
-        to.write_all(&head)?;
-        to.flush()?;
+        write_head(to, status, headers, framing)?;
         return Ok(relay(body, to, framing, sse));
     }
+    let mut head = Vec::with_capacity(256);
+    head_bytes(&mut head, status, headers, framing);
     let mut from = io::Cursor::new(held).chain(body);
-    let mut to = HeadFirst { to, head };
-    let relayed = relay(&mut from, &mut to, framing, sse);
-    Ok(relayed)
+    Ok(relay(&mut from, &mut HeadFirst { to, head }, framing, sse))
 }
 
 /// A writer whose first write goes out behind `head`, in one write.
