@@ -260,11 +260,10 @@ impl Conn {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let limit = Some(coarse(left));
-        if limit != self.read_limit {
-            self.socket.set_read_timeout(limit)?;
-            self.read_limit = limit;
-        }
+        let socket = &self.socket;
+        set_limit(Some(left), &mut self.read_limit, |l| {
+            socket.set_read_timeout(l)
+        })?;
         if self.buf.is_empty() {
             self.buf = spare::take();
         }
@@ -306,7 +305,7 @@ impl Conn {
 /// tenth of a second from 1 s) so that waits of about the same length share one value
 /// and the socket option is not set again for every request. It outlasts `left` by
 /// less than a tenth.
-pub fn coarse(left: Duration) -> Duration {
+fn coarse(left: Duration) -> Duration {
     match left.as_secs() {
         10.. => Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0)),
         1.. => Duration::from_millis(left.as_millis().div_ceil(100) as u64 * 100),
@@ -314,7 +313,23 @@ pub fn coarse(left: Duration) -> Duration {
     }
 }
 
-fn timed_out(e: &io::Error) -> bool {
+/// Gives a socket a time limit for a wait of `left` (`None`: no limit), rounded by
+/// [`coarse`], through `set`, unless it already has that limit (`current`).
+pub fn set_limit(
+    left: Option<Duration>,
+    current: &mut Option<Duration>,
+    set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> io::Result<()> {
+    let limit = left.map(coarse);
+    if limit != *current {
+        set(limit)?;
+        *current = limit;
+    }
+    Ok(())
+}
+
+/// A socket read or write ran out of its time limit.
+pub fn timed_out(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut

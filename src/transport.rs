@@ -9,7 +9,7 @@
 //! - Checking that an idle connection is still usable is one non-blocking peek on Unix,
 //!   where ureq's check takes three system calls, and it is done once per request (as
 //!   the connection is taken out of the pool), where ureq checks twice.
-//! - A socket time limit is set only when it changes (rounded by `connection::coarse`).
+//! - A socket time limit is set only when it changes (`connection::set_limit`).
 //! - A connection's buffers are small while a response streams: the output buffer is
 //!   given back once the request is sent, and the input buffer starts at one page and
 //!   grows only when a read fills it. With ureq's buffers an open stream held 24 KiB.
@@ -27,7 +27,7 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, NextTimeout, RustlsConnector, Transport,
 };
 
-use crate::connection::coarse;
+use crate::connection::{self, timed_out};
 use crate::spare;
 
 /// ureq's connector for the upstream: opens the TCP connection, and for an `https`
@@ -92,7 +92,7 @@ fn connect(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, Erro
                 stream.set_nodelay(true)?;
                 return Ok(stream);
             }
-            Err(e) if is_timeout(&e) => last = Some(Error::Timeout(Timeout::Connect)),
+            Err(e) if timed_out(&e) => last = Some(Error::Timeout(Timeout::Connect)),
             Err(e) => last = Some(Error::Io(e)),
         }
     }
@@ -102,13 +102,6 @@ fn connect(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, Erro
             "the upstream host has no address",
         ))
     }))
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    )
 }
 
 /// One upstream connection. The first `held` bytes of the output buffer are a request
@@ -134,7 +127,7 @@ impl Socket {
         })?;
         let bytes = &self.buffers.output()[..amount];
         (&self.stream).write_all(bytes).map_err(|e| match e {
-            e if is_timeout(&e) => Error::Timeout(timeout.reason),
+            e if timed_out(&e) => Error::Timeout(timeout.reason),
             e => Error::Io(e),
         })
     }
@@ -183,7 +176,7 @@ impl Transport for Socket {
                 self.buffers.grow_if_filled(amount);
                 Ok(amount > 0)
             }
-            Err(e) if is_timeout(&e) => Err(Error::Timeout(timeout.reason)),
+            Err(e) if timed_out(&e) => Err(Error::Timeout(timeout.reason)),
             Err(e) => Err(Error::Io(e)),
         }
     }
@@ -200,8 +193,8 @@ impl Transport for Socket {
     }
 }
 
-/// Gives a socket operation the time `timeout` leaves (rounded by `coarse`), through
-/// `set`, unless the socket already has that limit (`current`). Fails when no time is left.
+/// Gives a socket operation the time `timeout` leaves ([`connection::set_limit`]).
+/// Fails when no time is left.
 fn set_limit(
     timeout: NextTimeout,
     current: &mut Option<Duration>,
@@ -210,11 +203,7 @@ fn set_limit(
     if timeout.after.is_zero() {
         return Err(Error::Timeout(timeout.reason));
     }
-    let limit = timeout.not_zero().map(|t| coarse(*t));
-    if limit != *current {
-        set(limit)?;
-        *current = limit;
-    }
+    connection::set_limit(timeout.not_zero().map(|t| *t), current, set)?;
     Ok(())
 }
 
