@@ -70,6 +70,14 @@ def wrk(port, connections, lua, seconds=None):
     return {"rps": rps, "total": total, "p50": p50, "p99": p99, "errors": errors}
 
 
+def wrk_cpu(pid, port, connections, lua):
+    """A wrk run against the proxy `pid`, with its CPU time per request (cpu_us)."""
+    before = cpu_seconds(pid)
+    run = wrk(port, connections, lua)
+    run["cpu_us"] = (cpu_seconds(pid) - before) / max(run["total"], 1) * 1e6
+    return run
+
+
 def median_run(runs):
     """The median of each measure over runs; errors are summed, and the CPU's range kept."""
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
@@ -114,10 +122,7 @@ def main():
         directs, vias = [], []
         for _ in range(ROUNDS):
             direct = wrk(mock_port, c, lua)
-            before = cpu_seconds(proxy.pid)
-            via = wrk(proxy_port, c, lua)
-            used = cpu_seconds(proxy.pid) - before
-            via["cpu_us"] = used / max(via["total"], 1) * 1e6
+            via = wrk_cpu(proxy.pid, proxy_port, c, lua)
             directs.append(direct)
             vias.append(via)
             print(f"c={c:<4} direct {direct['rps']:>9.0f} req/s p50 {direct['p50']:.3f} ms | proxy {via['rps']:>9.0f} req/s "
@@ -151,10 +156,7 @@ def main():
     for turn in range(2):
         for name in (("4", "10000") if turn == 0 else ("10000", "4")):
             p, port = pools[name]
-            before = cpu_seconds(p.pid)
-            run = wrk(port, 64, lua)
-            run["cpu_us"] = (cpu_seconds(p.pid) - before) / max(run["total"], 1) * 1e6
-            many[name].append(run)
+            many[name].append(wrk_cpu(p.pid, port, 64, lua))
     for p, _ in pools.values():
         p.kill()
     mock.kill()
