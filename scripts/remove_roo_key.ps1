@@ -30,7 +30,7 @@ function Find-RooProxy {
 
 $proxy = Find-RooProxy
 if (-not $proxy) {
-    [Console]::Error.WriteLine("remove_roo_key.ps1: cannot find roo-proxy (looked beside this script in $PSScriptRoot, on PATH, and in ..\target\release). Build it with 'cargo build --release', or put roo-proxy.exe beside this script.")
+    [Console]::Error.WriteLine("remove_roo_key.ps1: cannot find roo-proxy (looked beside this script in $PSScriptRoot, on PATH, and in ..\target\release). Build it with 'cargo build --release --locked', or put roo-proxy.exe beside this script.")
     exit 127
 }
 

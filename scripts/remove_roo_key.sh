@@ -22,7 +22,7 @@ find_roo_proxy() {
 
 if ! proxy=$(find_roo_proxy); then
   echo "$(basename "$0"): cannot find roo-proxy (looked beside this script in $here, on PATH, and in $here/../target/release)." >&2
-  echo "Build it with 'cargo build --release', or put the roo-proxy binary beside this script." >&2
+  echo "Build it with 'cargo build --release --locked', or put the roo-proxy binary beside this script." >&2
   exit 127
 fi
 exec "$proxy" keys remove "$@"
