@@ -212,14 +212,25 @@ fn recovered(shared: &Shared) {
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or system is short of resources.
 fn out_of_descriptors(error: &io::Error) -> bool {
+    if error.kind() == io::ErrorKind::OutOfMemory {
+        return true;
+    }
     #[cfg(unix)]
     {
-        matches!(error.raw_os_error(), Some(23 | 24 | 105 | 12 | 55))
+        use libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+        matches!(
+            error.raw_os_error(),
+            Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)
+        )
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
-        // WSAEMFILE, WSAENOBUFS.
-        matches!(error.raw_os_error(), Some(10024 | 10055))
+        use windows_sys::Win32::Networking::WinSock::{WSAEMFILE, WSAENOBUFS};
+        matches!(error.raw_os_error(), Some(WSAEMFILE | WSAENOBUFS))
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        false
     }
 }
 
@@ -229,6 +240,18 @@ mod tests {
     use crate::http1::Limits;
     use crate::stream;
     use std::io::{Read, Write};
+
+    #[cfg(unix)]
+    #[test]
+    fn running_out_is_told_apart_from_other_accept_errors() {
+        let out = |code| out_of_descriptors(&io::Error::from_raw_os_error(code));
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out(code), "errno {code}");
+        }
+        for code in [libc::ECONNABORTED, libc::EINTR, libc::EINVAL, libc::EAGAIN] {
+            assert!(!out(code), "errno {code}");
+        }
+    }
 
     fn settings() -> Settings {
         Settings {
