@@ -291,8 +291,7 @@ pub fn edit<T, E: From<StoreError>>(
     match change(entries)? {
         Edit::Keep(result) => Ok(result),
         Edit::Write(result) => {
-            let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
-            text.push('\n');
+            let text = document_text(&path, &document)?;
             write_atomic(&path, text.as_bytes()).map_err(|source| StoreError::Write {
                 path: path.clone(),
                 source,
@@ -300,6 +299,20 @@ pub fn edit<T, E: From<StoreError>>(
             Ok(result)
         }
     }
+}
+
+/// The document as the file's text. A failure fails the write: an empty text would
+/// replace the file with an empty pool.
+fn document_text(path: &Path, document: &impl serde::Serialize) -> Result<String, StoreError> {
+    let mut text = serde_json::to_string_pretty(document).map_err(|e| StoreError::Write {
+        path: path.to_path_buf(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot turn the keys into JSON ({e}); the file was left as it was"),
+        ),
+    })?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// Reads one entry of a document [`edit`] passes (already validated).
@@ -732,6 +745,25 @@ mod tests {
                 Err(ParseError::Shape(detail)) => assert!(!detail.is_empty()),
             }
         }
+    }
+
+    #[test]
+    fn a_document_that_cannot_be_serialised_fails_instead_of_emptying_the_file() {
+        struct Unserialisable;
+        impl serde::Serialize for Unserialisable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("boom"))
+            }
+        }
+        let err = document_text(Path::new("/x/keys.json"), &Unserialisable).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot write '/x/keys.json': cannot turn the keys into JSON (boom); the file was left as it was"
+        );
+        assert_eq!(
+            document_text(Path::new("k"), &empty_document()).unwrap(),
+            "{\n  \"keys\": []\n}\n"
+        );
     }
 
     #[test]
