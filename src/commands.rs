@@ -536,21 +536,8 @@ fn check(
         .build()
         .into();
     let url = format!("{upstream}/key");
-    // One thread a key: a slow key does not hold up the others.
-    let results: Vec<(bool, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = file
-            .entries
-            .iter()
-            .map(|entry| scope.spawn(|| check_one(&agent, &url, &entry.key)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or((false, "error: the check crashed".into()))
-            })
-            .collect()
-    });
+    let keys: Vec<&ApiKey> = file.entries.iter().map(|e| &e.key).collect();
+    let results = in_parallel(&keys, CHECK_WORKERS, |key| check_one(&agent, &url, key));
     let mut bad = 0;
     for (entry, (valid, text)) in file.entries.iter().zip(results) {
         bad += usize::from(!valid);
@@ -563,6 +550,45 @@ fn check(
         plural(file.entries.len())
     );
     Ok(u8::from(bad > 0))
+}
+
+/// How many keys `keys check` asks about at once: a slow key does not hold up the
+/// others, and a file of 10,000 keys does not open 10,000 connections at once.
+const CHECK_WORKERS: usize = 8;
+
+/// `work` on each item, on at most `workers` threads (this one included), the results in
+/// the items' order. A thread that cannot start is not needed: the ones that did, or
+/// this thread alone, do its share.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(Vec::with_capacity(items.len()));
+    let run = || {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            let result = work(item);
+            done.lock().unwrap().push((i, result));
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..workers.min(items.len()) {
+            if std::thread::Builder::new()
+                .name("keys-check".into())
+                .spawn_scoped(scope, run)
+                .is_err()
+            {
+                break;
+            }
+        }
+        run();
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, result)| result).collect()
 }
 
 /// Asks the key-info endpoint about one key: (valid, what to print).
@@ -640,6 +666,32 @@ fn plural(n: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_run_on_a_bounded_set_of_threads_and_keep_the_order() {
+        use std::sync::{Condvar, Mutex};
+        let items: Vec<usize> = (0..40).collect();
+        // (running now, most at once); each call waits (at most 50 ms) for a ninth to run
+        // beside it, so a version that started more threads shows more than 8 at once.
+        let running = Mutex::new((0usize, 0usize));
+        let changed = Condvar::new();
+        let results = in_parallel(&items, 8, |&i| {
+            let mut guard = running.lock().unwrap();
+            guard.0 += 1;
+            guard.1 = guard.1.max(guard.0);
+            changed.notify_all();
+            let (mut guard, _) = changed
+                .wait_timeout_while(guard, Duration::from_millis(50), |r| r.0 <= 8)
+                .unwrap();
+            guard.0 -= 1;
+            i * 2
+        });
+        assert_eq!(results, (0..40).map(|i| i * 2).collect::<Vec<_>>());
+        let most = running.lock().unwrap().1;
+        assert!((1..=8).contains(&most), "{most} keys checked at once");
+        assert_eq!(in_parallel(&[] as &[u8], 8, |_| 1), Vec::<i32>::new());
+        assert_eq!(in_parallel(&[1, 2, 3], 0, |&x| x + 1), [2, 3, 4]);
+    }
 
     #[test]
     fn durations_read_at_a_glance() {
