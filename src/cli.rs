@@ -100,6 +100,17 @@ pub struct Args {
     #[argh(option)]
     pub access_token: Option<String>,
 
+    /// a web page origin that may call the proxy from a browser, besides the editor's web
+    /// views and pages on this machine: https://app.example, http://host:* (any port) or
+    /// scheme:// (repeatable; ROO_PROXY_ALLOW_ORIGIN takes a comma-separated list)
+    #[argh(option)]
+    pub allow_origin: Vec<String>,
+
+    /// a host name the proxy answers to besides loopback names and its address, e.g. a
+    /// name in /etc/hosts (repeatable; ROO_PROXY_ALLOW_HOST takes a comma-separated list)
+    #[argh(option)]
+    pub allow_host: Vec<String>,
+
     /// allow an http:// upstream on another machine (keys then travel in clear text)
     #[argh(switch)]
     pub allow_insecure_upstream: bool,

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::browser::{self, OriginRule};
 use crate::cli::Args;
 use crate::error::Error;
 use crate::http1::Limits;
@@ -51,6 +52,10 @@ pub struct Config {
     pub upstream_timeouts: UpstreamTimeouts,
     /// When set, every request must carry it (as `Authorization: Bearer` or `x-api-key`).
     pub access_token: Option<String>,
+    /// Page origins a browser may call the proxy from (the defaults, then `--allow-origin`).
+    pub allow_origins: Vec<OriginRule>,
+    /// Host names answered besides loopback names and `host` (`--allow-host`).
+    pub allow_hosts: Vec<String>,
 }
 
 impl Config {
@@ -209,6 +214,8 @@ impl Config {
                 "the upstream '{upstream}' is http:// on another machine, so your keys would travel in clear text; use https://, or --allow-insecure-upstream if you really mean it"
             )));
         }
+        let (allow_origins, allow_hosts) =
+            browser_settings(&args.allow_origin, &args.allow_host, env)?;
         Ok(Config {
             host: host.trim().to_string(),
             port,
@@ -230,8 +237,52 @@ impl Config {
             idle_timeout,
             upstream_timeouts,
             access_token,
+            allow_origins,
+            allow_hosts,
         })
     }
+}
+
+/// `--allow-origin` and `--allow-host` (else their variables, comma-separated): the
+/// origin rules (after the defaults) and the extra host names.
+fn browser_settings(
+    origins: &[String],
+    hosts: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Vec<OriginRule>, Vec<String>), Error> {
+    fn list<T>(
+        flags: &[String],
+        flag: &str,
+        variable: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        parse: fn(&str) -> Result<T, &'static str>,
+    ) -> Result<Vec<T>, Error> {
+        let (values, source) = match env(variable) {
+            Some(v) if flags.is_empty() => (v.split(',').map(str::to_string).collect(), variable),
+            _ => (flags.to_vec(), flag),
+        };
+        values
+            .iter()
+            .filter(|v| !v.trim().is_empty() || source == flag)
+            .map(|v| parse(v).map_err(|why| Error::Config(format!("{source} '{v}': {why}"))))
+            .collect()
+    }
+    let mut rules = browser::default_rules();
+    rules.extend(list(
+        origins,
+        "--allow-origin",
+        "ROO_PROXY_ALLOW_ORIGIN",
+        &env,
+        OriginRule::parse,
+    )?);
+    let hosts = list(
+        hosts,
+        "--allow-host",
+        "ROO_PROXY_ALLOW_HOST",
+        &env,
+        browser::parse_host,
+    )?;
+    Ok((rules, hosts))
 }
 
 /// The keys file: the flag, else `ROO_PROXY_KEYS_FILE`, else `keys.json` here; absolute.

@@ -106,6 +106,19 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
         fields.push((h.name.to_string(), value.trim().to_string()));
     }
     let body = body_length(&fields, http10)?;
+    let hosts = fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 {
+        return Err(Reply::new(400, "the request has more than one Host header"));
+    }
+    if hosts == 0 && !http10 {
+        return Err(Reply::new(
+            400,
+            "an HTTP/1.1 request needs a Host header (such as Host: localhost:3002)",
+        ));
+    }
     let keep_alive = !http10
         && !fields
             .iter()
@@ -339,7 +352,7 @@ mod tests {
 
     #[test]
     fn connection_close_and_http10_end_the_connection() {
-        let close = parse("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
+        let close = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n");
         assert!(!close.unwrap().unwrap().0.keep_alive);
         let old = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         let head = old.unwrap().unwrap().0;
@@ -354,7 +367,10 @@ mod tests {
         assert_eq!(status(&long[..1500]), 431);
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(9));
         assert_eq!(status(&many), 431);
-        let eight = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(8));
+        let eight = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(7)
+        );
         assert!(parse(&eight).unwrap().is_some());
     }
 
@@ -364,7 +380,12 @@ mod tests {
             max_head: 64 * 1024,
             max_headers: HEADERS_ON_STACK + 72,
         };
-        let head = |n: usize| format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(n));
+        let head = |n: usize| {
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+                "X-A: 1\r\n".repeat(n - 1)
+            )
+        };
         let (parsed, _) = parse_head(head(200).as_bytes(), limits).unwrap().unwrap();
         assert_eq!(parsed.headers.len(), 200);
         let over = parse_head(head(201).as_bytes(), limits).unwrap_err();
@@ -390,14 +411,14 @@ mod tests {
             status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             400
         );
-        let same = "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n";
+        let same = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n";
         assert_eq!(parse(same).unwrap().unwrap().0.body, BodyLength::Length(3));
     }
 
     #[test]
     fn a_length_beyond_u64_is_simply_too_large() {
         let huge = format!(
-            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
             "9".repeat(40)
         );
         let head = parse(&huge).unwrap().unwrap().0;
@@ -414,8 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn http11_needs_exactly_one_host() {
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        assert!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
     fn expect_100_continue_is_noticed() {
-        let text = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
+        let text =
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
         assert!(parse(text).unwrap().unwrap().0.expect_continue);
     }
 

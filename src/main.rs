@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod browser;
 mod classify;
 mod cli;
 mod commands;

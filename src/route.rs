@@ -69,6 +69,15 @@ pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
     Ok(url)
 }
 
+/// Paths browsers ask for on their own (icons, robots, well-known files): answered by
+/// the proxy, never forwarded with a pool key.
+pub fn is_browser_noise(path: &str) -> bool {
+    let path = path.to_ascii_lowercase();
+    matches!(path.as_str(), "/favicon.ico" | "/robots.txt")
+        || path.starts_with("/apple-touch-icon")
+        || path.starts_with("/.well-known/")
+}
+
 /// `.` or `..`, with any dot percent-encoded (`%2e`, `%2E`).
 fn is_dot_segment(segment: &str) -> bool {
     let mut rest = segment.as_bytes();

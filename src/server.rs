@@ -19,6 +19,7 @@ use ureq::BodyReader;
 use ureq::http::HeaderMap;
 
 use crate::access;
+use crate::browser::{self, Caller};
 use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::connection::{self, BodyError, Conn};
@@ -225,6 +226,8 @@ struct Incoming<'a> {
     method: &'a str,
     target: &'a str,
     started: Instant,
+    /// What a browser learns of the caller's origin: on every answer (`browser.rs`).
+    cors: &'a [(String, String)],
 }
 
 impl Incoming<'_> {
@@ -308,22 +311,31 @@ impl Proxy {
                 .request(503, 0, started.elapsed(), None, SystemTime::now());
             return;
         }
+        let caller = browser::caller(
+            head.header("origin"),
+            head.header("sec-fetch-site"),
+            &self.config.allow_origins,
+        );
+        let cors = browser::cors_headers(caller);
         let incoming = Incoming {
             method: &head.method,
             target: &head.target,
             started,
+            cors: &cors,
         };
-        let done = match self.prepare(head, conn, &incoming) {
-            Ok(Prepared::Preflight(headers)) => {
+        let done = match self.prepare(head, conn, &incoming, caller) {
+            Ok(Prepared::Preflight(mut headers)) => {
+                headers.extend_from_slice(&cors);
                 let _ = stream::write_head(conn, 204, &headers, Framing::NoBody);
                 Done::local(204)
             }
             Ok(Prepared::Local(route)) => {
                 let (status, content_type, body) = self.answer_local(route, incoming.method);
-                let headers = [
+                let mut headers = vec![
                     ("Content-Type".to_string(), content_type.to_string()),
                     ("Cache-Control".to_string(), "no-store".to_string()),
                 ];
+                headers.extend_from_slice(&cors);
                 let _ = stream::write_full(conn, status, &headers, &body);
                 // The status page polls every two seconds: keep those out of the log.
                 debug!("{} {} → {status}", incoming.method, incoming.path());
@@ -333,7 +345,7 @@ impl Proxy {
                 self.forward(conn, head.http10, &incoming, &url, &headers, &body)
             }
             Err(reply) => {
-                let _ = stream::write_reply(conn, &reply, false);
+                let _ = stream::write_reply_with(conn, &reply, false, &cors);
                 if reply.status >= 500 || reply.status == 429 {
                     debug!("{}", reply.message);
                 }
@@ -370,11 +382,35 @@ impl Proxy {
         head: &'h Head,
         conn: &mut Conn,
         incoming: &Incoming,
+        caller: Caller,
     ) -> Result<Prepared<'h>, Reply> {
-        if incoming.method == "OPTIONS" {
-            return Ok(Prepared::Preflight(preflight_headers(head)));
-        }
+        // Before anything else: a page of another origin, or a name that reached us by a
+        // DNS trick, gets nothing, and no key is touched.
+        browser::check_host(
+            head.header("host"),
+            browser::Hosts {
+                listening: &self.config.host,
+                extra: &self.config.allow_hosts,
+                any: self.config.access_token.is_some(),
+            },
+        )?;
         let route = Route::of(incoming.path());
+        // A link to the status page is followed (the page holds no data; its requests
+        // for data carry their origin).
+        let navigation = route == Some(Some(Route::Page)) && head.header("origin").is_none();
+        if caller == Caller::Refused && !navigation {
+            return Err(browser::refused_origin(head.header("origin")));
+        }
+        if incoming.method == "OPTIONS" {
+            let allowed = matches!(caller, Caller::Allowed(_));
+            return Ok(Prepared::Preflight(preflight_headers(head, allowed)));
+        }
+        if route.is_none() && route::is_browser_noise(incoming.path()) {
+            return Err(Reply::new(
+                404,
+                "not an API path: browser requests such as /favicon.ico are answered here, never forwarded",
+            ));
+        }
         // The page itself holds no data; everything else needs the token.
         if route != Some(Some(Route::Page)) {
             self.check_access(head)?;
@@ -513,7 +549,7 @@ impl Proxy {
         }
         let reply = self.exhausted(attempts, last_failure);
         let first_byte = Some(incoming.started.elapsed());
-        let _ = stream::write_reply(to, &reply, false);
+        let _ = stream::write_reply_with(to, &reply, false, incoming.cors);
         Done {
             status: reply.status,
             attempts,
@@ -560,6 +596,7 @@ impl Proxy {
         let status = response.status().as_u16();
         let (parts, upstream_body) = response.into_parts();
         let mut out = response_headers(&parts.headers);
+        out.extend_from_slice(incoming.cors);
         let length = parts
             .headers
             .get("content-length")
@@ -933,9 +970,9 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         && !headers.contains_key("content-encoding")
 }
 
-/// The answer to a CORS preflight: anything is allowed, since the proxy listens locally
-/// and Roo Code's web view calls it from its own origin.
-fn preflight_headers(head: &Head) -> Vec<(String, String)> {
+/// The answer to a CORS preflight from an allowed origin (or from no browser at all): any
+/// method and header. Chrome's Private Network Access opt-in only for an allowed origin.
+fn preflight_headers(head: &Head, allowed: bool) -> Vec<(String, String)> {
     let asked = |name: &str| head.header(name).map(str::to_string);
     let mut headers = vec![
         (
@@ -948,7 +985,7 @@ fn preflight_headers(head: &Head) -> Vec<(String, String)> {
         ),
         ("Access-Control-Max-Age".to_string(), "86400".to_string()),
     ];
-    if asked("Access-Control-Request-Private-Network").is_some() {
+    if allowed && asked("Access-Control-Request-Private-Network").is_some() {
         headers.push((
             "Access-Control-Allow-Private-Network".to_string(),
             "true".to_string(),

@@ -46,8 +46,8 @@ pub enum End {
     ClientGone(io::Error),
 }
 
-/// Writes the status line and headers, the framing header and our CORS header, then
-/// flushes so the client has the head at once.
+/// Writes the status line, the headers and the framing header, then flushes so the
+/// client has the head at once. CORS headers are the caller's (`browser.rs`).
 pub fn write_head(
     to: &mut dyn Write,
     status: u16,
@@ -78,7 +78,7 @@ fn head_bytes(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], fram
         Framing::Close => out.extend_from_slice(b"Connection: close\r\n"),
         Framing::NoBody => {}
     }
-    out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a complete response whose body is in hand, in one write.
@@ -103,12 +103,23 @@ pub fn write_full(
 /// Writes one of the proxy's own answers (JSON error shape).
 /// With `close`, the client is told the connection ends after it.
 pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool) -> io::Result<()> {
+    write_reply_with(to, reply, close, &[])
+}
+
+/// [`write_reply`] with more headers (CORS).
+pub fn write_reply_with(
+    to: &mut dyn Write,
+    reply: &Reply,
+    close: bool,
+    more: &[(String, String)],
+) -> io::Result<()> {
     let mut headers: Vec<(String, String)> =
         vec![("Content-Type".into(), "application/json".into())];
     if close {
         headers.push(("Connection".into(), "close".into()));
     }
     headers.extend(reply.headers().into_iter().map(|(n, v)| (n.to_string(), v)));
+    headers.extend_from_slice(more);
     write_full(to, reply.status, &headers, &reply.body())
 }
 
@@ -415,7 +426,7 @@ mod tests {
         );
         assert!(matches!(relayed.unwrap().0, End::Complete));
         assert!(
-            wire.writes[0].ends_with("Origin: *\r\n\r\n"),
+            wire.writes[0].ends_with("Connection: close\r\n\r\n"),
             "{:?}",
             wire.writes[0]
         );
@@ -494,13 +505,13 @@ mod tests {
     }
 
     #[test]
-    fn heads_carry_framing_and_cors() {
+    fn heads_carry_framing_and_no_cors_of_their_own() {
         let mut wire = Wire::default();
         let headers = vec![("Content-Type".to_string(), "text/event-stream".to_string())];
         write_head(&mut wire, 200, &headers, Framing::Chunked).unwrap();
         assert_eq!(
             String::from_utf8(wire.bytes).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nAccess-Control-Allow-Origin: *\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
         assert_eq!(wire.flushed.len(), 1);
     }
@@ -518,7 +529,7 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(head.contains("\r\nRetry-After: 30\r\nx-should-retry: false\r\n"));
-        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+        assert!(head.ends_with(&format!("\r\nContent-Length: {}", body.len())));
     }
 
     #[test]

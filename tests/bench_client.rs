@@ -39,7 +39,7 @@ fn usage() -> ! {
 
 fn request(path: &str, reply: &str) -> String {
     format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nx-mock-reply: {reply}\r\nContent-Length: {}\r\n\r\n{BODY}",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nx-mock-reply: {reply}\r\nContent-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     )
 }
@@ -211,7 +211,7 @@ fn startup(path: &str, program: &[String]) {
     let answered = loop {
         if let Ok(mut socket) = TcpStream::connect(&addr) {
             let plain = format!(
-                "POST {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
             );
             let mut reply = Vec::new();
             if socket.write_all(plain.as_bytes()).is_ok()

@@ -4,6 +4,7 @@
 //! `ROO_PROXY_REQUIRE_BROWSER` is set (CI sets it, and installs the browser).
 //! With `ROO_PROXY_SCREENSHOT=path.png` it also saves a screenshot of the page.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +26,11 @@ struct Browser {
 
 impl Browser {
     fn start() -> Option<Browser> {
+        Browser::start_with(&[])
+    }
+
+    /// With more command-line flags for chromium.
+    fn start_with(flags: &[&str]) -> Option<Browser> {
         if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
             assert!(
                 std::env::var_os("ROO_PROXY_REQUIRE_BROWSER").is_none(),
@@ -54,15 +60,26 @@ impl Browser {
                 .is_ok_and(|r| r.status() == 200)
         });
         let profile = TempDir::new();
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1100,520",
+        ]
+        .iter()
+        .chain(flags)
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--window-size=1100,520",
-                         format!("--user-data-dir={}", profile.path().display())]
-            }
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
         }}});
         let mut browser = Browser {
             driver,
@@ -213,6 +230,152 @@ fn the_status_page_shows_every_key_and_follows_state_changes() {
         let png = browser.session("GET", "/screenshot", Value::Null);
         std::fs::write(path, base64(png.as_str().unwrap())).unwrap();
     }
+}
+
+/// Serves `page` to every request on a local port (for a page of its own origin).
+fn serve_page(page: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let page = page.clone();
+            // One thread each: a browser opens spare connections that send nothing.
+            std::thread::spawn(move || {
+                let _ = socket.set_read_timeout(Some(DEADLINE));
+                let mut buf = [0u8; 4096];
+                if socket.read(&mut buf).unwrap_or(0) == 0 {
+                    return;
+                }
+                let _ = write!(
+                    socket,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// What the test page's three requests to the proxy got: `read:…`, `sent:…` or `error:…`.
+fn outcomes(browser: &Browser) -> Value {
+    let mut results = Value::Null;
+    eventually("the page's requests end", || {
+        results = browser.script("return window.results;");
+        ["spend", "status", "chat"]
+            .iter()
+            .all(|k| results.get(k).is_some_and(Value::is_string))
+    });
+    results
+}
+
+#[test]
+fn a_page_of_another_origin_can_neither_read_nor_spend() {
+    let Some(browser) = Browser::start_with(&["--host-resolver-rules=MAP evil.example 127.0.0.1"])
+    else {
+        return;
+    };
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(2).start();
+    let target = format!("http://127.0.0.1:{}", proxy.port);
+    let page = format!(
+        r#"<!doctype html><title>page</title><script>
+window.results = {{}};
+const proxy = "{target}";
+const end = (name, p) => p.then(v => results[name] = v, e => results[name] = "error:" + e);
+end("spend", fetch(proxy + "/v1/chat/completions", {{method: "POST", mode: "no-cors",
+    headers: {{"Content-Type": "text/plain"}}, body: '{{"model":"m"}}'}}).then(r => "sent:" + r.type));
+end("status", fetch(proxy + "/_roo/status").then(r => r.text()).then(t => "read:" + t));
+end("chat", fetch(proxy + "/v1/chat/completions", {{method: "POST",
+    headers: {{"Content-Type": "application/json"}}, body: "{{}}"}}).then(r => r.text()).then(t => "read:" + t));
+</script>"#
+    );
+    let page_port = serve_page(page);
+
+    browser.session(
+        "POST",
+        "/url",
+        json!({"url": format!("http://evil.example:{page_port}/")}),
+    );
+    let results = outcomes(&browser);
+    for name in ["status", "chat"] {
+        let got = results[name].as_str().unwrap();
+        assert!(got.starts_with("error:"), "{name} was read: {got}");
+    }
+    // The requests did reach the proxy, which refused them; none went upstream.
+    // (the simple POST itself, the status read, the JSON POST's preflight).
+    for refused in [
+        "POST /v1/chat/completions → 403",
+        "GET /_roo/status → 403",
+        "OPTIONS /v1/chat/completions → 403",
+    ] {
+        proxy.wait_for_log(refused);
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a page of another origin spent a key"
+    );
+    assert!(!results.to_string().contains("sk-or-v1"), "{results}");
+
+    // DNS rebinding: the attacker's name pointed at the proxy itself.
+    browser.session(
+        "POST",
+        "/url",
+        json!({"url": format!("http://evil.example:{}/_roo/status", proxy.port)}),
+    );
+    let text = browser.script("return document.body.innerText;");
+    let text = text.as_str().unwrap_or("");
+    assert!(text.contains("does not answer to the host name"), "{text}");
+    assert!(
+        !text.contains("masked") && !text.contains("sk-or-v1"),
+        "{text}"
+    );
+
+    // A page on this machine (an allowed origin) reads its answers.
+    browser.session(
+        "POST",
+        "/url",
+        json!({"url": format!("http://localhost:{page_port}/")}),
+    );
+    let results = outcomes(&browser);
+    let chat = results["chat"].as_str().unwrap();
+    assert!(chat.contains("Hello from the mock"), "{results}");
+    assert!(
+        results["status"].as_str().unwrap().starts_with("read:{"),
+        "{results}"
+    );
+    assert_eq!(mock.requests().len(), 2, "{results}");
+}
+
+/// Roo Code's settings page runs in the editor's web view (origin `vscode-webview://…`):
+/// it reads the key's credit and a model's endpoints through the proxy.
+#[test]
+fn the_editor_web_view_reads_key_and_model_endpoints() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let origin = "vscode-webview://0a1b2c3d-4e5f";
+    for path in [
+        "/v1/key",
+        "/api/v1/models/anthropic/claude-sonnet-4/endpoints",
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nOrigin: {origin}\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: cors\r\nAuthorization: Bearer anything\r\nConnection: close\r\n\r\n",
+            proxy.port
+        );
+        let response = raw_exchange(
+            &proxy.addr(),
+            request.as_bytes(),
+            std::time::Duration::from_secs(2),
+        );
+        let text = String::from_utf8_lossy(&response);
+        assert_eq!(raw_status(&response), 200, "{path}: {text}");
+        assert!(
+            text.contains(&format!("\r\nAccess-Control-Allow-Origin: {origin}\r\n")),
+            "{text}"
+        );
+    }
+    assert_eq!(mock.requests().len(), 2);
 }
 
 #[test]

@@ -118,8 +118,10 @@ fn an_upstream_that_stalls_mid_stream_is_cut_after_the_silence_timeout() {
         .start();
     let started = Instant::now();
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
-    let request =
-        streamed_request("stall:20").replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
+    let request = streamed_request("stall:20").replace(
+        "Host: localhost\r\n",
+        "Host: localhost\r\nConnection: close\r\n",
+    );
     socket.write_all(request.as_bytes()).unwrap();
     let response = String::from_utf8_lossy(&read_to_close(&mut socket)).into_owned();
     assert!(started.elapsed() < PROMPT);
@@ -191,8 +193,8 @@ fn malformed_requests_get_400_in_the_error_shape() {
     let proxy = Proxy::with(&mock).keys(1).start();
     let cases: [&[u8]; 5] = [
         b"GARBAGE\r\n\r\n",
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
-        b"GET /v1/mo\x7fdels HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x00b\r\n\r\n",
+        b"GET /v1/mo\x7fdels HTTP/1.1\r\nHost: localhost\r\n\r\n",
         b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ];
@@ -215,14 +217,14 @@ fn huge_heads_and_too_many_headers_get_431() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
     let huge = format!(
-        "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Huge: {}\r\n\r\n",
         "a".repeat(100 * 1024)
     );
     let response = raw_exchange(&proxy.addr(), huge.as_bytes(), PROMPT);
     assert_eq!(raw_status(&response), 431);
     assert!(error_message_of(&response).contains("--max-header-size"));
     let many = format!(
-        "GET /v1/models HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "GET /v1/models HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
         "X-Many: 1\r\n".repeat(150)
     );
     let response = raw_exchange(&proxy.addr(), many.as_bytes(), PROMPT);
@@ -235,7 +237,7 @@ fn huge_heads_and_too_many_headers_get_431() {
 fn a_declared_body_of_a_terabyte_gets_413_and_the_process_lives_on() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
-    let request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n{\"model\":";
+    let request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000000\r\n\r\n{\"model\":";
     let response = raw_exchange(&proxy.addr(), request, PROMPT);
     assert_eq!(raw_status(&response), 413);
     assert!(error_message_of(&response).contains("--max-body"));
@@ -258,20 +260,20 @@ fn slow_silent_and_idle_clients_are_cut_off() {
         socket
     };
     // Slowloris: half a head, then nothing.
-    let mut socket = open(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n");
+    let mut socket = open(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n");
     let response = read_to_close(&mut socket);
     assert_eq!(raw_status(&response), 408);
     assert!(error_message_of(&response).contains("--client-timeout"));
     // A body that stops coming.
     let mut socket = open(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"a\":",
     );
     let response = read_to_close(&mut socket);
     assert_eq!(raw_status(&response), 408);
     // A connection that never says anything is closed without an answer.
     assert!(read_to_close(&mut open(b"")).is_empty());
     // A kept-alive connection is closed once idle.
-    let mut socket = open(b"GET /_roo/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut socket = open(b"GET /_roo/health HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let response = read_to_close(&mut socket);
     assert!(response.starts_with(b"HTTP/1.1 "), "{response:?}");
     assert!(mock.requests().is_empty());
@@ -373,7 +375,7 @@ fn running_out_of_descriptors_turns_connections_away_and_recovers() {
     let mut turned_away = 0;
     for socket in &mut flood {
         socket.set_read_timeout(Some(PROMPT)).unwrap();
-        let _ = socket.write_all(b"GET /_roo/health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = socket.write_all(b"GET /_roo/health HTTP/1.1\r\nHost: localhost\r\n\r\n");
         let mut buf = [0u8; 64];
         match socket.read(&mut buf) {
             Ok(0) => turned_away += 1,

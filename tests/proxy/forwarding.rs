@@ -116,13 +116,10 @@ fn end_to_end_headers_pass_and_hop_by_hop_headers_stop_both_ways() {
     ] {
         assert!(!head.contains(hop), "{hop} crossed the proxy: {head}");
     }
-    // CORS is ours: one allow-origin, and it is *.
-    assert_eq!(
-        head.matches("access-control-allow-origin").count(),
-        1,
-        "{head}"
-    );
-    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    // CORS is ours: the upstream's allow-origin never crosses, and a request from no
+    // browser gets none.
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    assert!(head.contains("\r\nvary: origin"), "{head}");
 }
 
 #[test]
@@ -170,7 +167,7 @@ fn plain_responses_keep_a_content_length() {
         reply.json()["choices"][0]["message"]["content"],
         "Hello from the mock"
     );
-    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(reply.header("access-control-allow-origin"), None);
 }
 
 #[test]
@@ -211,7 +208,11 @@ fn cors_preflight_is_answered_here() {
         .unwrap();
     let reply = Reply::from(client().run(request).unwrap());
     assert_eq!(reply.status, 204);
-    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("vscode-webview://abc")
+    );
+    assert_eq!(reply.header("vary"), Some("Origin"));
     assert_eq!(
         reply.header("access-control-allow-headers"),
         Some("authorization, x-title")
@@ -230,11 +231,11 @@ fn targets_that_are_not_api_paths_get_400_and_never_leave() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
     for request in [
-        "GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\n\r\n",
-        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-        "GET /v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
-        "GET /v1/%2e%2e/x HTTP/1.1\r\nHost: x\r\n\r\n",
-        "GET //example.com/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://example.com/v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /v1/../../etc/passwd HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /v1/%2e%2e/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET //example.com/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ] {
         let response = raw_exchange(
             &proxy.addr(),
@@ -286,8 +287,8 @@ fn http_1_0_clients_get_a_body_they_can_read() {
 fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
-    let one = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: 403\r\nContent-Length: 2\r\n\r\n{}";
-    let two = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let one = "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nx-mock-reply: 403\r\nContent-Length: 2\r\n\r\n{}";
+    let two = "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let both = format!("{one}{two}");
     let response = String::from_utf8(raw_exchange(
         &proxy.addr(),
@@ -316,7 +317,7 @@ fn a_client_that_expects_100_continue_gets_it_before_sending_the_body() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     socket
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut buf = [0u8; 64];
     let n = socket.read(&mut buf).unwrap();
@@ -340,10 +341,10 @@ fn large_and_chunked_bodies_in_pieces_pass_whole_and_the_next_request_follows() 
     let chunked = format!("{{\"pad\":\"{}\"}}", "b".repeat(20_000));
     let (first, rest) = chunked.split_at(9_000);
     let requests = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{long}\
-         POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{long}\
+         POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
          {:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n\
-         GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+         GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         long.len(),
         first.len(),
         rest.len(),

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -152,7 +153,7 @@ fn bodies_over_the_limit_get_413_and_the_proxy_goes_on() {
     );
     // Chunked, so no length is declared up front.
     let chunked = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
         big.len()
     );
     let response = raw_exchange(&proxy.addr(), chunked.as_bytes(), DEADLINE);
@@ -244,4 +245,215 @@ fn a_second_signal_exits_at_once() {
         proxy.wait_for_log("stopping");
     }
     assert_eq!(proxy.wait_exit().code(), Some(130));
+}
+
+/// The head of a raw answer, lower-cased, and its status.
+fn raw_head(proxy: &Proxy, request: &str) -> (u16, String) {
+    let response = raw_exchange(&proxy.addr(), request.as_bytes(), Duration::from_secs(2));
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (raw_status(&response), text_with_head(head, &text))
+}
+
+/// The head (lower-cased) followed by the body as sent.
+fn text_with_head(head: String, text: &str) -> String {
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    format!("{head}\r\n\r\n{body}")
+}
+
+#[test]
+fn pages_of_other_origins_get_403_and_no_key_is_touched() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(2).start();
+    let host = format!("127.0.0.1:{}", proxy.port);
+    let chat = |origin: &str, extra: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{origin}{extra}Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+    };
+    let refused = [
+        // A "simple" request: browsers send it without a preflight.
+        chat("Origin: https://evil.example\r\n", ""),
+        chat("Origin: null\r\n", ""),
+        chat("Origin: http://localhost.evil.example:3002\r\n", ""),
+        // No Origin, but a browser says the request comes from another site (an <img>).
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /_roo/status HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /_roo/ HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Private-Network: true\r\nConnection: close\r\n\r\n"
+        ),
+    ];
+    for request in &refused {
+        let (status, text) = raw_head(&proxy, request);
+        assert_eq!(status, 403, "{request}\n{text}");
+        assert!(text.contains("\"code\":403"), "{text}");
+        assert!(text.contains("--allow-origin"), "{text}");
+        assert!(!text.contains("access-control-allow"), "{request}\n{text}");
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a refused page's request went upstream"
+    );
+    let status = proxy.get("/_roo/status").json();
+    let used: u64 = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["requests"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(used, 0, "{status}");
+
+    // The editor's web view and pages on this machine still work, and read the answer.
+    for origin in ["vscode-webview://1a2b3c", "http://localhost:5173"] {
+        let (status, text) = raw_head(&proxy, &chat(&format!("Origin: {origin}\r\n"), ""));
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains(&format!("\r\naccess-control-allow-origin: {origin}\r\n")),
+            "{text}"
+        );
+        assert!(text.contains("\r\nvary: origin"), "{text}");
+        assert!(!text.contains("access-control-allow-origin: *"), "{text}");
+    }
+    let (status, text) = raw_head(
+        &proxy,
+        &format!(
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nOrigin: http://127.0.0.1:8080\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Private-Network: true\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 204, "{text}");
+    assert!(
+        text.contains("access-control-allow-private-network: true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("access-control-allow-origin: http://127.0.0.1:8080"),
+        "{text}"
+    );
+    // A link to the status page is followed.
+    let (status, _) = raw_head(
+        &proxy,
+        &format!(
+            "GET /_roo/ HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[test]
+fn allow_origin_widens_the_list_by_flag_or_variable() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--allow-origin")
+        .arg("https://app.example")
+        .env("ROO_PROXY_ALLOW_ORIGIN", "https://ignored.example")
+        .start();
+    let request = |origin: &str| {
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    assert_eq!(raw_head(&proxy, &request("https://app.example")).0, 200);
+    assert_eq!(raw_head(&proxy, &request("https://ignored.example")).0, 403);
+    assert_eq!(raw_head(&proxy, &request("vscode-webview://x")).0, 200);
+    let by_variable = Proxy::with(&mock)
+        .keys(1)
+        .env(
+            "ROO_PROXY_ALLOW_ORIGIN",
+            "https://a.example, https://b.example:*",
+        )
+        .start();
+    assert_eq!(
+        raw_head(&by_variable, &request("https://b.example:8443")).0,
+        200
+    );
+    assert_eq!(raw_head(&by_variable, &request("https://c.example")).0, 403);
+    let bad = Proxy::bare().arg("--allow-origin").arg("*").run();
+    assert_eq!(bad.0.code(), Some(2), "{}", bad.2);
+    assert!(bad.2.contains("--allow-origin '*'"), "{}", bad.2);
+}
+
+#[test]
+fn host_names_that_are_not_this_machine_get_403_before_routing() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--allow-host")
+        .arg("my-laptop.local")
+        .start();
+    let request =
+        |host: &str| format!("GET /v1/models HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+    for host in [
+        "Host: evil.example\r\n",
+        "Host: evil.example:3002\r\n",
+        "Host: 127.0.0.1.nip.io\r\n",
+    ] {
+        let (status, text) = raw_head(&proxy, &request(host));
+        assert_eq!(status, 403, "{host}: {text}");
+        assert!(text.contains("--allow-host"), "{text}");
+    }
+    let (status, _) = raw_head(
+        &proxy,
+        "GET /_roo/status HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    );
+    assert_eq!(status, 403);
+    for host in ["", "Host: localhost\r\nHost: localhost\r\n"] {
+        assert_eq!(raw_head(&proxy, &request(host)).0, 400, "{host:?}");
+    }
+    assert!(mock.requests().is_empty());
+    for host in [
+        format!("Host: 127.0.0.1:{}\r\n", proxy.port),
+        "Host: localhost\r\n".to_string(),
+        "Host: [::1]:3002\r\n".to_string(),
+        "Host: my-laptop.local:3002\r\n".to_string(),
+    ] {
+        assert_eq!(raw_head(&proxy, &request(&host)).0, 200, "{host}");
+    }
+    // HTTP/1.0 may leave Host out.
+    let (status, _) = raw_head(&proxy, "GET /v1/models HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200);
+
+    // With an access token, the token is the guard: other names are answered.
+    let guarded = Proxy::with(&mock)
+        .keys(1)
+        .arg("--access-token")
+        .arg(TOKEN)
+        .start();
+    let (status, text) = raw_head(
+        &guarded,
+        &format!(
+            "GET /v1/models HTTP/1.1\r\nHost: proxy.lan\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{text}");
+}
+
+#[test]
+fn browser_noise_is_answered_here_and_never_forwarded() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    for path in [
+        "/favicon.ico",
+        "/robots.txt",
+        "/apple-touch-icon-precomposed.png",
+        "/.well-known/appspecific/com.chrome.devtools.json",
+        "/_roo/favicon.ico",
+    ] {
+        let reply = proxy.get(path);
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(reply.error_message().starts_with("roo-proxy: "), "{path}");
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
 }

@@ -126,7 +126,7 @@ fn with_wait_a_request_waits_for_a_resting_key_instead_of_failing() {
     let proxy = Proxy::with(&mock).keys(1).arg("--wait").arg("10s").start();
     let response = raw_exchange(
         &proxy.addr(),
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
         DEADLINE,
     );
     let text = String::from_utf8_lossy(&response);
@@ -164,7 +164,9 @@ fn a_client_that_leaves_while_waiting_is_let_go_at_once() {
     let proxy = Proxy::with(&mock).keys(1).arg("--wait").arg("20s").start();
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     socket
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}",
+        )
         .unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut buf = [0u8; 64];

@@ -507,7 +507,7 @@ pub fn raw_exchange(addr: &str, request: &[u8], quiet: Duration) -> Vec<u8> {
 /// A raw streamed chat request (`"stream": true`) asking the mock for `reply`.
 pub fn streamed_request(reply: &str) -> String {
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-reply: {reply}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"stream\":true}}"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nx-mock-reply: {reply}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"stream\":true}}"
     )
 }
 
