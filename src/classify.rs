@@ -204,12 +204,16 @@ fn reset_rest(value: &str, now: SystemTime) -> Option<Duration> {
         .parse()
         .ok()
         .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
-    let at = if n >= 1e12 {
-        UNIX_EPOCH + Duration::from_millis(n as u64)
+    let since_epoch = if n >= 1e12 {
+        Duration::from_millis(n as u64)
     } else if n >= 1e9 {
-        UNIX_EPOCH + Duration::from_secs_f64(n)
+        Duration::from_secs_f64(n)
     } else {
         return Some(Duration::from_secs_f64(n.min(LONGEST_REST.as_secs_f64())));
+    };
+    // Past SystemTime's range (Windows ends in the year 30828): as far off as a rest goes.
+    let Some(at) = UNIX_EPOCH.checked_add(since_epoch) else {
+        return Some(LONGEST_REST);
     };
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
@@ -275,6 +279,18 @@ mod tests {
         let numeric = r#"{"error":{"code":429,"message":"x","metadata":{"headers":{"x-ratelimit-reset":1779321600000}}}}"#;
         let v = classify(429, &HeaderMap::new(), numeric.as_bytes(), now(), COOLDOWN);
         assert_eq!(rest_of(v), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn a_reset_past_the_end_of_time_rests_the_longest() {
+        for reset in ["1e30", "18446744073709551615", "99999999999999999999999"] {
+            let h = headers(&[("X-RateLimit-Reset", reset)]);
+            assert_eq!(
+                rest_of(classify(429, &h, b"", now(), COOLDOWN)),
+                LONGEST_REST,
+                "{reset}"
+            );
+        }
     }
 
     #[test]

@@ -35,24 +35,34 @@ impl Now {
 
     fn to_wall_ms(self, at: Instant) -> u64 {
         let wall = match at.checked_duration_since(self.mono) {
-            Some(ahead) => self.wall + ahead,
-            None => self.wall - self.mono.duration_since(at),
+            Some(ahead) => self.wall.checked_add(ahead),
+            None => self.wall.checked_sub(self.mono.duration_since(at)),
         };
-        epoch_ms(wall)
+        wall.map_or(0, epoch_ms)
     }
 
-    fn to_mono(self, wall_ms: u64) -> Instant {
-        let at = UNIX_EPOCH + Duration::from_millis(wall_ms);
+    /// The instant of a remembered wall-clock time; a past one (or one out of
+    /// `SystemTime`'s range) is now, and one too far ahead for an `Instant` is `None`.
+    fn to_mono(self, wall_ms: u64) -> Option<Instant> {
+        let at = from_epoch_ms(wall_ms)?;
         match at.duration_since(self.wall) {
-            Ok(ahead) => self.mono + ahead,
-            Err(_) => self.mono,
+            Ok(ahead) => self.mono.checked_add(ahead),
+            Err(_) => Some(self.mono),
         }
     }
 }
 
+/// Milliseconds since the Unix epoch (0 before it).
 pub fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The wall-clock time of epoch milliseconds from a file or an upstream, or `None` when
+/// `SystemTime` cannot hold it (Windows' range ends in the year 30828; a damaged state
+/// file can say anything).
+pub fn from_epoch_ms(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// What a key has been through since the proxy started.
@@ -136,11 +146,7 @@ impl Pool {
                 None => KeyState::Ready,
             };
             slots.push(Slot::new(state, group));
-            last_used.push(
-                saved
-                    .and_then(|s| s.last_used_ms)
-                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            );
+            last_used.push(saved.and_then(|s| s.last_used_ms).and_then(from_epoch_ms));
         }
         let prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
@@ -408,7 +414,7 @@ pub fn save(state: KeyState, now: Now) -> Saved {
 pub fn restore(saved: &Saved, now: Now) -> KeyState {
     let until = saved
         .until_ms
-        .map(|ms| now.to_mono(ms))
+        .and_then(|ms| now.to_mono(ms))
         .filter(|until| *until > now.mono);
     match (saved.state, until) {
         (SavedState::Cooling, Some(until)) => KeyState::Cooling { until },
@@ -430,6 +436,38 @@ mod tests {
             enabled_at: None,
             key: ApiKey::parse(&raw).unwrap(),
             label: None,
+        }
+    }
+
+    #[test]
+    fn remembered_times_of_any_size_restore_without_panic() {
+        // SystemTime's range is the platform's: Windows' ends in the year 30828.
+        assert_eq!(from_epoch_ms(u64::MAX).is_some(), cfg!(unix));
+        let t = now();
+        let now_ms = epoch_ms(t.wall);
+        let cases = [
+            (0, false),
+            (now_ms - 1, false),
+            (now_ms + 60_000, true),
+            (u64::MAX / 2, cfg!(unix)),
+            (u64::MAX, cfg!(unix)),
+        ];
+        for (ms, resting) in cases {
+            let saved = Saved {
+                state: SavedState::Cooling,
+                until_ms: Some(ms),
+                last_used_ms: Some(ms),
+            };
+            let state = restore(&saved, t);
+            assert_eq!(matches!(state, KeyState::Cooling { .. }), resting, "{ms}");
+            // Through a whole pool too: restored, reported and saved again.
+            let remembered = StateFile {
+                version: 1,
+                keys: [(state::fingerprint(&entry(0).key), saved)].into(),
+            };
+            let pool = Pool::new(vec![entry(0)], &remembered, Strategy::RoundRobin, t);
+            let _ = pool.report(t);
+            let _ = save(state, t);
         }
     }
 
