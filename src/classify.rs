@@ -4,17 +4,24 @@
 //! announced as wall-clock instants), and the answer is a [`Verdict`]: pass the response
 //! to the client, or record an [`Outcome`] against the key and try the next one.
 //!
-//! OpenRouter's signals (see the field notes): a 429 carries its reset as epoch
-//! milliseconds in `X-RateLimit-Reset`, as a header or inside `error.metadata.headers` of
-//! the body; `Retry-After` may be there too. A 429 whose body names the model's provider
-//! is the provider's limit, not the key's: another key would not help.
+//! Every provider's dialect (see the field notes, section 6): OpenRouter's
+//! `X-RateLimit-Reset` in epoch milliseconds, as a header or inside
+//! `error.metadata.headers` of the body; `Retry-After` and `retry-after-ms`; Gemini's
+//! `RetryInfo.retryDelay` and `QuotaFailure` quota ids in a body that may be a JSON list;
+//! "Please try again in 2m59.56s" in OpenAI's and Groq's messages; the
+//! `x-ratelimit-{remaining,reset}-requests…` family (durations such as `2m59.56s`,
+//! `120ms`, or float seconds such as `33011.38`) and Anthropic's
+//! `anthropic-ratelimit-requests-{remaining,reset}` (RFC 3339). A precise reset always
+//! beats a guess from the limit's period (a day, a minute). A 429 whose body names the
+//! model's provider is the provider's limit, not the key's: another key would not help.
+//! Successful answers are read for the budget they announce ([`budget`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use ureq::http::HeaderMap;
 
-use crate::policy::Outcome;
+use crate::policy::{Budget, Outcome, Scope};
 
 /// How long a key rests after a 402 that gave no `Retry-After`.
 pub const OUT_OF_CREDITS_REST: Duration = Duration::from_secs(3600);
@@ -49,11 +56,12 @@ pub fn classify(
 ) -> Verdict {
     match status {
         429 => {
-            let json = serde_json::from_slice::<Value>(body).ok();
+            let json = serde_json::from_slice::<Value>(body).ok().map(unwrap_list);
             if json.as_ref().is_some_and(blames_provider) {
                 return Verdict::Pass;
             }
-            let rest = rate_limit_rest(headers, json.as_ref(), now)
+            // A precise reset always beats a guess from the limit's period.
+            let rest = announced_rest(headers, json.as_ref(), now)
                 .or_else(|| json.as_ref().and_then(|j| limit_period_rest(j, now)))
                 .unwrap_or(cooldown);
             // Repeated 429s may lengthen a rest up to the end of the UTC day, when daily
@@ -62,6 +70,7 @@ pub fn classify(
             Verdict::Retry(Outcome::RateLimited {
                 rest: clamp(rest),
                 longest,
+                scope: json.as_ref().map_or(Scope::Key, limit_scope),
             })
         }
         401 => Verdict::Retry(Outcome::Invalid),
@@ -170,12 +179,12 @@ fn blames_provider(json: &Value) -> bool {
     provider || message.contains("Provider returned error")
 }
 
-/// How long until the limit resets: `X-RateLimit-Reset` as header, then as body
-/// metadata, then `Retry-After`.
-fn rate_limit_rest(headers: &HeaderMap, json: Option<&Value>, now: SystemTime) -> Option<Duration> {
-    let header_reset = headers
-        .get("x-ratelimit-reset")
-        .and_then(|v| v.to_str().ok());
+/// How long until the limit resets, as the upstream announced it: `X-RateLimit-Reset`
+/// as header, then as body metadata, then `retry-after-ms` and `Retry-After`, Gemini's
+/// `RetryInfo.retryDelay`, "try again in 2m59.56s" in the message, and the reset of a
+/// spent budget (`x-ratelimit-reset-*`, `anthropic-ratelimit-*-reset`).
+fn announced_rest(headers: &HeaderMap, json: Option<&Value>, now: SystemTime) -> Option<Duration> {
+    let header_reset = header(headers, "x-ratelimit-reset");
     if let Some(rest) = header_reset.and_then(|v| reset_rest(v, now)) {
         return Some(rest);
     }
@@ -192,7 +201,291 @@ fn rate_limit_rest(headers: &HeaderMap, json: Option<&Value>, now: SystemTime) -
             Value::Number(n) => reset_rest(&n.to_string(), now),
             _ => None,
         });
-    body_reset.or_else(|| retry_after(headers, now))
+    body_reset
+        .or_else(|| {
+            let ms = header(headers, "retry-after-ms")?
+                .trim()
+                .parse::<f64>()
+                .ok()?;
+            seconds(ms / 1000.0)
+        })
+        .or_else(|| retry_after(headers, now))
+        .or_else(|| json.and_then(retry_delay))
+        .or_else(|| json.and_then(message_rest))
+        .or_else(|| spent_reset(headers, now))
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Gemini's OpenAI-compatible endpoint may wrap its error in a list.
+fn unwrap_list(json: Value) -> Value {
+    match json {
+        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    }
+}
+
+/// Gemini: `error.details[]` holds a `google.rpc.RetryInfo` with `retryDelay: "37s"`.
+fn retry_delay(json: &Value) -> Option<Duration> {
+    json.pointer("/error/details")?
+        .as_array()?
+        .iter()
+        .filter_map(|d| d.get("retryDelay")?.as_str())
+        .find_map(parse_duration)
+}
+
+/// "Please try again in 2m59.56s." (OpenAI, Groq) or "Please retry in 37.2s." (Gemini).
+fn message_rest(json: &Value) -> Option<Duration> {
+    let message = json
+        .pointer("/error/message")?
+        .as_str()?
+        .to_ascii_lowercase();
+    ["try again in ", "retry in ", "retry after "]
+        .iter()
+        .find_map(|lead| {
+            let start = message.find(lead)? + lead.len();
+            let word: String = message[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
+                .collect();
+            parse_duration(word.trim_end_matches('.'))
+        })
+}
+
+/// What the limit covers: Gemini's `…PerModel…` quota ids name one model; OpenRouter's
+/// `free-models-per-…` limits concern `:free` models only.
+fn limit_scope(json: &Value) -> Scope {
+    let message = json
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if message.contains("free-models-per") {
+        return Scope::FreeModels;
+    }
+    let per_model = json
+        .pointer("/error/details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("violations")?.as_array())
+        .flatten()
+        .filter_map(|v| v.get("quotaId")?.as_str())
+        .any(|id| id.contains("PerModel"));
+    if per_model { Scope::Model } else { Scope::Key }
+}
+
+/// The remaining-requests families, each as (remaining header, reset header, how the
+/// reset is written): OpenAI, Groq; Cerebras (per day); Mistral (per minute, reset
+/// unconfirmed); Anthropic; OpenRouter.
+const BUDGETS: [(&str, &str, Reset); 5] = [
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        Reset::Duration,
+    ),
+    (
+        "x-ratelimit-remaining-requests-day",
+        "x-ratelimit-reset-requests-day",
+        Reset::Duration,
+    ),
+    (
+        "x-ratelimit-remaining-req-minute",
+        "x-ratelimit-reset-req-minute",
+        Reset::Duration,
+    ),
+    (
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+        Reset::Rfc3339,
+    ),
+    ("x-ratelimit-remaining", "x-ratelimit-reset", Reset::Epoch),
+];
+
+/// The other spent-budget families a 429 may name: tokens run out too.
+const TOKEN_RESETS: [(&str, &str, Reset); 4] = [
+    (
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        Reset::Duration,
+    ),
+    (
+        "x-ratelimit-remaining-tokens-minute",
+        "x-ratelimit-reset-tokens-minute",
+        Reset::Duration,
+    ),
+    (
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+        Reset::Rfc3339,
+    ),
+    (
+        "anthropic-ratelimit-input-tokens-remaining",
+        "anthropic-ratelimit-input-tokens-reset",
+        Reset::Rfc3339,
+    ),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Reset {
+    /// `6s`, `120ms`, `2m59.56s`, or float seconds (`33011.38`).
+    Duration,
+    /// An instant (`2025-08-21T12:40:59Z`).
+    Rfc3339,
+    /// Epoch milliseconds or seconds, or a delay ([`reset_rest`]).
+    Epoch,
+}
+
+fn reset_of(value: &str, how: Reset, now: SystemTime) -> Option<Duration> {
+    match how {
+        Reset::Duration => parse_duration(value),
+        Reset::Rfc3339 => {
+            let at = parse_rfc3339(value)?;
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        }
+        Reset::Epoch => reset_rest(value, now),
+    }
+}
+
+/// Each family's (remaining, reset) that the headers carry.
+fn families<'a>(
+    headers: &'a HeaderMap,
+    list: &'a [(&'static str, &'static str, Reset)],
+    now: SystemTime,
+) -> impl Iterator<Item = (u32, Option<Duration>)> + 'a {
+    list.iter().filter_map(move |(remaining, reset, how)| {
+        let left = header(headers, remaining)?.trim().parse::<f64>().ok()?;
+        let left = left.clamp(0.0, u32::MAX as f64) as u32;
+        let reset = header(headers, reset).and_then(|v| reset_of(v, *how, now));
+        Some((left, reset))
+    })
+}
+
+/// The longest reset of a spent budget (remaining 0) a 429 names.
+fn spent_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    families(headers, &BUDGETS, now)
+        .chain(families(headers, &TOKEN_RESETS, now))
+        .filter(|(left, _)| *left == 0)
+        .filter_map(|(_, reset)| reset)
+        .max()
+}
+
+/// The remaining request budget a successful answer announces, in any provider's
+/// dialect: the tightest of the families it carries (the fewest requests left; among
+/// spent ones, the latest reset). A family without a reset says too little to act on.
+pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
+    families(headers, &BUDGETS, now)
+        .filter_map(|(remaining, reset)| {
+            Some(Budget {
+                remaining,
+                reset: reset?.min(LONGEST_REST),
+            })
+        })
+        .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset)))
+}
+
+/// A duration as providers write it: Go style (`6s`, `120ms`, `2m59.56s`, `1h2m3s`,
+/// `1.5us`), or bare float seconds (`33011.38`). Bounded by [`LONGEST_REST`].
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        return seconds(secs);
+    }
+    let mut total = 0.0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    seconds(total)
+}
+
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(LONGEST_REST.as_secs_f64())))
+}
+
+/// An RFC 3339 instant: `2025-08-21T12:40:59Z`, with optional fraction and offset.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.trim().as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| std::str::from_utf8(part).ok()?.parse().ok())?
+    };
+    let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut nanos = 0u32;
+    if sep(at, b".") {
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        let frac = std::str::from_utf8(&b[at + 1..at + 1 + digits.min(9)]).ok()?;
+        nanos = frac.parse::<u32>().ok()? * 10u32.pow(9 - digits.min(9) as u32);
+        at += 1 + digits;
+    }
+    let offset = match b.get(at..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), ..] if b.len() == at + 6 && sep(at + 3, b":") => {
+            let minutes = num(at + 1, 2)? * 60 + num(at + 4, 2)?;
+            if *sign == b'+' {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 /// Reads an `X-RateLimit-Reset` value. OpenRouter sends epoch milliseconds; other APIs
@@ -467,7 +760,8 @@ mod tests {
             v,
             Verdict::Retry(Outcome::RateLimited {
                 rest: Duration::from_secs(5),
-                longest: Duration::from_secs(90)
+                longest: Duration::from_secs(90),
+                scope: Scope::Key,
             })
         );
     }
@@ -538,7 +832,7 @@ mod tests {
             }
             let body: &&str = rng.pick(&bodies[..]);
             match classify(status, &h, body.as_bytes(), now(), COOLDOWN) {
-                Verdict::Retry(Outcome::RateLimited { rest, longest }) => {
+                Verdict::Retry(Outcome::RateLimited { rest, longest, .. }) => {
                     assert!(
                         (SHORTEST_REST..=LONGEST_REST).contains(&rest),
                         "{status} {h:?} {body}: {rest:?}"
@@ -562,5 +856,211 @@ mod tests {
         assert_eq!(error_message(b"<html>"), None);
         let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(1000));
         assert_eq!(error_message(long.as_bytes()).unwrap().len(), 300);
+    }
+
+    fn scope_of(verdict: Verdict) -> Scope {
+        match verdict {
+            Verdict::Retry(Outcome::RateLimited { scope, .. }) => scope,
+            other => panic!("not a rate limit: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_in_every_providers_writing() {
+        let cases = [
+            ("6s", 6_000),
+            ("120ms", 120),
+            ("2m59.56s", 179_560),
+            ("1h2m3s", 3_723_000),
+            ("33011.38", 33_011_380),
+            ("0.5s", 500),
+            ("0s", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for bad in ["", "s", "6x", "-3s", "1e400", "m5", "NaN", "5 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(parse_duration("99999h"), Some(LONGEST_REST));
+    }
+
+    #[test]
+    fn rfc3339_instants_are_read() {
+        let at = |s| parse_rfc3339(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
+        assert_eq!(
+            at("2026-05-21T00:00:00Z"),
+            Some(Duration::from_secs(1_779_321_600))
+        );
+        assert_eq!(
+            at("2026-05-21T02:00:00.250+02:00"),
+            Some(Duration::from_millis(1_779_321_600_250))
+        );
+        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "2026-05-21",
+            "2026-13-01T00:00:00Z",
+            "2026-05-21T00:00:00",
+            "1969-12-31T23:59:59Z",
+            "2026-05-21T00:00:00.Z",
+        ] {
+            assert_eq!(at(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_precise_reset_in_the_message_beats_the_period_it_names() {
+        // Groq, per-day limit: the message's reset, not midnight.
+        let groq = r#"{"error":{"message":"Rate limit reached for model `llama-3.3-70b-versatile` in organization `org_x` service tier `on_demand` on requests per day (RPD): Limit 1000, Used 1000, Requested 1. Please try again in 2m59.56s. Need more tokens?","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let v = classify(
+            429,
+            &HeaderMap::new(),
+            groq.as_bytes(),
+            late_evening(),
+            COOLDOWN,
+        );
+        assert_eq!(rest_of(v), Duration::from_millis(179_560));
+        // OpenAI: the headers of the spent budget.
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "2m59.56s"),
+            ("x-ratelimit-remaining-tokens", "3000"),
+            ("x-ratelimit-reset-tokens", "120ms"),
+        ]);
+        let v = classify(429, &h, b"{}", now(), COOLDOWN);
+        assert_eq!(rest_of(v), Duration::from_millis(179_560));
+        // Anthropic: an RFC 3339 reset 90 s away.
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2026-05-21T00:00:00Z"),
+        ]);
+        assert_eq!(
+            rest_of(classify(429, &h, b"", now(), COOLDOWN)),
+            Duration::from_secs(90)
+        );
+        // Cerebras: float seconds.
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests-day", "0"),
+            ("x-ratelimit-reset-requests-day", "33011.38"),
+        ]);
+        assert_eq!(
+            rest_of(classify(429, &h, b"", now(), COOLDOWN)),
+            Duration::from_millis(33_011_380)
+        );
+        // OpenAI SDK's own header.
+        let h = headers(&[("retry-after-ms", "1500")]);
+        assert_eq!(
+            rest_of(classify(429, &h, b"", now(), COOLDOWN)),
+            Duration::from_millis(1500)
+        );
+    }
+
+    const GEMINI_429: &str = r#"[{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.5-pro"},"quotaValue":"5"}]},{"@type":"type.googleapis.com/google.rpc.Help","links":[{"description":"Learn more","url":"https://ai.google.dev/gemini-api/docs/rate-limits"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}]"#;
+
+    #[test]
+    fn a_gemini_429_rests_for_its_retry_delay_and_for_its_model() {
+        let v = classify(
+            429,
+            &HeaderMap::new(),
+            GEMINI_429.as_bytes(),
+            now(),
+            COOLDOWN,
+        );
+        assert_eq!(rest_of(v), Duration::from_secs(37));
+        assert_eq!(scope_of(v), Scope::Model);
+        // Not wrapped in a list, and per project only: the key's limit.
+        let plain = GEMINI_429
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .replace("PerProjectPerModel", "PerProject");
+        let v = classify(429, &HeaderMap::new(), plain.as_bytes(), now(), COOLDOWN);
+        assert_eq!(
+            (rest_of(v), scope_of(v)),
+            (Duration::from_secs(37), Scope::Key)
+        );
+        // Only "Resource has been exhausted": the cooldown.
+        let bare = r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
+        let v = classify(429, &HeaderMap::new(), bare.as_bytes(), now(), COOLDOWN);
+        assert_eq!((rest_of(v), scope_of(v)), (COOLDOWN, Scope::Key));
+    }
+
+    #[test]
+    fn openrouters_free_models_limit_concerns_free_models() {
+        let body = r#"{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day"}}"#;
+        let v = classify(429, &HeaderMap::new(), body.as_bytes(), now(), COOLDOWN);
+        assert_eq!(scope_of(v), Scope::FreeModels);
+        assert_eq!(
+            scope_of(classify(
+                429,
+                &HeaderMap::new(),
+                OPENROUTER_429.as_bytes(),
+                now(),
+                COOLDOWN
+            )),
+            Scope::Key
+        );
+    }
+
+    #[test]
+    fn successes_announce_the_budget_in_every_dialect() {
+        let b = |pairs: &[(&'static str, &str)]| budget(&headers(pairs), now());
+        let budget_of = |remaining, ms| {
+            Some(Budget {
+                remaining,
+                reset: Duration::from_millis(ms),
+            })
+        };
+        assert_eq!(
+            b(&[
+                ("x-ratelimit-remaining-requests", "14"),
+                ("x-ratelimit-reset-requests", "6s")
+            ]),
+            budget_of(14, 6_000)
+        );
+        assert_eq!(
+            b(&[
+                ("x-ratelimit-remaining-requests-day", "0"),
+                ("x-ratelimit-reset-requests-day", "33011.38")
+            ]),
+            budget_of(0, 33_011_380)
+        );
+        assert_eq!(
+            b(&[
+                ("anthropic-ratelimit-requests-remaining", "3"),
+                ("anthropic-ratelimit-requests-reset", "2026-05-21T00:00:00Z")
+            ]),
+            budget_of(3, 90_000)
+        );
+        assert_eq!(
+            b(&[
+                ("X-RateLimit-Remaining", "7"),
+                ("X-RateLimit-Reset", "1779321600000")
+            ]),
+            budget_of(7, 90_000)
+        );
+        // The tightest family speaks; one without a reset says too little.
+        assert_eq!(
+            b(&[
+                ("x-ratelimit-remaining-requests", "14"),
+                ("x-ratelimit-reset-requests", "6s"),
+                ("x-ratelimit-remaining-requests-day", "2"),
+                ("x-ratelimit-reset-requests-day", "100"),
+            ]),
+            budget_of(2, 100_000)
+        );
+        assert_eq!(b(&[("x-ratelimit-remaining-requests", "0")]), None);
+        assert_eq!(
+            b(&[
+                ("x-ratelimit-remaining-requests", "lots"),
+                ("x-ratelimit-reset-requests", "6s")
+            ]),
+            None
+        );
+        assert_eq!(b(&[]), None);
     }
 }

@@ -1,21 +1,33 @@
 //! Which key serves the next attempt, and how long keys rest after the upstream pushed
 //! back.
 //!
-//! Invariants: pure logic. No clock (every decision takes `now`), no I/O, no key
-//! strings: keys are known by their index in the pool and by their account group. The
-//! server holds this behind the pool mutex for the nanoseconds a decision takes, never
-//! across network I/O.
+//! Invariants: pure logic. No clock (every decision takes `now`, every outcome the
+//! instant its attempt was sent), no I/O, no key strings: keys are known by their index
+//! in the pool and by their account group. The server holds this behind the pool mutex
+//! for the nanoseconds a decision takes, never across network I/O.
 //!
 //! Rules:
 //! - Round-robin over ready keys, or (`Strategy::Sticky`) the same key until it fails.
+//! - Evidence, not echoes: only a 429 for an attempt *sent after* the key's latest rest
+//!   ended (its own or its account's) is news. A 429 for an attempt sent before that
+//!   rest began, or during it, confirms the rest and changes nothing, however many of
+//!   them come back, in whatever order.
 //! - A rate limit rests the key and every key of its account (OpenRouter limits per
-//!   account). A running rest is never shortened. Repeated 429s without a success in
-//!   between double the rest, up to the announced longest (the end of the day).
+//!   account) for the rest the upstream announced. A key refused again right after it
+//!   came back on time (no success in between) rests twice as long each time, up to the
+//!   announced longest (the end of the day). A running rest is never shortened.
+//! - A limit on one model (or on `:free` models) rests the key's account for that model
+//!   only; the key keeps serving other models.
+//! - Budget: a success that announces the account's remaining requests caps the attempts
+//!   in flight with its keys at that number until the reset; at 0 the account rests until
+//!   the reset without waiting for a 429.
 //! - When every usable key is resting from 429s that came within [`STORM_WINDOW`] (an
 //!   IP-wide or upstream-wide limit), nothing is sent until the shortest of those rests
-//!   ends; if the first request after that pause gets a 429 too, the pause doubles. A
+//!   ends; if an attempt sent after that pause gets a 429 too, the pause doubles. A
 //!   success ends the storm.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 /// A key's index in the pool (the order of the keys file).
@@ -24,11 +36,14 @@ pub type KeyId = usize;
 /// 429s on every key within this window mean the limit is not the keys'.
 pub const STORM_WINDOW: Duration = Duration::from_secs(10);
 
+/// Model rests that ended this long ago are forgotten (their echoes are long over).
+const FORGET_MODEL_REST: Duration = Duration::from_secs(600);
+
 /// Whether a key may be used, and if not, why and until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     Ready,
-    /// Rate limited (429) until the instant the upstream announced.
+    /// Rate limited (429, or a budget spent) until the instant the upstream announced.
     Cooling {
         until: Instant,
     },
@@ -76,19 +91,86 @@ pub enum Strategy {
     Sticky,
 }
 
+/// What a rate limit covers, as the upstream told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// The key and its whole account.
+    #[default]
+    Key,
+    /// The model the request asked for (Gemini's `…PerModel…` quotas).
+    Model,
+    /// Free models (`…:free`; OpenRouter's `free-models-per-day`).
+    FreeModels,
+}
+
+/// The models a model-scoped rest covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Models {
+    /// One model, by the name the request gave.
+    Named(Box<str>),
+    /// Every model whose name ends in `:free`.
+    Free,
+}
+
+impl Models {
+    fn covers(&self, model: Option<&str>) -> bool {
+        match (self, model) {
+            (Models::Named(name), Some(model)) => **name == *model,
+            (Models::Free, Some(model)) => model.ends_with(":free"),
+            (_, None) => false,
+        }
+    }
+}
+
+impl fmt::Display for Models {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Models::Named(name) => write!(f, "model {name}"),
+            Models::Free => f.write_str("free models"),
+        }
+    }
+}
+
+/// The requests an account may still make, as a successful answer announced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub remaining: u32,
+    /// How long until the budget is full again.
+    pub reset: Duration,
+}
+
 /// What one upstream attempt taught us about the key it used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The upstream answered; whatever it said, the key is fine.
-    Served,
-    /// 429 that blames the key: rest for `rest`, or up to `longest` when 429s repeat.
-    RateLimited { rest: Duration, longest: Duration },
+    /// The upstream answered; whatever it said, the key is fine. `budget` is the
+    /// remaining budget the answer announced, if it did.
+    Served { budget: Option<Budget> },
+    /// 429 that blames the key: rest for `rest`, or up to `longest` when 429s repeat;
+    /// `scope` says whether the whole key is limited or only some models.
+    RateLimited {
+        rest: Duration,
+        longest: Duration,
+        scope: Scope,
+    },
     /// 401: the key is invalid or disabled.
     Invalid,
     /// 402: no credits left; try again after this long.
     OutOfCredits { rest: Duration },
     /// Connection error, timeout or 5xx: says nothing about the key.
     Failed,
+}
+
+#[cfg(test)]
+impl Outcome {
+    /// A success that announced nothing.
+    pub const SERVED: Outcome = Outcome::Served { budget: None };
+}
+
+/// One attempt as the policy needs to know it: when it was sent, and for which model.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'m> {
+    pub at: Instant,
+    pub model: Option<&'m str>,
 }
 
 /// A change of a key's state worth a log line.
@@ -99,16 +181,36 @@ pub enum Change {
     Back,
     /// The key now rests until `until` (a new or longer rest); `others` more keys of its
     /// account rest with it; `paused` is set when the whole pool pauses until then.
+    /// `scope` says whether the key rests for every request or for one model (class).
     Resting {
         until: Instant,
         others: usize,
         paused: Option<Instant>,
+        scope: Scope,
     },
     Disabled,
 }
 
-/// One key as the policy sees it.
+/// A rest that covers some models only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRest {
+    pub models: Models,
+    pub until: Instant,
+    /// 429s for these models since the last success with them.
+    pub strikes: u32,
+}
+
+/// The remaining budget of a key's account, as the latest-sent answer announced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub remaining: u32,
+    pub reset: Instant,
+    /// When the attempt that announced it was sent: older news never overrides newer.
+    pub sent: Instant,
+}
+
+/// One key as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     pub state: KeyState,
     /// Keys with the same group share rate limits (an account). Unique for keys without
@@ -116,8 +218,17 @@ pub struct Slot {
     pub group: usize,
     /// 429s since the last success: each one doubles the next rest.
     pub strikes: u32,
-    /// When this key last got a 429.
+    /// When this key last got a 429 that was news.
     pub limited_at: Option<Instant>,
+    /// When the key's latest rest (its own or its account's) ends or ended. A 429 for an
+    /// attempt sent before this instant is an echo of that rest.
+    pub rest_end: Option<Instant>,
+    /// Rests that cover some models only.
+    pub model_rests: Vec<ModelRest>,
+    /// The account's remaining budget, when answers announce it.
+    pub allowance: Option<Allowance>,
+    /// Attempts under way with this key.
+    pub in_flight: u32,
 }
 
 impl Slot {
@@ -127,7 +238,25 @@ impl Slot {
             group,
             strikes: 0,
             limited_at: None,
+            rest_end: state.until(),
+            model_rests: Vec::new(),
+            allowance: None,
+            in_flight: 0,
         }
+    }
+
+    /// The model rests still running at `now`.
+    pub fn model_rests_at(&self, now: Instant) -> impl Iterator<Item = &ModelRest> {
+        self.model_rests.iter().filter(move |r| r.until > now)
+    }
+
+    fn rested_for(&self, model: Option<&str>, now: Instant) -> bool {
+        model.is_some() && self.model_rests_at(now).any(|r| r.models.covers(model))
+    }
+
+    /// The allowance still running at `now`.
+    fn allowance_at(&self, now: Instant) -> Option<Allowance> {
+        self.allowance.filter(|a| now < a.reset)
     }
 }
 
@@ -148,10 +277,13 @@ pub struct Policy {
     /// Where the next scan starts.
     cursor: usize,
     strategy: Strategy,
-    /// Nothing is sent before this instant (a rate-limit storm).
+    /// Nothing is sent before this instant (a rate-limit storm). Kept after it ends: a
+    /// 429 for an attempt sent before it is an echo of the storm.
     paused_until: Option<Instant>,
     /// Storms since the last success: each doubles the next pause.
     storms: u32,
+    /// Attempts in flight per account group (the sum of its slots' `in_flight`).
+    loads: HashMap<usize, u32>,
 }
 
 impl Policy {
@@ -169,17 +301,22 @@ impl Policy {
         } else {
             cursor % slots.len()
         };
+        let mut loads = HashMap::new();
+        for slot in slots.iter().filter(|s| s.in_flight > 0) {
+            *loads.entry(slot.group).or_insert(0) += slot.in_flight;
+        }
         Policy {
             slots,
             cursor,
             strategy,
             paused_until: None,
             storms: 0,
+            loads,
         }
     }
 
-    pub fn slot(&self, id: KeyId) -> Slot {
-        self.slots[id]
+    pub fn slot(&self, id: KeyId) -> &Slot {
+        &self.slots[id]
     }
 
     pub fn state(&self, id: KeyId) -> KeyState {
@@ -200,28 +337,52 @@ impl Policy {
         self.storms = storms;
     }
 
-    /// The next key that is ready at `now` and not in `tried`. The second value says
-    /// the key just came back from a rest.
+    fn load(&self, group: usize) -> u32 {
+        self.loads.get(&group).copied().unwrap_or(0)
+    }
+
+    /// Whether the key's account has as many attempts in flight as its budget allows.
+    fn booked(&self, slot: &Slot, now: Instant) -> bool {
+        slot.allowance_at(now)
+            .is_some_and(|a| self.load(slot.group) >= a.remaining)
+    }
+
+    /// Whether key `id` could take an attempt for `model` at `now`.
+    fn serves(&self, id: KeyId, model: Option<&str>, now: Instant) -> bool {
+        let slot = &self.slots[id];
+        slot.state.ready_at(now) && !slot.rested_for(model, now) && !self.booked(slot, now)
+    }
+
+    /// The next key that could serve a request for `model` at `now` and is not in
+    /// `tried`, and counts an attempt in flight with it until [`Policy::record`] or
+    /// [`Policy::abandon`]. The second value says the key just came back from a rest.
     #[must_use]
-    pub fn pick(&mut self, now: Instant, tried: &[KeyId]) -> Option<(KeyId, Option<Change>)> {
+    pub fn pick(
+        &mut self,
+        now: Instant,
+        tried: &[KeyId],
+        model: Option<&str>,
+    ) -> Option<(KeyId, Option<Change>)> {
         if self.paused_until.is_some_and(|p| now < p) {
             return None;
         }
         let n = self.slots.len();
         for step in 0..n {
             let id = (self.cursor + step) % n;
-            let state = self.slots[id].state;
-            if tried.contains(&id) || !state.ready_at(now) {
+            if tried.contains(&id) || !self.serves(id, model, now) {
                 continue;
             }
             self.cursor = match self.strategy {
                 Strategy::RoundRobin => (id + 1) % n,
                 Strategy::Sticky => id,
             };
-            let change = if state == KeyState::Ready {
+            let slot = &mut self.slots[id];
+            slot.in_flight = slot.in_flight.saturating_add(1);
+            *self.loads.entry(slot.group).or_insert(0) += 1;
+            let change = if slot.state == KeyState::Ready {
                 None
             } else {
-                self.slots[id].state = KeyState::Ready;
+                slot.state = KeyState::Ready;
                 Some(Change::Back)
             };
             return Some((id, change));
@@ -229,20 +390,42 @@ impl Policy {
         None
     }
 
-    /// Applies what an attempt with key `id` taught us.
+    /// Ends an attempt that [`Policy::pick`] counted, without an outcome (it was never
+    /// sent, or its outcome is lost).
+    pub fn abandon(&mut self, id: KeyId) {
+        let slot = &mut self.slots[id];
+        if slot.in_flight == 0 {
+            return;
+        }
+        slot.in_flight -= 1;
+        let group = slot.group;
+        if let Some(load) = self.loads.get_mut(&group) {
+            *load = load.saturating_sub(1);
+            if *load == 0 {
+                self.loads.remove(&group);
+            }
+        }
+    }
+
+    /// Ends an attempt with key `id` that was sent as `sent` says, and applies what it
+    /// taught us.
     #[must_use]
-    pub fn record(&mut self, id: KeyId, outcome: Outcome, now: Instant) -> Option<Change> {
-        if self.strategy == Strategy::Sticky && outcome != Outcome::Served && self.cursor == id {
+    pub fn record(
+        &mut self,
+        id: KeyId,
+        outcome: Outcome,
+        sent: Sent<'_>,
+        now: Instant,
+    ) -> Option<Change> {
+        self.abandon(id);
+        let served = matches!(outcome, Outcome::Served { .. });
+        if self.strategy == Strategy::Sticky && !served && self.cursor == id {
             // Sticky moves on when its key fails.
             self.cursor = (id + 1) % self.slots.len();
         }
         let old = self.slots[id].state;
         match outcome {
-            Outcome::Served => {
-                self.slots[id].strikes = 0;
-                self.storms = 0;
-                None
-            }
+            Outcome::Served { budget } => self.served(id, budget, sent, now),
             Outcome::Failed => None,
             Outcome::Invalid => {
                 self.slots[id].state = KeyState::Invalid;
@@ -255,10 +438,119 @@ impl Policy {
                     until,
                     others: 0,
                     paused: None,
+                    scope: Scope::Key,
                 })
             }
-            Outcome::RateLimited { rest, longest } => self.rate_limited(id, rest, longest, now),
+            Outcome::RateLimited {
+                rest,
+                longest,
+                scope,
+            } => {
+                // A model limit for a request that named none (or a free-models limit
+                // for a model that is not free) can only be taken as the key's.
+                let models = match (scope, sent.model) {
+                    (Scope::Model, Some(model)) => Some(Models::Named(model.into())),
+                    (Scope::FreeModels, model) if Models::Free.covers(model) => Some(Models::Free),
+                    _ => None,
+                };
+                match models {
+                    Some(models) => self.model_limited(id, models, rest, longest, sent.at, now),
+                    None => self.rate_limited(id, rest, longest, sent.at, now),
+                }
+            }
         }
+    }
+
+    /// A success: news only if the attempt was sent after the key's latest rest ended.
+    fn served(
+        &mut self,
+        id: KeyId,
+        budget: Option<Budget>,
+        sent: Sent<'_>,
+        now: Instant,
+    ) -> Option<Change> {
+        let slot = &mut self.slots[id];
+        let news = slot.rest_end.is_none_or(|end| sent.at >= end);
+        if news && slot.strikes > 0 {
+            // The account serves again: its refusals in a row are over.
+            let group = slot.group;
+            for s in self.slots.iter_mut().filter(|s| s.group == group) {
+                s.strikes = 0;
+            }
+        }
+        let slot = &mut self.slots[id];
+        for rest in &mut slot.model_rests {
+            if rest.models.covers(sent.model) && sent.at >= rest.until {
+                rest.strikes = 0;
+            }
+        }
+        if self.paused_until.is_none_or(|p| sent.at >= p) {
+            self.storms = 0;
+        }
+        let budget = budget?;
+        let allowance = Allowance {
+            remaining: budget.remaining,
+            reset: now + budget.reset,
+            sent: sent.at,
+        };
+        let group = self.slots[id].group;
+        let mut newest = false;
+        for s in self.slots.iter_mut().filter(|s| s.group == group) {
+            // Only the latest-sent attempt's word counts (answers overtake each other),
+            // unless the word we had has run out.
+            let stale = s
+                .allowance
+                .is_none_or(|a| a.sent <= sent.at || now >= a.reset);
+            if stale {
+                s.allowance = Some(allowance);
+                newest = true;
+            }
+        }
+        if !newest || budget.remaining > 0 || budget.reset.is_zero() {
+            return None;
+        }
+        // Spent: the account rests until the reset, without asking for a 429.
+        let until = allowance.reset;
+        self.rest_group(id, until, now, None)
+    }
+
+    /// Rests every usable key of `id`'s group until at least `until`; `strikes` is set
+    /// for a 429 that was news (the account's refusals in a row). Returns the change for
+    /// `id`'s log line, if anything changed.
+    fn rest_group(
+        &mut self,
+        id: KeyId,
+        until: Instant,
+        now: Instant,
+        strikes: Option<u32>,
+    ) -> Option<Change> {
+        let group = self.slots[id].group;
+        let before = self.slots[id].state;
+        let mut others = 0;
+        for (other, s) in self.slots.iter_mut().enumerate() {
+            if s.group != group || !s.state.usable() {
+                continue;
+            }
+            if let Some(strikes) = strikes {
+                s.limited_at = Some(now);
+                s.strikes = s.strikes.max(strikes);
+            }
+            let rested = KeyState::Cooling {
+                until: later(s.state.until().filter(|u| *u > now), until),
+            };
+            if other != id && s.state != rested {
+                others += 1;
+            }
+            s.state = rested;
+            s.rest_end = Some(later(s.rest_end, until));
+        }
+        let until = self.slots[id].state.until().unwrap_or(until);
+        (before != self.slots[id].state || others > 0).then_some(Change::Resting {
+            until,
+            others,
+            paused: None,
+            scope: Scope::Key,
+        })
     }
 
     fn rate_limited(
@@ -266,45 +558,104 @@ impl Policy {
         id: KeyId,
         rest: Duration,
         longest: Duration,
+        sent: Instant,
         now: Instant,
     ) -> Option<Change> {
-        let announced = rest;
         let slot = &mut self.slots[id];
-        let doubling = 2u32.saturating_pow(slot.strikes.min(20));
-        slot.strikes = slot.strikes.saturating_add(1);
-        let rest = rest.saturating_mul(doubling).min(longest.max(rest));
-        let until = later(slot.state.until(), now + rest);
-        let before = slot.state;
+        if slot.rest_end.is_some_and(|end| sent < end) {
+            // An echo: sent before the rest began or while it ran.
+            return None;
+        }
+        let announced = rest;
+        let strikes = slot.strikes;
+        let rest = escalate(rest, longest, strikes);
+        let change = self.rest_group(id, now + rest, now, Some(strikes.saturating_add(1)));
+        let paused = self.storm(announced, sent, now);
+        match change {
+            Some(Change::Resting {
+                until,
+                others,
+                scope,
+                ..
+            }) => Some(Change::Resting {
+                until,
+                others,
+                paused,
+                scope,
+            }),
+            _ => paused.map(|paused| Change::Resting {
+                until: self.slots[id].state.until().unwrap_or(now),
+                others: 0,
+                paused: Some(paused),
+                scope: Scope::Key,
+            }),
+        }
+    }
 
+    /// A 429 for some models only: the key's account rests for them, and serves others.
+    fn model_limited(
+        &mut self,
+        id: KeyId,
+        models: Models,
+        rest: Duration,
+        longest: Duration,
+        sent: Instant,
+        now: Instant,
+    ) -> Option<Change> {
+        let slot = &self.slots[id];
+        let known = slot.model_rests.iter().find(|r| r.models == models);
+        if known.is_some_and(|r| sent < r.until) || slot.rest_end.is_some_and(|end| sent < end) {
+            return None;
+        }
+        let strikes = known.map_or(0, |r| r.strikes);
+        let until = now + escalate(rest, longest, strikes);
         let group = slot.group;
         let mut others = 0;
         for (other, s) in self.slots.iter_mut().enumerate() {
             if s.group != group || !s.state.usable() {
                 continue;
             }
-            s.limited_at = Some(now);
-            let rested = KeyState::Cooling {
-                until: later(s.state.until(), until),
-            };
-            if other != id && s.state != rested {
-                others += 1;
+            s.model_rests
+                .retain(|r| r.until + FORGET_MODEL_REST > now || r.models == models);
+            match s.model_rests.iter_mut().find(|r| r.models == models) {
+                Some(r) => {
+                    r.until = r.until.max(until);
+                    r.strikes = strikes + 1;
+                }
+                None => s.model_rests.push(ModelRest {
+                    models: models.clone(),
+                    until,
+                    strikes: strikes + 1,
+                }),
             }
-            s.state = rested;
+            others += usize::from(other != id);
         }
-
-        let paused = self.storm(announced, now);
-        let until = self.slots[id].state.until().unwrap_or(until);
-        let changed = before != self.slots[id].state || others > 0 || paused.is_some();
-        changed.then_some(Change::Resting {
+        Some(Change::Resting {
             until,
             others,
-            paused,
+            paused: None,
+            scope: match models {
+                Models::Named(_) => Scope::Model,
+                Models::Free => Scope::FreeModels,
+            },
         })
     }
 
     /// Starts or lengthens a pool-wide pause when the limit is evidently not the keys'.
-    /// `rest` is the rest the upstream announced for this 429.
-    fn storm(&mut self, rest: Duration, now: Instant) -> Option<Instant> {
+    /// `rest` is the rest the upstream announced for this 429, which was news for its
+    /// key; `sent` is when its attempt went out.
+    fn storm(&mut self, rest: Duration, sent: Instant, now: Instant) -> Option<Instant> {
+        if self.storms > 0 {
+            // A storm goes on only if an attempt sent after its pause is refused too.
+            if self.paused_until.is_some_and(|p| sent < p) {
+                return None;
+            }
+            self.storms = self.storms.saturating_add(1);
+            let length = rest.saturating_mul(2u32.saturating_pow((self.storms - 1).min(20)));
+            let until = later(self.paused_until, now + length);
+            self.paused_until = Some(until);
+            return Some(until);
+        }
         let usable: Vec<&Slot> = self.slots.iter().filter(|s| s.state.usable()).collect();
         // One key limited is that key's business; a storm needs several.
         let everyone_limited = usable.len() >= 2
@@ -313,27 +664,24 @@ impl Policy {
                     && s.limited_at
                         .is_some_and(|at| now.duration_since(at) <= STORM_WINDOW)
             });
-        if !(everyone_limited || self.storms > 0) {
+        if !everyone_limited {
             return None;
         }
-        self.storms = self.storms.saturating_add(1);
-        let length = if self.storms == 1 {
-            // The shortest rest announced: no key is back before it anyway, and none of
-            // them is burnt again as it comes back one by one.
-            usable
-                .iter()
-                .filter_map(|s| s.state.until())
-                .min()
-                .map_or(rest, |u| u.duration_since(now))
-        } else {
-            rest.saturating_mul(2u32.saturating_pow((self.storms - 1).min(20)))
-        };
+        self.storms = 1;
+        // The shortest rest announced: no key is back before it anyway, and none of them
+        // is burnt again as it comes back one by one.
+        let length = usable
+            .iter()
+            .filter_map(|s| s.state.until())
+            .min()
+            .map_or(rest, |u| u.duration_since(now));
         let until = later(self.paused_until, now + length);
         self.paused_until = Some(until);
         Some(until)
     }
 
-    /// How many keys could serve at `now`.
+    /// How many keys could serve at `now` (any model).
+    #[cfg(test)]
     pub fn ready(&self, now: Instant) -> usize {
         self.ready_up_to(now, usize::MAX)
     }
@@ -344,38 +692,66 @@ impl Policy {
         if self.paused_until.is_some_and(|p| now < p) {
             return 0;
         }
-        self.slots
-            .iter()
-            .filter(|s| s.state.ready_at(now))
+        (0..self.slots.len())
+            .filter(|id| self.serves(*id, None, now))
             .take(limit)
             .count()
     }
 
-    pub fn outlook(&self, now: Instant) -> Outlook {
+    /// The pool as a request for `model` sees it at `now`.
+    pub fn outlook(&self, now: Instant, model: Option<&str>) -> Outlook {
         let count = |f: fn(&KeyState) -> bool| self.slots.iter().filter(|s| f(&s.state)).count();
+        let paused = self.paused_until.filter(|p| now < *p);
+        let ready = if paused.is_some() {
+            0
+        } else {
+            (0..self.slots.len())
+                .filter(|id| self.serves(*id, model, now))
+                .count()
+        };
+        // When each usable key could serve this request again (None: it can now, or
+        // only when an attempt in flight ends).
         let resting = self
             .slots
             .iter()
-            .filter(|s| !s.state.ready_at(now))
-            .filter_map(|s| s.state.until())
+            .filter(|s| s.state.usable())
+            .filter_map(|s| {
+                let key_back = s.state.until().filter(|u| *u > now);
+                let model_back = s
+                    .model_rests_at(now)
+                    .filter(|r| r.models.covers(model))
+                    .map(|r| r.until)
+                    .max();
+                match (key_back, model_back) {
+                    (None, None) => None,
+                    (a, b) => a.max(b),
+                }
+            })
             .min();
-        let next_free = match self.paused_until.filter(|p| now < *p) {
+        let next_free = match paused {
             None => resting,
             // Paused: free when the pause ends, or later if every key still rests then.
             Some(pause) => {
-                let any_ready = self.slots.iter().any(|s| s.state.ready_at(now));
+                let any_ready = (0..self.slots.len()).any(|id| self.serves(id, model, now));
                 let keys_free = if any_ready { Some(now) } else { resting };
                 keys_free.map(|k| k.max(pause))
             }
         };
         Outlook {
             total: self.slots.len(),
-            ready: self.ready(now),
+            ready,
             invalid: count(|s| *s == KeyState::Invalid),
             disabled: count(|s| *s == KeyState::Disabled),
             next_free,
         }
     }
+}
+
+/// The rest after `strikes` refusals in a row: doubled for each, up to `longest` (but
+/// never below what was announced).
+fn escalate(rest: Duration, longest: Duration, strikes: u32) -> Duration {
+    let doubling = 2u32.saturating_pow(strikes.min(20));
+    rest.saturating_mul(doubling).min(longest.max(rest))
 }
 
 fn later(old: Option<Instant>, new: Instant) -> Instant {
@@ -393,8 +769,20 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
     fn limited(rest: Duration) -> Outcome {
-        Outcome::RateLimited { rest, longest: DAY }
+        Outcome::RateLimited {
+            rest,
+            longest: DAY,
+            scope: Scope::Key,
+        }
+    }
+
+    fn at(t: Instant) -> Sent<'static> {
+        Sent { at: t, model: None }
     }
 
     fn until_of(change: Option<Change>) -> Instant {
@@ -402,6 +790,10 @@ mod tests {
             Some(Change::Resting { until, .. }) => until,
             other => panic!("not resting: {other:?}"),
         }
+    }
+
+    fn pick(p: &mut Policy, now: Instant, tried: &[KeyId]) -> Option<(KeyId, Option<Change>)> {
+        p.pick(now, tried, None)
     }
 
     /// A pool of keys in the given account groups.
@@ -420,7 +812,7 @@ mod tests {
     fn round_robin_spreads_requests_over_ready_keys() {
         let t0 = Instant::now();
         let mut p = Policy::new(3);
-        let order: Vec<KeyId> = (0..6).map(|_| p.pick(t0, &[]).unwrap().0).collect();
+        let order: Vec<KeyId> = (0..6).map(|_| pick(&mut p, t0, &[]).unwrap().0).collect();
         assert_eq!(order, [0, 1, 2, 0, 1, 2]);
     }
 
@@ -428,28 +820,28 @@ mod tests {
     fn a_request_never_gets_a_key_it_already_tried() {
         let t0 = Instant::now();
         let mut p = Policy::new(3);
-        assert_eq!(p.pick(t0, &[0, 1]).unwrap().0, 2);
-        assert_eq!(p.pick(t0, &[0, 1, 2]), None);
+        assert_eq!(pick(&mut p, t0, &[0, 1]).unwrap().0, 2);
+        assert_eq!(pick(&mut p, t0, &[0, 1, 2]), None);
     }
 
     #[test]
     fn an_empty_pool_has_no_key() {
         let mut p = Policy::new(0);
-        assert_eq!(p.pick(Instant::now(), &[]), None);
-        assert_eq!(p.outlook(Instant::now()).total, 0);
+        assert_eq!(pick(&mut p, Instant::now(), &[]), None);
+        assert_eq!(p.outlook(Instant::now(), None).total, 0);
     }
 
     #[test]
     fn a_rate_limited_key_rests_then_comes_back() {
         let t0 = Instant::now();
         let mut p = Policy::new(2);
-        assert_eq!(until_of(p.record(0, limited(MIN), t0)), t0 + MIN);
+        assert_eq!(until_of(p.record(0, limited(MIN), at(t0), t0)), t0 + MIN);
         for _ in 0..3 {
-            assert_eq!(p.pick(t0 + secs(59), &[]).unwrap().0, 1);
+            assert_eq!(pick(&mut p, t0 + secs(59), &[]).unwrap().0, 1);
         }
         let mut seen_back = false;
         for _ in 0..2 {
-            let (id, change) = p.pick(t0 + MIN, &[]).unwrap();
+            let (id, change) = pick(&mut p, t0 + MIN, &[]).unwrap();
             if id == 0 {
                 assert_eq!(change, Some(Change::Back));
                 seen_back = true;
@@ -463,26 +855,167 @@ mod tests {
     fn a_running_rest_is_never_shortened() {
         let t0 = Instant::now();
         let mut p = Policy::new(2);
-        let _ = p.record(0, limited(secs(300)), t0);
-        let _ = p.record(0, limited(secs(1)), t0 + secs(1));
+        let _ = p.record(0, limited(secs(300)), at(t0), t0);
+        let _ = p.record(0, limited(secs(1)), at(t0 + secs(1)), t0 + secs(1));
         assert!(p.state(0).until().unwrap() >= t0 + secs(300));
     }
 
     #[test]
-    fn repeated_429s_double_the_rest_up_to_the_longest_and_a_success_resets() {
+    fn refusals_right_after_coming_back_double_the_rest_up_to_the_longest() {
         let t0 = Instant::now();
         let mut p = Policy::new(2);
         let longest = secs(100);
-        let rl = |rest| Outcome::RateLimited { rest, longest };
-        assert_eq!(until_of(p.record(0, rl(secs(10)), t0)), t0 + secs(10));
-        // It came back and was limited again: 20 s, then 40, 80, then capped at 100.
+        let rl = |rest| Outcome::RateLimited {
+            rest,
+            longest,
+            scope: Scope::Key,
+        };
+        assert_eq!(
+            until_of(p.record(0, rl(secs(10)), at(t0), t0)),
+            t0 + secs(10)
+        );
+        // It came back on time and was refused again: 20 s, then 40, 80, then capped.
         let mut t = t0 + secs(10);
         for expected in [20, 40, 80, 100, 100] {
-            assert_eq!(until_of(p.record(0, rl(secs(10)), t)), t + secs(expected));
+            assert_eq!(
+                until_of(p.record(0, rl(secs(10)), at(t), t)),
+                t + secs(expected)
+            );
             t += secs(expected);
         }
-        let _ = p.record(0, Outcome::Served, t);
-        assert_eq!(until_of(p.record(0, rl(secs(10)), t)), t + secs(10));
+        // A success sent after the rest resets the count.
+        let _ = p.record(0, Outcome::SERVED, at(t), t);
+        assert_eq!(until_of(p.record(0, rl(secs(10)), at(t), t)), t + secs(10));
+    }
+
+    #[test]
+    fn an_announced_reset_is_obeyed_as_announced() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(1);
+        let _ = p.record(0, limited(secs(5)), at(t0), t0 + ms(100));
+        assert_eq!(p.state(0).until(), Some(t0 + ms(5100)));
+        // Served in the next window, then limited again: the announcement, not a double.
+        let t1 = t0 + secs(6);
+        let _ = p.record(0, Outcome::SERVED, at(t1), t1);
+        let t2 = t1 + secs(1);
+        assert_eq!(
+            until_of(p.record(0, limited(secs(4)), at(t2), t2)),
+            t2 + secs(4)
+        );
+    }
+
+    /// The failure: 8 attempts in flight on two accounts of two keys each, all
+    /// refused by one window. Whatever order their 429s come back in, each account rests
+    /// exactly as announced, and the pool pause is the shortest rest, never doubled.
+    #[test]
+    fn echoes_of_one_limit_change_nothing_in_any_order() {
+        let mut rng = crate::testing::Rng::new(15);
+        for _ in 0..500 {
+            let t0 = Instant::now();
+            let mut p = grouped(&[10, 10, 11, 11], Strategy::RoundRobin);
+            // Eight attempts in flight at once, sent 1 ms apart.
+            let sent: Vec<(KeyId, Instant)> = (0..8)
+                .map(|i| {
+                    let t = t0 + ms(i);
+                    (pick(&mut p, t, &[]).unwrap().0, t)
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..8).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i + 1));
+            }
+            let mut first_refusal: HashMap<usize, Instant> = HashMap::new();
+            let mut pauses = Vec::new();
+            for (n, &i) in order.iter().enumerate() {
+                let (id, sent_at) = sent[i];
+                let now = t0 + ms(200 + 10 * n as u64);
+                let group = p.slot(id).group;
+                first_refusal.entry(group).or_insert(now);
+                if let Some(Change::Resting {
+                    paused: Some(pause),
+                    ..
+                }) = p.record(id, limited(secs(5)), at(sent_at), now)
+                {
+                    pauses.push(pause);
+                }
+            }
+            for id in 0..4 {
+                let group = p.slot(id).group;
+                assert_eq!(p.state(id).until(), Some(first_refusal[&group] + secs(5)));
+                assert_eq!(p.slot(id).strikes, 1, "key {id}: {order:?}");
+                assert_eq!(p.slot(id).in_flight, 0);
+            }
+            let shortest = first_refusal.values().min().unwrap().to_owned() + secs(5);
+            assert_eq!(pauses, [shortest], "{order:?}");
+            assert_eq!(p.pause(), (Some(shortest), 1));
+        }
+    }
+
+    /// Attempts sent before a rest, during it, and after it ended, answered in random
+    /// order: only the first refusal of an attempt sent after the rest lengthens it.
+    #[test]
+    fn only_attempts_sent_after_the_rest_are_evidence() {
+        let mut rng = crate::testing::Rng::new(7);
+        for _ in 0..500 {
+            let t0 = Instant::now();
+            let mut p = Policy::new(1);
+            // The first refusal, at 100 ms, rests the key until 5.1 s.
+            let _ = p.pick(t0, &[], None).unwrap();
+            let _ = p.record(0, limited(secs(5)), at(t0), t0 + ms(100));
+            let rest_end = t0 + ms(5100);
+            // Four attempts that were sent before that 429 came back, and four sent
+            // once the rest was over (the key came back on time).
+            let mut attempts: Vec<Instant> = (1..=4).map(|i| t0 + ms(10 * i)).collect();
+            attempts.extend((0..4).map(|i| rest_end + ms(i)));
+            let mut order: Vec<usize> = (0..8).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i + 1));
+            }
+            let mut news = 0;
+            let mut first_late: Option<Instant> = None;
+            for (n, &i) in order.iter().enumerate() {
+                let sent = attempts[i];
+                let now = sent.max(t0 + ms(150)) + ms(50 + n as u64);
+                let change = p.record(0, limited(secs(5)), at(sent), now);
+                if sent >= rest_end && first_late.is_none() {
+                    first_late = Some(now);
+                    // Refused again after coming back on time: twice the rest.
+                    assert_eq!(until_of(change), now + secs(10), "{order:?}");
+                    news += 1;
+                } else {
+                    assert_eq!(change, None, "attempt {i} is an echo: {order:?}");
+                }
+            }
+            assert_eq!(news, 1);
+            assert_eq!(p.state(0).until(), Some(first_late.unwrap() + secs(10)));
+            assert_eq!(p.slot(0).strikes, 2);
+        }
+    }
+
+    #[test]
+    fn a_429_sent_before_a_rest_of_the_account_is_an_echo_on_every_key() {
+        let t0 = Instant::now();
+        // Three keys of one account, and one of another.
+        let mut p = grouped(&[7, 7, 7, 8], Strategy::RoundRobin);
+        let picks: Vec<KeyId> = (0..9).map(|_| pick(&mut p, t0, &[3]).unwrap().0).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        let first = p.record(2, limited(secs(5)), at(t0), t0 + ms(50));
+        assert_eq!(
+            first,
+            Some(Change::Resting {
+                until: t0 + ms(5050),
+                others: 2,
+                paused: None,
+                scope: Scope::Key
+            })
+        );
+        for (n, id) in [0, 1, 0, 2, 1, 2, 0, 1].into_iter().enumerate() {
+            let now = t0 + ms(60 + n as u64);
+            assert_eq!(p.record(id, limited(secs(30)), at(t0), now), None);
+        }
+        for id in 0..3 {
+            assert_eq!(p.state(id).until(), Some(t0 + ms(5050)));
+        }
     }
 
     #[test]
@@ -490,16 +1023,17 @@ mod tests {
         let t0 = Instant::now();
         // Keys 0 and 2 share an account; key 1 is alone; key 3 has another account.
         let mut p = grouped(&[7, 1, 7, 9], Strategy::RoundRobin);
-        let change = p.record(2, limited(MIN), t0);
+        let change = p.record(2, limited(MIN), at(t0), t0);
         assert_eq!(
             change,
             Some(Change::Resting {
                 until: t0 + MIN,
                 others: 1,
-                paused: None
+                paused: None,
+                scope: Scope::Key,
             })
         );
-        let picks: Vec<KeyId> = (0..4).map(|_| p.pick(t0, &[]).unwrap().0).collect();
+        let picks: Vec<KeyId> = (0..4).map(|_| pick(&mut p, t0, &[]).unwrap().0).collect();
         assert_eq!(picks, [1, 3, 1, 3]);
     }
 
@@ -508,17 +1042,17 @@ mod tests {
         let t0 = Instant::now();
         let mut p = grouped(&[0, 1, 2], Strategy::Sticky);
         for _ in 0..3 {
-            let (id, _) = p.pick(t0, &[]).unwrap();
+            let (id, _) = pick(&mut p, t0, &[]).unwrap();
             assert_eq!(id, 0);
-            let _ = p.record(id, Outcome::Served, t0);
+            let _ = p.record(id, Outcome::SERVED, at(t0), t0);
         }
-        let _ = p.record(0, limited(MIN), t0);
+        let _ = p.record(0, limited(MIN), at(t0), t0);
         for _ in 0..3 {
-            assert_eq!(p.pick(t0, &[]).unwrap().0, 1);
+            assert_eq!(pick(&mut p, t0, &[]).unwrap().0, 1);
         }
-        let _ = p.record(1, Outcome::Failed, t0);
-        assert_eq!(p.pick(t0, &[]).unwrap().0, 2);
-        assert_eq!(p.pick(t0, &[]).unwrap().0, 2);
+        let _ = p.record(1, Outcome::Failed, at(t0), t0);
+        assert_eq!(pick(&mut p, t0, &[]).unwrap().0, 2);
+        assert_eq!(pick(&mut p, t0, &[]).unwrap().0, 2);
     }
 
     #[test]
@@ -526,28 +1060,32 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Policy::new(3);
         assert_eq!(
-            p.record(0, limited(secs(30)), t0)
+            p.record(0, limited(secs(30)), at(t0), t0)
                 .map(|c| matches!(c, Change::Resting { paused: None, .. })),
             Some(true)
         );
-        let _ = p.record(1, limited(secs(20)), t0 + secs(1));
+        let _ = p.record(1, limited(secs(20)), at(t0), t0 + secs(1));
         // The last key's 429 makes it a storm: pause until the shortest rest ends.
-        let change = p.record(2, limited(secs(40)), t0 + secs(2));
+        let change = p.record(2, limited(secs(40)), at(t0), t0 + secs(2));
         let pause = t0 + secs(21);
         assert_eq!(
             change,
             Some(Change::Resting {
                 until: t0 + secs(42),
                 others: 0,
-                paused: Some(pause)
+                paused: Some(pause),
+                scope: Scope::Key,
             })
         );
-        assert_eq!(p.pick(t0 + secs(20), &[]), None);
-        assert_eq!(p.outlook(t0 + secs(20)).next_free, Some(pause));
+        assert_eq!(pick(&mut p, t0 + secs(20), &[]), None);
+        assert_eq!(p.outlook(t0 + secs(20), None).next_free, Some(pause));
+        // Echoes of the storm, sent before the pause ended, change nothing.
+        assert_eq!(p.record(0, limited(secs(20)), at(t0), pause), None);
+        assert_eq!(p.pause(), (Some(pause), 1));
         // After the pause one key is tried; a 429 again doubles the pause.
-        let (id, _) = p.pick(pause, &[]).unwrap();
+        let (id, _) = pick(&mut p, pause, &[]).unwrap();
         assert_eq!(id, 1);
-        let change = p.record(id, limited(secs(20)), pause);
+        let change = p.record(id, limited(secs(20)), at(pause), pause);
         let Some(Change::Resting {
             paused: Some(second),
             ..
@@ -557,15 +1095,18 @@ mod tests {
         };
         assert_eq!(second, pause + secs(40));
         assert_eq!(
-            p.pick(pause + secs(39), &[]),
+            pick(&mut p, pause + secs(39), &[]),
             None,
             "keys 0 and 2 are not burnt during the pause"
         );
         // A success ends the storm.
-        let (id, _) = p.pick(second, &[]).unwrap();
-        let _ = p.record(id, Outcome::Served, second);
-        let _ = p.record(id, limited(secs(5)), second);
-        assert!(p.pick(second, &[]).is_some(), "no pause after a success");
+        let (id, _) = pick(&mut p, second, &[]).unwrap();
+        let _ = p.record(id, Outcome::SERVED, at(second), second);
+        let _ = p.record(id, limited(secs(5)), at(second), second);
+        assert!(
+            pick(&mut p, second, &[]).is_some(),
+            "no pause after a success"
+        );
     }
 
     #[test]
@@ -579,7 +1120,7 @@ mod tests {
             0,
             Strategy::RoundRobin,
         );
-        let change = p.record(1, limited(secs(300)), t0);
+        let change = p.record(1, limited(secs(300)), at(t0), t0);
         assert!(
             matches!(change, Some(Change::Resting { paused: None, .. })),
             "{change:?}"
@@ -590,8 +1131,9 @@ mod tests {
     fn spread_out_429s_are_no_storm() {
         let t0 = Instant::now();
         let mut p = Policy::new(2);
-        let _ = p.record(0, limited(secs(300)), t0);
-        let change = p.record(1, limited(secs(300)), t0 + STORM_WINDOW + secs(1));
+        let _ = p.record(0, limited(secs(300)), at(t0), t0);
+        let later = t0 + STORM_WINDOW + secs(1);
+        let change = p.record(1, limited(secs(300)), at(later), later);
         assert!(
             matches!(change, Some(Change::Resting { paused: None, .. })),
             "{change:?}"
@@ -610,12 +1152,16 @@ mod tests {
             0,
             Strategy::RoundRobin,
         );
-        assert_eq!(p.record(1, Outcome::Invalid, t0), Some(Change::Disabled));
+        assert_eq!(
+            p.record(1, Outcome::Invalid, at(t0), t0),
+            Some(Change::Disabled)
+        );
         for hours in [0, 1, 48] {
-            assert_eq!(p.pick(t0 + secs(hours * 3600), &[]).unwrap().0, 0);
-            assert_eq!(p.pick(t0 + secs(hours * 3600), &[0]), None);
+            let t = t0 + secs(hours * 3600);
+            assert_eq!(pick(&mut p, t, &[]).unwrap().0, 0);
+            assert_eq!(pick(&mut p, t, &[0]), None);
         }
-        let o = p.outlook(t0);
+        let o = p.outlook(t0, None);
         assert_eq!((o.invalid, o.disabled, o.next_free), (1, 1, None));
     }
 
@@ -624,18 +1170,18 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Policy::new(1);
         let hour = secs(3600);
-        let _ = p.record(0, Outcome::OutOfCredits { rest: hour }, t0);
-        assert_eq!(p.pick(t0 + secs(3599), &[]), None);
-        assert_eq!(p.outlook(t0).next_free, Some(t0 + hour));
-        assert_eq!(p.pick(t0 + hour, &[]), Some((0, Some(Change::Back))));
+        let _ = p.record(0, Outcome::OutOfCredits { rest: hour }, at(t0), t0);
+        assert_eq!(pick(&mut p, t0 + secs(3599), &[]), None);
+        assert_eq!(p.outlook(t0, None).next_free, Some(t0 + hour));
+        assert_eq!(pick(&mut p, t0 + hour, &[]), Some((0, Some(Change::Back))));
     }
 
     #[test]
     fn served_and_failed_attempts_change_no_state() {
         let t0 = Instant::now();
         let mut p = Policy::new(1);
-        assert_eq!(p.record(0, Outcome::Served, t0), None);
-        assert_eq!(p.record(0, Outcome::Failed, t0), None);
+        assert_eq!(p.record(0, Outcome::SERVED, at(t0), t0), None);
+        assert_eq!(p.record(0, Outcome::Failed, at(t0), t0), None);
         assert_eq!(p.state(0), KeyState::Ready);
     }
 
@@ -643,15 +1189,196 @@ mod tests {
     fn outlook_names_the_earliest_free_key() {
         let t0 = Instant::now();
         let mut p = Policy::new(4);
-        let _ = p.record(0, limited(secs(30)), t0);
-        let _ = p.record(1, limited(secs(10)), t0);
-        let _ = p.record(2, Outcome::Invalid, t0);
-        let o = p.outlook(t0);
+        let _ = p.record(0, limited(secs(30)), at(t0), t0);
+        let _ = p.record(1, limited(secs(10)), at(t0), t0);
+        let _ = p.record(2, Outcome::Invalid, at(t0), t0);
+        let o = p.outlook(t0, None);
         assert_eq!(
             (o.total, o.ready, o.invalid, o.next_free),
             (4, 1, 1, Some(t0 + secs(10)))
         );
-        let o = p.outlook(t0 + secs(20));
+        let o = p.outlook(t0 + secs(20), None);
         assert_eq!((o.ready, o.next_free), (2, Some(t0 + secs(30))));
+    }
+
+    fn served_with(remaining: u32, reset: Duration) -> Outcome {
+        Outcome::Served {
+            budget: Some(Budget { remaining, reset }),
+        }
+    }
+
+    #[test]
+    fn no_more_attempts_in_flight_than_the_budget_allows() {
+        let t0 = Instant::now();
+        // One account of two keys, and a key alone.
+        let mut p = grouped(&[5, 5, 9], Strategy::RoundRobin);
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(id, served_with(3, secs(10)), at(t0), t0);
+        // Three attempts for the account (on either key), then only the other key.
+        let picks: Vec<KeyId> = (0..6).map(|_| pick(&mut p, t0, &[]).unwrap().0).collect();
+        assert_eq!(picks, [1, 2, 0, 1, 2, 2]);
+        assert_eq!(p.outlook(t0, None).ready, 1);
+        // One of them ends: room for one more.
+        let _ = p.record(1, Outcome::Failed, at(t0), t0);
+        assert!(matches!(pick(&mut p, t0, &[2]), Some((0 | 1, None))));
+        assert_eq!(pick(&mut p, t0, &[2]), None);
+        // An attempt that is never sent gives its room back too.
+        p.abandon(0);
+        assert!(pick(&mut p, t0, &[2]).is_some());
+        // After the reset the budget is unknown again: no cap.
+        let t1 = t0 + secs(10);
+        assert!(pick(&mut p, t1, &[2]).is_some());
+        assert!(pick(&mut p, t1, &[2]).is_some());
+    }
+
+    #[test]
+    fn a_spent_budget_rests_the_account_until_its_reset_without_a_429() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[5, 5, 9], Strategy::RoundRobin);
+        let change = p.record(0, served_with(0, secs(7)), at(t0), t0 + ms(30));
+        assert_eq!(
+            change,
+            Some(Change::Resting {
+                until: t0 + ms(7030),
+                others: 1,
+                paused: None,
+                scope: Scope::Key,
+            })
+        );
+        assert_eq!(p.outlook(t0 + ms(30), None).ready, 1);
+        // A 429 for an attempt sent before that answer came back is an echo of it.
+        assert_eq!(p.record(1, limited(secs(60)), at(t0), t0 + ms(40)), None);
+        assert_eq!(pick(&mut p, t0 + ms(7030), &[2]).map(|p| p.0), Some(0));
+    }
+
+    #[test]
+    fn the_latest_sent_answer_speaks_for_the_budget() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(2);
+        // Sent at 2 ms: 0 left. The answer to the attempt sent at 1 ms arrives later and
+        // says 1 left: older news, ignored.
+        let change = p.record(0, served_with(0, secs(5)), at(t0 + ms(2)), t0 + ms(10));
+        assert!(change.is_some());
+        let _ = p.record(0, served_with(1, secs(5)), at(t0 + ms(1)), t0 + ms(11));
+        assert_eq!(p.slot(0).allowance.unwrap().remaining, 0);
+        assert_eq!(p.state(0).until(), Some(t0 + ms(5010)));
+    }
+
+    fn model_limited(rest: Duration, scope: Scope) -> Outcome {
+        Outcome::RateLimited {
+            rest,
+            longest: DAY,
+            scope,
+        }
+    }
+
+    #[test]
+    fn a_per_model_limit_rests_the_key_for_that_model_only() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[3, 3, 4], Strategy::RoundRobin);
+        let pro = Some("gemini-2.5-pro");
+        let (id, _) = p.pick(t0, &[], pro).unwrap();
+        assert_eq!(id, 0);
+        let sent = Sent { at: t0, model: pro };
+        let change = p.record(id, model_limited(secs(37), Scope::Model), sent, t0);
+        assert_eq!(
+            change,
+            Some(Change::Resting {
+                until: t0 + secs(37),
+                others: 1,
+                paused: None,
+                scope: Scope::Model,
+            })
+        );
+        // The account's keys serve other models, and only key 2 serves this one.
+        for _ in 0..3 {
+            assert_eq!(p.pick(t0, &[], pro).unwrap().0, 2);
+        }
+        let flash: Vec<KeyId> = (0..3)
+            .map(|_| p.pick(t0, &[], Some("gemini-2.5-flash")).unwrap().0)
+            .collect();
+        assert_eq!(flash, [0, 1, 2]);
+        assert_eq!(p.state(0), KeyState::Ready);
+        let o = p.outlook(t0, pro);
+        assert_eq!((o.ready, o.next_free), (1, Some(t0 + secs(37))));
+        assert_eq!(p.outlook(t0, Some("other")).ready, 3);
+        // An echo for the same model changes nothing; after the rest it serves again.
+        assert_eq!(
+            p.record(1, model_limited(secs(99), Scope::Model), sent, t0 + ms(5)),
+            None
+        );
+        assert_eq!(p.pick(t0 + secs(37), &[2], pro).unwrap().0, 0);
+    }
+
+    #[test]
+    fn a_free_models_limit_spares_paid_models() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(1);
+        let free = Some("deepseek/deepseek-r1:free");
+        let sent = Sent {
+            at: t0,
+            model: free,
+        };
+        let _ = p.record(0, model_limited(secs(3600), Scope::FreeModels), sent, t0);
+        assert_eq!(p.pick(t0, &[], Some("meta/llama-3:free")), None);
+        assert!(p.pick(t0, &[], Some("anthropic/claude-sonnet-4")).is_some());
+        assert!(p.pick(t0, &[], None).is_some());
+        assert_eq!(
+            p.slot(0)
+                .model_rests_at(t0)
+                .next()
+                .map(|r| r.models.to_string()),
+            Some("free models".to_string())
+        );
+    }
+
+    #[test]
+    fn a_model_limit_without_a_model_rests_the_whole_key() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(2);
+        let change = p.record(0, model_limited(secs(9), Scope::Model), at(t0), t0);
+        assert_eq!(until_of(change), t0 + secs(9));
+        assert_eq!(p.state(0).until(), Some(t0 + secs(9)));
+        // A free-models limit for a paid model is the key's too.
+        let paid = Sent {
+            at: t0,
+            model: Some("openai/gpt-4o"),
+        };
+        let change = p.record(1, model_limited(secs(9), Scope::FreeModels), paid, t0);
+        assert_eq!(until_of(change), t0 + secs(9));
+        assert!(p.slot(1).model_rests.is_empty());
+    }
+
+    #[test]
+    fn property_pick_and_record_keep_in_flight_counts_and_rests_bounded() {
+        let mut rng = crate::testing::Rng::new(99);
+        let t0 = Instant::now();
+        let mut p = grouped(&[1, 1, 2, 3, 3, 3], Strategy::RoundRobin);
+        let mut open: Vec<(KeyId, Instant)> = Vec::new();
+        let mut now = t0;
+        for _ in 0..20_000 {
+            now += ms(rng.below(300) as u64);
+            if rng.below(2) == 0 {
+                if let Some((id, _)) = p.pick(now, &[], None) {
+                    open.push((id, now));
+                }
+            } else if !open.is_empty() {
+                let (id, sent) = open.swap_remove(rng.below(open.len()));
+                let outcome = match rng.below(4) {
+                    0 => limited(secs(rng.below(10) as u64 + 1)),
+                    1 => served_with(rng.below(4) as u32, secs(rng.below(5) as u64)),
+                    2 => Outcome::Failed,
+                    _ => Outcome::SERVED,
+                };
+                let _ = p.record(id, outcome, at(sent), now);
+            }
+            for id in 0..6 {
+                let mine = open.iter().filter(|(k, _)| *k == id).count() as u32;
+                assert_eq!(p.slot(id).in_flight, mine);
+                if let Some(until) = p.state(id).until() {
+                    assert!(until <= now + DAY);
+                }
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::ApiKey;
-use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy, Slot, Strategy};
+use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy};
 use crate::state::{self, Saved, SavedState, StateFile};
 use crate::store::KeyEntry;
 
@@ -111,6 +111,51 @@ pub struct Pool {
     inner: Mutex<Inner>,
 }
 
+/// An attempt under way with one key, from [`Pool::pick`] until [`Ticket::finish`]
+/// records its outcome. While it lives it counts against its key's budget of requests;
+/// dropped unfinished (never sent, or a panic), it just stops counting.
+#[must_use = "an attempt must be finished with its outcome"]
+pub struct Ticket<'p> {
+    pool: &'p Pool,
+    entry: Arc<KeyEntry>,
+    /// When the attempt was picked, just before it was sent: what its 429 is evidence of
+    /// depends on it.
+    sent: Instant,
+    model: Option<Box<str>>,
+    open: bool,
+}
+
+impl Ticket<'_> {
+    /// The key to send the attempt with.
+    pub fn entry(&self) -> &Arc<KeyEntry> {
+        &self.entry
+    }
+
+    /// Records what the attempt taught us; `why` describes a failure (keys masked).
+    /// Returns a change worth a log line.
+    pub fn finish(mut self, outcome: Outcome, why: Option<&str>, now: Now) -> Option<Change> {
+        self.open = false;
+        self.pool.finish(&self, outcome, why, now)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.pool.abandon(&self.entry);
+        }
+    }
+}
+
+impl std::fmt::Debug for Ticket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("key", &self.entry.name())
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
 struct Inner {
     entries: Vec<Arc<KeyEntry>>,
     index: HashMap<ApiKey, KeyId>,
@@ -175,49 +220,70 @@ impl Pool {
         self.lock().entries.len()
     }
 
-    /// The next key for a request that already tried `tried`; the change is `Back` when
-    /// the key just came back from a rest.
+    /// The next key for a request for `model` (the request body's `"model"`, if any)
+    /// that already tried `tried`; the change is `Back` when the key just came back from
+    /// a rest. The attempt counts against the key's budget until its [`Ticket`] is
+    /// finished or dropped.
     pub fn pick(
         &self,
         now: Now,
         tried: &[Arc<KeyEntry>],
-    ) -> Option<(Arc<KeyEntry>, Option<Change>)> {
+        model: Option<&str>,
+    ) -> Option<(Ticket<'_>, Option<Change>)> {
         let mut inner = self.lock();
         let tried: Vec<KeyId> = tried
             .iter()
             .filter_map(|e| inner.index.get(&e.key).copied())
             .collect();
-        let (id, change) = inner.policy.pick(now.mono, &tried)?;
+        let (id, change) = inner.policy.pick(now.mono, &tried, model)?;
         inner.last_used[id] = Some(now.wall);
         inner.used = true;
         inner.dirty |= change.is_some();
-        Some((Arc::clone(&inner.entries[id]), change))
+        let ticket = Ticket {
+            pool: self,
+            entry: Arc::clone(&inner.entries[id]),
+            sent: now.mono,
+            model: model.map(Box::from),
+            open: true,
+        };
+        Some((ticket, change))
     }
 
-    /// Records what an attempt with `entry` taught us; `why` describes a failure (keys
+    /// Ends an attempt: records what it taught us; `why` describes a failure (keys
     /// masked). A key removed from the pool since the attempt began is ignored.
-    pub fn record(
+    fn finish(
         &self,
-        entry: &KeyEntry,
+        ticket: &Ticket,
         outcome: Outcome,
         why: Option<&str>,
         now: Now,
     ) -> Option<Change> {
         let mut inner = self.lock();
-        let id = *inner.index.get(&entry.key)?;
+        let id = *inner.index.get(&ticket.entry.key)?;
         let stats = &mut inner.stats[id];
         stats.requests += 1;
         match outcome {
-            Outcome::Served => stats.served += 1,
+            Outcome::Served { .. } => stats.served += 1,
             Outcome::RateLimited { .. } => stats.rate_limited += 1,
             _ => stats.failures += 1,
         }
         if let Some(why) = why {
             stats.last_error = Some(why.to_string());
         }
-        let change = inner.policy.record(id, outcome, now.mono);
+        let sent = Sent {
+            at: ticket.sent,
+            model: ticket.model.as_deref(),
+        };
+        let change = inner.policy.record(id, outcome, sent, now.mono);
         inner.dirty |= change.is_some();
         change
+    }
+
+    fn abandon(&self, entry: &KeyEntry) {
+        let mut inner = self.lock();
+        if let Some(&id) = inner.index.get(&entry.key) {
+            inner.policy.abandon(id);
+        }
     }
 
     #[cfg(test)]
@@ -230,8 +296,9 @@ impl Pool {
         self.lock().policy.ready_up_to(now.mono, limit)
     }
 
-    pub fn outlook(&self, now: Now) -> Outlook {
-        self.lock().policy.outlook(now.mono)
+    /// The pool as a request for `model` sees it.
+    pub fn outlook(&self, now: Now, model: Option<&str>) -> Outlook {
+        self.lock().policy.outlook(now.mono, model)
     }
 
     /// Replaces the keys (the keys file changed). Keys that stay keep their rests and
@@ -254,7 +321,7 @@ impl Pool {
             );
             let mut slot = match old {
                 Some(old) if inner.entries[old].enabled_at == entry.enabled_at => {
-                    let mut slot = inner.policy.slot(old);
+                    let mut slot = inner.policy.slot(old).clone();
                     if matches!(slot.state, KeyState::Invalid | KeyState::Disabled) {
                         slot.state = KeyState::Ready;
                     }
@@ -327,7 +394,7 @@ impl Pool {
             .map(|p| p.duration_since(now.mono).as_secs_f64().ceil() as u64);
         PoolReport {
             keys,
-            outlook: inner.policy.outlook(now.mono),
+            outlook: inner.policy.outlook(now.mono, None),
             paused_seconds,
         }
     }
@@ -487,6 +554,19 @@ mod tests {
         Outcome::RateLimited {
             rest: Duration::from_secs(secs),
             longest: Duration::from_secs(86_400),
+            scope: crate::policy::Scope::Key,
+        }
+    }
+
+    /// Sends an attempt with `entry` (picked among the others first) and records it.
+    fn record(pool: &Pool, entry: &KeyEntry, outcome: Outcome, t: Now) -> Option<Change> {
+        let mut tried = Vec::new();
+        loop {
+            let (ticket, _) = pool.pick(t, &tried, None).expect("the key is ready");
+            if **ticket.entry() == *entry {
+                return ticket.finish(outcome, None, t);
+            }
+            tried.push(Arc::clone(ticket.entry()));
         }
     }
 
@@ -494,26 +574,27 @@ mod tests {
     fn outcomes_are_recorded_by_key_not_by_position() {
         let t = now();
         let pool = fresh(vec![entry(0), entry(1)], t);
-        let (first, _) = pool.pick(t, &[]).unwrap();
-        assert_eq!(*first, entry(0));
+        let (first, _) = pool.pick(t, &[], None).unwrap();
+        assert_eq!(**first.entry(), entry(0));
         // The file changes while the request is in flight: key 0 moves to position 1.
         pool.replace(vec![entry(2), entry(0)]);
-        assert!(pool.record(&first, rest(60), None, t).is_some());
+        assert!(first.finish(rest(60), None, t).is_some());
         let picks: Vec<KeyEntry> = (0..3)
-            .map(|_| (*pool.pick(t, &[]).unwrap().0).clone())
+            .map(|_| (**pool.pick(t, &[], None).unwrap().0.entry()).clone())
             .collect();
         assert_eq!(picks, [entry(2), entry(2), entry(2)]);
         // A removed key's outcome is dropped.
-        pool.replace(vec![entry(2)]);
-        assert_eq!(pool.record(&entry(0), Outcome::Invalid, None, t), None);
+        let (ticket, _) = pool.pick(t, &[], None).unwrap();
+        pool.replace(vec![entry(3)]);
+        assert_eq!(ticket.finish(Outcome::Invalid, None, t), None);
     }
 
     #[test]
     fn reloads_keep_rests_clear_invalid_marks_and_add_ready_keys() {
         let t = now();
         let pool = fresh(vec![entry(0), entry(1)], t);
-        let _ = pool.record(&entry(0), rest(60), None, t);
-        let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
+        let _ = record(&pool, &entry(0), rest(60), t);
+        let _ = record(&pool, &entry(1), Outcome::Invalid, t);
         let reloaded = pool.replace(vec![entry(0), entry(1), entry(3)]);
         assert_eq!(
             reloaded,
@@ -542,19 +623,24 @@ mod tests {
     fn tried_keys_are_skipped_across_a_reload() {
         let t = now();
         let pool = fresh(vec![entry(0), entry(1)], t);
-        let (first, _) = pool.pick(t, &[]).unwrap();
+        let first = Arc::clone(pool.pick(t, &[], None).unwrap().0.entry());
         pool.replace(vec![entry(1), entry(0)]);
-        let (second, _) = pool.pick(t, std::slice::from_ref(&first)).unwrap();
+        let second = Arc::clone(
+            pool.pick(t, std::slice::from_ref(&first), None)
+                .unwrap()
+                .0
+                .entry(),
+        );
         assert_ne!(*second, *first);
-        assert!(pool.pick(t, &[first, second]).is_none());
+        assert!(pool.pick(t, &[first, second], None).is_none());
     }
 
     #[test]
     fn rests_survive_a_restart_through_the_state_file() {
         let t = now();
         let pool = fresh(vec![entry(0), entry(1), entry(2)], t);
-        let _ = pool.record(&entry(0), rest(300), None, t);
-        let _ = pool.record(&entry(1), Outcome::Invalid, None, t);
+        let _ = record(&pool, &entry(0), rest(300), t);
+        let _ = record(&pool, &entry(1), Outcome::Invalid, t);
         let remembered = pool.take_snapshot(t, true).unwrap();
         assert_eq!(pool.take_snapshot(t, true), None, "nothing changed since");
 
@@ -570,7 +656,7 @@ mod tests {
             later,
         );
         assert_eq!(restarted.ready(later), 1);
-        let outlook = restarted.outlook(later);
+        let outlook = restarted.outlook(later, None);
         assert_eq!(
             outlook.next_free,
             Some(later.mono + Duration::from_secs(200))
@@ -593,10 +679,37 @@ mod tests {
     }
 
     #[test]
+    fn attempts_count_in_flight_until_finished_or_dropped() {
+        let t = now();
+        let pool = fresh(vec![entry(0)], t);
+        let (ticket, _) = pool.pick(t, &[], None).unwrap();
+        // The upstream says one request is left: the attempt in flight takes it.
+        let served = Outcome::Served {
+            budget: Some(crate::policy::Budget {
+                remaining: 1,
+                reset: Duration::from_secs(30),
+            }),
+        };
+        let (second, _) = pool.pick(t, &[], None).unwrap();
+        assert_eq!(second.finish(served, None, t), None);
+        assert!(pool.pick(t, &[], None).is_none(), "one in flight, one left");
+        drop(ticket);
+        let (third, _) = pool
+            .pick(t, &[], None)
+            .expect("the dropped attempt gave its room back");
+        assert!(pool.pick(t, &[], None).is_none());
+        // A reload keeps the count of attempts under way.
+        pool.replace(vec![entry(0), entry(1)]);
+        assert_eq!(**pool.pick(t, &[], None).unwrap().0.entry(), entry(1));
+        drop(third);
+        assert!(pool.pick(t, &[], None).is_some());
+    }
+
+    #[test]
     fn picking_remembers_when_a_key_was_last_used() {
         let t = now();
         let pool = fresh(vec![entry(0)], t);
-        let _ = pool.pick(t, &[]);
+        let _ = pool.pick(t, &[], None);
         let file = pool.take_snapshot(t, true).unwrap();
         let saved = file.keys.values().next().unwrap();
         assert_eq!(saved.last_used_ms, Some(epoch_ms(t.wall)));

@@ -35,6 +35,38 @@ impl fmt::Display for BadTarget {
     }
 }
 
+/// Model names longer than this are not remembered (a rest for them is a rest for the
+/// key).
+const LONGEST_MODEL: usize = 200;
+
+/// The model a request asks for, which a per-model rate limit concerns: the body's
+/// `"model"` (OpenAI, Anthropic, OpenRouter, Gemini's OpenAI-compatible API), or the
+/// path's `models/{model}:{method}` (Gemini's own API).
+pub fn model_of(path: &str, body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let from_body = || {
+        let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+        if body[start] != b'{' {
+            return None;
+        }
+        let named: Named = serde_json::from_slice(body).ok()?;
+        named.model.map(String::from)
+    };
+    let from_path = || {
+        let path = path.split('?').next().unwrap_or(path);
+        let (_, rest) = path.rsplit_once("/models/")?;
+        let (model, _method) = rest.split_once(':')?;
+        (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
+    };
+    from_body()
+        .or_else(from_path)
+        .filter(|m| !m.is_empty() && m.len() <= LONGEST_MODEL)
+}
+
 /// Maps a client request target to the upstream URL: `base` (no trailing slash) joined
 /// with the target minus its base prefix; the query string is kept as it came.
 pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
@@ -162,6 +194,29 @@ fn is_hop_by_hop(name: &str, named_by_connection: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_comes_from_the_body_or_from_a_gemini_path() {
+        let chat =
+            br#"{"messages":[{"role":"user","content":"model"}],"model":"openai/gpt-4o:free"}"#;
+        assert_eq!(
+            model_of("/v1/chat/completions", chat).as_deref(),
+            Some("openai/gpt-4o:free")
+        );
+        let gemini = "/v1beta/models/gemini-2.5-pro:generateContent?alt=sse";
+        assert_eq!(model_of(gemini, b"{}").as_deref(), Some("gemini-2.5-pro"));
+        for (path, body) in [
+            ("/v1/chat/completions", &b""[..]),
+            ("/v1/chat/completions", b"{not json"),
+            ("/v1/chat/completions", br#"{"model":42}"#),
+            ("/v1/chat/completions", br#"[{"model":"x"}]"#),
+            ("/v1/models/anthropic/claude-sonnet-4/endpoints", b""),
+        ] {
+            assert_eq!(model_of(path, body), None, "{path} {body:?}");
+        }
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(LONGEST_MODEL + 1));
+        assert_eq!(model_of("/v1/chat/completions", long.as_bytes()), None);
+    }
 
     const BASE: &str = "https://openrouter.ai/api/v1";
 

@@ -27,7 +27,7 @@ use crate::error::{Error, Reply};
 use crate::http1::Head;
 use crate::key;
 use crate::metrics::Metrics;
-use crate::policy::{Change, Outcome};
+use crate::policy::{Budget, Change, Outcome, Scope};
 use crate::pool::{Now, Pool};
 use crate::route;
 use crate::state;
@@ -262,8 +262,12 @@ impl Done {
 
 /// One upstream attempt's result.
 enum Attempt {
-    Deliver(Delivery),
-    Retry { outcome: Outcome, why: String },
+    /// The answer goes to the client; the budget is what it said is left of the key's.
+    Deliver(Delivery, Option<Budget>),
+    Retry {
+        outcome: Outcome,
+        why: String,
+    },
 }
 
 /// An upstream response on its way to the client.
@@ -482,17 +486,19 @@ impl Proxy {
         let mut tried: Vec<Arc<KeyEntry>> = Vec::new();
         let mut last_failure: Option<String> = None;
         let mut budget = self.budget();
+        let model = route::model_of(incoming.path(), body);
+        let model = model.as_deref();
         loop {
             let now = Now::read();
             let picked = if tried.len() < budget {
-                self.pool.pick(now, &tried)
+                self.pool.pick(now, &tried, model)
             } else {
                 None
             };
-            let Some((entry, change)) = picked else {
+            let Some((ticket, change)) = picked else {
                 // No key now. Wait for one only when every key rests (not when the
                 // upstream is failing) and the first is back within --wait.
-                let outlook = self.pool.outlook(now);
+                let outlook = self.pool.outlook(now, model);
                 let back = outlook
                     .next_free
                     .filter(|at| outlook.ready == 0 && *at <= wait_until);
@@ -514,14 +520,18 @@ impl Proxy {
                     _ => break,
                 }
             };
+            let entry = Arc::clone(ticket.entry());
             if let Some(change) = change {
                 log_change(&entry, change, now, "its rest is over");
             }
             tried.push(Arc::clone(&entry));
             attempts += 1;
             match self.attempt(incoming, url, headers, &entry, body) {
-                Attempt::Deliver(delivery) => {
-                    let _ = self.pool.record(&entry, Outcome::Served, None, Now::read());
+                Attempt::Deliver(delivery, budget) => {
+                    let now = Now::read();
+                    if let Some(change) = ticket.finish(Outcome::Served { budget }, None, now) {
+                        log_change(&entry, change, now, "its budget of requests is spent");
+                    }
                     let first_byte = Some(incoming.started.elapsed());
                     let (status, note) = deliver(to, http10, delivery);
                     return Done {
@@ -538,7 +548,7 @@ impl Proxy {
                     if matches!(outcome, Outcome::RateLimited { .. }) {
                         self.metrics.rate_limited(now.wall);
                     }
-                    if let Some(change) = self.pool.record(&entry, outcome, Some(&why), now) {
+                    if let Some(change) = ticket.finish(outcome, Some(&why), now) {
                         log_change(&entry, change, now, &why);
                     }
                     if outcome == Outcome::Failed {
@@ -547,7 +557,7 @@ impl Proxy {
                 }
             }
         }
-        let reply = self.exhausted(attempts, last_failure);
+        let reply = self.exhausted(attempts, last_failure, model);
         let first_byte = Some(incoming.started.elapsed());
         let _ = stream::write_reply_with(to, &reply, false, incoming.cors);
         Done {
@@ -595,6 +605,7 @@ impl Proxy {
         };
         let status = response.status().as_u16();
         let (parts, upstream_body) = response.into_parts();
+        let budget = classify::budget(&parts.headers, SystemTime::now());
         let mut out = response_headers(&parts.headers);
         out.extend_from_slice(incoming.cors);
         let length = parts
@@ -618,11 +629,14 @@ impl Proxy {
                 self.config.cooldown,
             );
             return match verdict {
-                Verdict::Pass => Attempt::Deliver(Delivery::Whole {
-                    status,
-                    headers: out,
-                    body: bytes,
-                }),
+                Verdict::Pass => Attempt::Deliver(
+                    Delivery::Whole {
+                        status,
+                        headers: out,
+                        body: bytes,
+                    },
+                    budget,
+                ),
                 Verdict::Retry(outcome) => {
                     let message = classify::error_message(&bytes)
                         .map(|m| format!(": {m}"))
@@ -637,18 +651,24 @@ impl Proxy {
             if let Some(length) = length.filter(|_| incoming.method == "HEAD") {
                 out.push(("Content-Length".into(), length.to_string()));
             }
-            return Attempt::Deliver(Delivery::HeadOnly {
-                status,
-                headers: out,
-            });
+            return Attempt::Deliver(
+                Delivery::HeadOnly {
+                    status,
+                    headers: out,
+                },
+                budget,
+            );
         }
         if let Some(length) = length.filter(|len| *len <= MAX_BUFFERED_BODY) {
             return match stream::read_bounded(&mut upstream_body.into_reader(), length) {
-                Ok(bytes) => Attempt::Deliver(Delivery::Whole {
-                    status,
-                    headers: out,
-                    body: bytes,
-                }),
+                Ok(bytes) => Attempt::Deliver(
+                    Delivery::Whole {
+                        status,
+                        headers: out,
+                        body: bytes,
+                    },
+                    budget,
+                ),
                 Err(e) => failed(format!("HTTP {status}, but the body broke off: {e}")),
             };
         }
@@ -684,13 +704,16 @@ impl Proxy {
             }
             held = bytes;
         }
-        Attempt::Deliver(Delivery::Stream {
-            status,
-            headers: out,
-            held,
-            body: reader,
-            sse,
-        })
+        Attempt::Deliver(
+            Delivery::Stream {
+                status,
+                headers: out,
+                held,
+                body: reader,
+                sse,
+            },
+            budget,
+        )
     }
 
     /// With an access token configured, the request must carry it.
@@ -747,9 +770,14 @@ impl Proxy {
 
     /// The answer when no key could serve: wait (429), the upstream fails (502), or no key
     /// is usable at all (503).
-    fn exhausted(&self, attempts: usize, last_failure: Option<String>) -> Reply {
+    fn exhausted(
+        &self,
+        attempts: usize,
+        last_failure: Option<String>,
+        model: Option<&str>,
+    ) -> Reply {
         let now = Now::read();
-        let outlook = self.pool.outlook(now);
+        let outlook = self.pool.outlook(now, model);
         let now = now.mono;
         let file = self.config.keys_file.display();
         if outlook.total == 0 {
@@ -836,6 +864,7 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
             until,
             others,
             paused,
+            scope,
         } => {
             let account = match (&entry.account, others) {
                 (Some(account), 1..) => {
@@ -843,7 +872,15 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
                 }
                 _ => String::new(),
             };
-            warn!("key {name} rests for {} s{account}: {why}", secs(until));
+            let only = match scope {
+                Scope::Key => "",
+                Scope::Model => " for this model only",
+                Scope::FreeModels => " for free models only",
+            };
+            warn!(
+                "key {name} rests for {} s{only}{account}: {why}",
+                secs(until)
+            );
             if let Some(pause) = paused {
                 warn!(
                     "every key got a 429 within seconds (a limit on the whole account, IP or upstream): no requests for {} s",
