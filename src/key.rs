@@ -107,16 +107,68 @@ fn mask(key: &str) -> String {
     }
 }
 
-/// Replaces every occurrence of any of `keys` in `text` by its masked form: for text that
-/// came from outside (an upstream error message) before it reaches a log or a client.
+/// The shortest run of a key's characters that is masked wherever it appears: any 12
+/// consecutive characters of a key (the prefix and two characters, as the masked form
+/// shows them, are 11).
+pub const MIN_RUN: usize = 12;
+
+/// Replaces every run of [`MIN_RUN`] or more consecutive characters of any of `keys` in
+/// `text` (the whole key, or a piece of it cut off anywhere) by the key's masked form:
+/// for text that came from outside (an upstream error message or header) before it
+/// reaches a log or a client. Run it before cutting text short, so the cut never lands
+/// inside a key.
 pub fn redact<'a>(text: &str, keys: impl IntoIterator<Item = &'a ApiKey>) -> String {
-    let mut out = text.to_string();
+    match redact_bytes(text.as_bytes(), keys) {
+        std::borrow::Cow::Borrowed(_) => text.to_string(),
+        // Runs are ASCII, so every cut is at a character boundary.
+        std::borrow::Cow::Owned(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// [`redact`] for bytes (an upstream body); borrowed when nothing was found.
+pub fn redact_bytes<'t, 'a>(
+    text: &'t [u8],
+    keys: impl IntoIterator<Item = &'a ApiKey>,
+) -> std::borrow::Cow<'t, [u8]> {
+    let mut out = std::borrow::Cow::Borrowed(text);
     for key in keys {
-        if out.contains(key.expose()) {
-            out = out.replace(key.expose(), &key.masked());
+        let runs = key_runs(&out, key.0.as_bytes());
+        if runs.is_empty() {
+            continue;
         }
+        let masked = key.masked();
+        let mut done = Vec::with_capacity(out.len());
+        let mut at = 0;
+        for (start, end) in runs {
+            done.extend_from_slice(&out[at..start]);
+            done.extend_from_slice(masked.as_bytes());
+            at = end;
+        }
+        done.extend_from_slice(&out[at..]);
+        out = std::borrow::Cow::Owned(done);
     }
     out
+}
+
+/// The byte ranges of `text` made of runs of `key`'s characters at least [`MIN_RUN`]
+/// long (a key shorter than that: its whole occurrences), in order, not overlapping.
+fn key_runs(text: &[u8], key: &[u8]) -> Vec<(usize, usize)> {
+    let width = MIN_RUN.min(key.len());
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    if width == 0 || text.len() < width {
+        return runs;
+    }
+    let pieces: std::collections::HashSet<&[u8]> = key.windows(width).collect();
+    for (start, window) in text.windows(width).enumerate() {
+        if !pieces.contains(window) {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if start <= last.1 => last.1 = start + width,
+            _ => runs.push((start, start + width)),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -175,6 +227,32 @@ mod tests {
         assert_eq!(
             ApiKey::parse(" sk").unwrap_err().to_string(),
             "the key has whitespace at character 1"
+        );
+    }
+
+    #[test]
+    fn redact_masks_pieces_of_a_key_cut_anywhere() {
+        let key = ApiKey::parse(OR_KEY).unwrap();
+        // Cut at any place, from either side, inside other text: no 12 characters of the
+        // key stay, and the rest of the text does.
+        for cut in 0..OR_KEY.len() {
+            for piece in [&OR_KEY[..cut], &OR_KEY[cut..]] {
+                let text = format!("é {piece} rest");
+                let out = redact(&text, [&key]);
+                assert!(out.starts_with("é ") && out.ends_with(" rest"), "{out}");
+                for window in OR_KEY.as_bytes().windows(MIN_RUN) {
+                    let window = std::str::from_utf8(window).unwrap();
+                    assert!(!out.contains(window), "{window} stays in {out}");
+                }
+            }
+        }
+        let text = format!("a{}b{}c", &OR_KEY[20..40], &OR_KEY[..30]);
+        assert_eq!(redact(&text, [&key]), "ask-or-v1-ab…9f3cbsk-or-v1-ab…9f3cc");
+        assert_eq!(redact("nothing here", [&key]), "nothing here");
+        let bytes = format!("x{OR_KEY}y").into_bytes();
+        assert_eq!(
+            &*redact_bytes(&bytes, [&key]),
+            "xsk-or-v1-ab…9f3cy".as_bytes()
         );
     }
 

@@ -13,6 +13,7 @@ mod connection;
 mod error;
 mod http1;
 mod key;
+mod logging;
 mod metrics;
 mod policy;
 mod pool;
@@ -41,9 +42,7 @@ fn main() -> ExitCode {
         println!("roo-proxy {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    logging::init();
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

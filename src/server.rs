@@ -606,17 +606,19 @@ impl Proxy {
         let status = response.status().as_u16();
         let (parts, upstream_body) = response.into_parts();
         let budget = classify::budget(&parts.headers, SystemTime::now());
-        let mut out = response_headers(&parts.headers);
+        // An upstream may echo the key it got: masked in every header passed on and every
+        // body looked at, before anything is cut short or logged.
+        let mut out = response_headers(&parts.headers, &entry.key);
         out.extend_from_slice(incoming.cors);
         let length = parts
             .headers
             .get("content-length")
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
 
-        if classify::needs_body(status) {
+        if classify::needs_body(status) || status >= 400 {
             let bytes =
                 match stream::read_bounded(&mut upstream_body.into_reader(), MAX_INSPECTED_BODY) {
-                    Ok(bytes) => bytes,
+                    Ok(bytes) => key::redact_bytes(&bytes, [&entry.key]).into_owned(),
                     Err(e) => {
                         return failed(format!("HTTP {status}, and reading its body failed: {e}"));
                     }
@@ -641,7 +643,7 @@ impl Proxy {
                     let message = classify::error_message(&bytes)
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default();
-                    let why = key::redact(&format!("HTTP {status}{message}"), [&entry.key]);
+                    let why = format!("HTTP {status}{message}");
                     Attempt::Retry { outcome, why }
                 }
             };
@@ -681,7 +683,10 @@ impl Proxy {
             // client yet, so look before sending, and retry like a 429 status would.
             let (bytes, first) = match stream::hold_first_event(&mut reader, MAX_HELD_STREAM_START)
             {
-                Ok(start) => start,
+                Ok((bytes, first)) => (
+                    key::redact_bytes(&bytes, [&entry.key]).into_owned(),
+                    first.map(|data| key::redact_bytes(&data, [&entry.key]).into_owned()),
+                ),
                 Err(e) => {
                     return failed(format!("the stream broke off before its first event: {e}"));
                 }
@@ -699,7 +704,7 @@ impl Proxy {
                     .as_deref()
                     .and_then(classify::stream_error_message)
                     .unwrap_or_default();
-                let why = key::redact(&format!("an error in the stream: {message}"), [&entry.key]);
+                let why = format!("an error in the stream: {message}");
                 return Attempt::Retry { outcome, why };
             }
             held = bytes;
@@ -976,8 +981,8 @@ fn wait_for(to: &mut dyn Write, until: Instant) -> std::io::Result<()> {
     }
 }
 
-/// The upstream's end-to-end response headers.
-fn response_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+/// The upstream's end-to-end response headers, with `key` masked in their values.
+fn response_headers(headers: &HeaderMap, key: &key::ApiKey) -> Vec<(String, String)> {
     let named = headers
         .get_all("connection")
         .iter()
@@ -989,7 +994,7 @@ fn response_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                key::redact(&String::from_utf8_lossy(value.as_bytes()), [key]),
             )
         })
         .collect()

@@ -26,7 +26,9 @@
 //! - `sse429:S`, `sse402`, `sse500`: a 200 stream whose first event is an error with that
 //!   code (429 with its reset S seconds away in `error.metadata.headers`).
 //! - `401`, `402`, `403`, `500`, `502`, `503`: OpenRouter error bodies; `401echo` a 401
-//!   whose message repeats the key it was sent (to prove the proxy masks it).
+//!   whose message repeats the key it was sent (to prove the proxy masks it); `500cut` a
+//!   500 whose message has the key at character 280, where a 300-character cut falls;
+//!   `400echo` a 400 that repeats the key in its body and in an `X-Echo` header.
 //! - `drop`: close the connection without answering. `dropmid`: two SSE events, then
 //!   close without ending the chunked body. `cldrop`: promise 100 bytes, send 10, close.
 //! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
@@ -279,6 +281,15 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         "401echo" => {
             let message = format!("Invalid API key: {}", rq.key().unwrap_or_default());
             json_reply(out, 401, &[], &error_body(401, &message))
+        }
+        "500cut" => {
+            let message = format!("{}{}", "y".repeat(280), rq.key().unwrap_or_default());
+            json_reply(out, 500, &[], &error_body(500, &message))
+        }
+        "400echo" => {
+            let key = rq.key().unwrap_or_default();
+            let message = format!("bad request made with {key}");
+            json_reply(out, 400, &[("X-Echo", &key)], &error_body(400, &message))
         }
         "402" => json_reply(
             out,
