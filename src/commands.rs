@@ -17,7 +17,7 @@ use crate::config;
 use crate::error::Error;
 use crate::key::{self, ApiKey};
 use crate::pool::epoch_ms;
-use crate::state::{self, SavedState};
+use crate::state::{self, KeyStatus, ScopedRest};
 use crate::store::{self, Edit, KeyEntry};
 
 /// Shortest remove prefix: fewer characters would match most keys (`sk-or-v1` alone
@@ -234,21 +234,23 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
                 .and_then(|s| s.until_ms)
                 .map(|until| Duration::from_millis(until.saturating_sub(epoch_ms(now))))
                 .filter(|left| !left.is_zero());
-            let state = match (saved.map(|s| s.state), left) {
-                _ if entry.disabled => "disabled",
-                (Some(SavedState::Invalid), _) => "invalid",
-                (Some(SavedState::Cooling), Some(_)) => "cooling",
-                (Some(SavedState::OutOfCredits), Some(_)) => "out of credits",
-                _ => "ready",
-            };
+            let state = KeyStatus::of_saved(saved, left, entry.disabled);
+            let model_rests = saved
+                .filter(|_| state != KeyStatus::Disabled)
+                .map(|s| s.model_rests.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r.until_ms > epoch_ms(now))
+                .map(|r| ScopedRest {
+                    scope: ScopedRest::scope_of(&r.models),
+                    seconds_left: (r.until_ms - epoch_ms(now)).div_ceil(1000),
+                })
+                .collect();
             Row {
                 entry,
                 state,
-                left: if state == "cooling" || state == "out of credits" {
-                    left
-                } else {
-                    None
-                },
+                left: if state.rests() { left } else { None },
+                model_rests,
                 last_used_ms: saved.and_then(|s| s.last_used_ms),
             }
         })
@@ -264,6 +266,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
                     "account": row.entry.account,
                     "state": row.state,
                     "seconds_left": row.left.map(|d| d.as_secs_f64().ceil() as u64),
+                    "model_rests": row.model_rests,
                     "last_used_ms": row.last_used_ms,
                 })
             })
@@ -286,9 +289,12 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
         println!("{hint}; add one with: roo-proxy keys add");
         return Ok(0);
     }
-    let state_text = |r: &Row| match r.left {
-        Some(left) => format!("{} {}", r.state, short_duration(left)),
-        None => r.state.to_string(),
+    let state_text = |r: &Row| {
+        let state = match r.left {
+            Some(left) => format!("{} {}", r.state, short_duration(left)),
+            None => r.state.to_string(),
+        };
+        with_model_rests(state, &r.model_rests)
     };
     let mut table = vec![
         ["KEY", "LABEL", "ACCOUNT", "STATE", "LAST USED"]
@@ -473,7 +479,7 @@ pub fn status(
             field(k, "key"),
             field(k, "label"),
             field(k, "account"),
-            field(k, "state"),
+            with_model_rests(field(k, "state"), &model_rests_of(k)),
             k["cooldown_seconds"]
                 .as_u64()
                 .map_or("-".into(), |s| short_duration(Duration::from_secs(s))),
@@ -489,11 +495,37 @@ pub fn status(
     Ok(0)
 }
 
+/// The `model_rests` of a key in `/_roo/status`.
+fn model_rests_of(key: &Value) -> Vec<ScopedRest> {
+    key["model_rests"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            Some(ScopedRest {
+                scope: r["scope"].as_str()?.to_string(),
+                seconds_left: r["seconds_left"].as_u64()?,
+            })
+        })
+        .collect()
+}
+
 struct Row<'a> {
     entry: &'a KeyEntry,
-    state: &'static str,
+    state: KeyStatus,
     left: Option<Duration>,
+    model_rests: Vec<ScopedRest>,
     last_used_ms: Option<u64>,
+}
+
+/// A key's state with its rests for some models: `ready; model gemini-2.5-pro 37s`.
+fn with_model_rests(state: String, rests: &[ScopedRest]) -> String {
+    if rests.is_empty() {
+        return state;
+    }
+    let rests = ScopedRest::describe(rests, |s| short_duration(Duration::from_secs(s)));
+    format!("{state}; {rests}")
 }
 
 /// `42s`, `5m`, `3h 20m`, `2d`.

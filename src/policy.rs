@@ -76,7 +76,7 @@ impl KeyState {
     }
 
     /// Keys that can serve at some point without a change to the keys file.
-    fn usable(self) -> bool {
+    pub fn usable(self) -> bool {
         !matches!(self, KeyState::Invalid | KeyState::Disabled)
     }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::ApiKey;
 use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy};
-use crate::state::{self, Saved, SavedState, StateFile};
+use crate::policy::{ModelRest, Models};
+use crate::state::{self, KeyStatus, Saved, SavedModelRest, SavedState, ScopedRest, StateFile};
 use crate::store::KeyEntry;
 
 /// The clock, read once per event by the caller: monotonic for rests, wall-clock for what
@@ -83,9 +84,11 @@ pub struct KeyStats {
 #[derive(Debug, Clone)]
 pub struct KeyReport {
     pub entry: Arc<KeyEntry>,
-    pub state: &'static str,
+    pub state: KeyStatus,
     /// Seconds until a resting key is back.
     pub seconds_left: Option<u64>,
+    /// Rests for some models only (the key serves others).
+    pub model_rests: Vec<ScopedRest>,
     pub stats: KeyStats,
     pub last_used_ms: Option<u64>,
 }
@@ -190,7 +193,11 @@ impl Pool {
                 Some(saved) => restore(saved, now),
                 None => KeyState::Ready,
             };
-            slots.push(Slot::new(state, group));
+            let mut slot = Slot::new(state, group);
+            if let Some(saved) = saved.filter(|_| !entry.disabled) {
+                slot.model_rests = restore_model_rests(saved, now);
+            }
+            slots.push(slot);
             last_used.push(saved.and_then(|s| s.last_used_ms).and_then(from_epoch_ms));
         }
         let prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
@@ -374,13 +381,22 @@ impl Pool {
                 KeyReport {
                     entry: Arc::clone(entry),
                     state: match state {
-                        KeyState::Cooling { .. } if left.is_some() => "cooling",
-                        KeyState::OutOfCredits { .. } if left.is_some() => "out of credits",
-                        KeyState::Invalid => "invalid",
-                        KeyState::Disabled => "disabled",
-                        _ => "ready",
+                        KeyState::Cooling { .. } if left.is_some() => KeyStatus::Cooling,
+                        KeyState::OutOfCredits { .. } if left.is_some() => KeyStatus::OutOfCredits,
+                        KeyState::Invalid => KeyStatus::Invalid,
+                        KeyState::Disabled => KeyStatus::Disabled,
+                        _ => KeyStatus::Ready,
                     },
                     seconds_left: left,
+                    model_rests: inner
+                        .policy
+                        .slot(id)
+                        .model_rests_at(now.mono)
+                        .map(|r| ScopedRest {
+                            scope: r.models.to_string(),
+                            seconds_left: seconds_until(r.until, now.mono),
+                        })
+                        .collect(),
                     stats: inner.stats[id].clone(),
                     last_used_ms: inner.last_used[id].map(epoch_ms),
                 }
@@ -450,8 +466,21 @@ fn index_of(entries: &[Arc<KeyEntry>]) -> HashMap<ApiKey, KeyId> {
 fn snapshot(inner: &Inner, now: Now) -> StateFile {
     let mut file = StateFile::default();
     for id in 0..inner.entries.len() {
-        let mut saved = save(inner.policy.state(id), now);
+        let slot = inner.policy.slot(id);
+        let mut saved = save(slot.state, now);
         saved.last_used_ms = inner.last_used[id].map(epoch_ms);
+        if slot.state.usable() {
+            saved.model_rests = slot
+                .model_rests_at(now.mono)
+                .map(|r| SavedModelRest {
+                    models: match &r.models {
+                        Models::Named(name) => name.to_string(),
+                        Models::Free => state::FREE_MODELS.to_string(),
+                    },
+                    until_ms: now.to_wall_ms(r.until),
+                })
+                .collect();
+        }
         file.keys.insert(inner.prints[id].clone(), saved);
     }
     file
@@ -474,7 +503,33 @@ pub fn save(state: KeyState, now: Now) -> Saved {
         state,
         until_ms,
         last_used_ms: None,
+        model_rests: Vec::new(),
     }
+}
+
+/// Remembered model rests that still run.
+fn restore_model_rests(saved: &Saved, now: Now) -> Vec<ModelRest> {
+    saved
+        .model_rests
+        .iter()
+        .filter_map(|r| {
+            let until = now.to_mono(r.until_ms).filter(|u| *u > now.mono)?;
+            let models = if r.models == state::FREE_MODELS {
+                Models::Free
+            } else {
+                Models::Named(r.models.as_str().into())
+            };
+            Some(ModelRest {
+                models,
+                until,
+                strikes: 0,
+            })
+        })
+        .collect()
+}
+
+fn seconds_until(until: Instant, now: Instant) -> u64 {
+    until.saturating_duration_since(now).as_secs_f64().ceil() as u64
 }
 
 /// A remembered state as a live one. Rests that ended while we were down are over.
@@ -524,6 +579,7 @@ mod tests {
                 state: SavedState::Cooling,
                 until_ms: Some(ms),
                 last_used_ms: Some(ms),
+                model_rests: Vec::new(),
             };
             let state = restore(&saved, t);
             assert_eq!(matches!(state, KeyState::Cooling { .. }), resting, "{ms}");
@@ -703,6 +759,41 @@ mod tests {
         assert_eq!(**pool.pick(t, &[], None).unwrap().0.entry(), entry(1));
         drop(third);
         assert!(pool.pick(t, &[], None).is_some());
+    }
+
+    #[test]
+    fn model_rests_are_reported_with_their_scope_and_survive_a_restart() {
+        let t = now();
+        let pool = fresh(vec![entry(0)], t);
+        let (ticket, _) = pool.pick(t, &[], Some("x/y:free")).unwrap();
+        let limited = Outcome::RateLimited {
+            rest: Duration::from_secs(300),
+            longest: Duration::from_secs(86_400),
+            scope: crate::policy::Scope::FreeModels,
+        };
+        assert!(ticket.finish(limited, None, t).is_some());
+        let report = pool.report(t);
+        assert_eq!(report.keys[0].state, KeyStatus::Ready);
+        assert_eq!(
+            report.keys[0].model_rests,
+            [ScopedRest {
+                scope: "free models".into(),
+                seconds_left: 300
+            }]
+        );
+        assert!(pool.pick(t, &[], Some("x/z:free")).is_none());
+        let remembered = pool.take_snapshot(t, false).unwrap();
+        let later = Now {
+            mono: t.mono + Duration::from_secs(100),
+            wall: t.wall + Duration::from_secs(100),
+        };
+        let restarted = Pool::new(vec![entry(0)], &remembered, Strategy::RoundRobin, later);
+        assert!(restarted.pick(later, &[], Some("x/z:free")).is_none());
+        assert!(restarted.pick(later, &[], Some("x/paid")).is_some());
+        assert_eq!(
+            restarted.report(later).keys[0].model_rests[0].seconds_left,
+            200
+        );
     }
 
     #[test]

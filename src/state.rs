@@ -25,6 +25,111 @@ pub struct Saved {
     pub until_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_ms: Option<u64>,
+    /// Rests that cover some models only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_rests: Vec<SavedModelRest>,
+}
+
+/// A rest for some models only: `models` is a model's name, or [`FREE_MODELS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedModelRest {
+    pub models: String,
+    pub until_ms: u64,
+}
+
+/// How a rest for every `…:free` model is written in the state file.
+pub const FREE_MODELS: &str = "*:free";
+
+/// A key's state as people and tools see it: the status page, `/_roo/status`
+/// (`roo-proxy status --json`), `roo-proxy keys list --json`, both CLI tables and the
+/// metrics all name it through this one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Ready,
+    Cooling,
+    OutOfCredits,
+    Invalid,
+    Disabled,
+}
+
+impl KeyStatus {
+    pub const ALL: [KeyStatus; 5] = [
+        KeyStatus::Ready,
+        KeyStatus::Cooling,
+        KeyStatus::OutOfCredits,
+        KeyStatus::Invalid,
+        KeyStatus::Disabled,
+    ];
+
+    /// The name in JSON, tables and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Ready => "ready",
+            KeyStatus::Cooling => "cooling",
+            KeyStatus::OutOfCredits => "out of credits",
+            KeyStatus::Invalid => "invalid",
+            KeyStatus::Disabled => "disabled",
+        }
+    }
+
+    /// Whether the state ends by itself after a time (shown with the time left).
+    pub fn rests(self) -> bool {
+        matches!(self, KeyStatus::Cooling | KeyStatus::OutOfCredits)
+    }
+
+    /// A remembered key's state: `left` is the time left of its rest, if any.
+    pub fn of_saved(
+        saved: Option<&Saved>,
+        left: Option<std::time::Duration>,
+        disabled: bool,
+    ) -> KeyStatus {
+        match (saved.map(|s| s.state), left) {
+            _ if disabled => KeyStatus::Disabled,
+            (Some(SavedState::Invalid), _) => KeyStatus::Invalid,
+            (Some(SavedState::Cooling), Some(_)) => KeyStatus::Cooling,
+            (Some(SavedState::OutOfCredits), Some(_)) => KeyStatus::OutOfCredits,
+            _ => KeyStatus::Ready,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for KeyStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A rest for some models, as shown: `scope` reads `model NAME` or `free models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScopedRest {
+    pub scope: String,
+    pub seconds_left: u64,
+}
+
+impl ScopedRest {
+    /// `model gemini-2.5-pro 37s`-style text for tables.
+    pub fn describe(rests: &[ScopedRest], short: impl Fn(u64) -> String) -> String {
+        rests
+            .iter()
+            .map(|r| format!("{} {}", r.scope, short(r.seconds_left)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The shown scope of a remembered rest's `models`.
+    pub fn scope_of(models: &str) -> String {
+        if models == FREE_MODELS {
+            "free models".to_string()
+        } else {
+            format!("model {models}")
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +224,10 @@ mod tests {
                 state: SavedState::Cooling,
                 until_ms: Some(5),
                 last_used_ms: None,
+                model_rests: vec![SavedModelRest {
+                    models: FREE_MODELS.into(),
+                    until_ms: 7,
+                }],
             },
         );
         save(&path, &state).unwrap();

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::metrics::{BUCKETS, Counters, Histogram, SLICE};
 use crate::policy::Strategy;
 use crate::pool::{KeyReport, KeyStats, PoolReport};
+use crate::state::KeyStatus;
 
 /// The paths the proxy answers itself. Everything else goes upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
                 "account": k.entry.account,
                 "state": k.state,
                 "cooldown_seconds": k.seconds_left,
+                "model_rests": k.model_rests,
                 "last_error": k.stats.last_error,
                 "requests": k.stats.requests,
                 "served": k.stats.served,
@@ -102,8 +104,6 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
         "keys": keys,
     })
 }
-
-const STATES: [&str; 5] = ["ready", "cooling", "out of credits", "invalid", "disabled"];
 
 /// `/_roo/metrics`: Prometheus text exposition format 0.0.4.
 pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> String {
@@ -150,7 +150,7 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         "gauge",
         "Keys in the pool, by state.",
     );
-    for state in STATES {
+    for state in KeyStatus::ALL {
         let n = report.keys.iter().filter(|k| k.state == state).count();
         let _ = writeln!(out, "roo_proxy_keys{{state=\"{state}\"}} {n}");
     }
@@ -181,7 +181,7 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         "1 for the state each key is in.",
     );
     for k in &report.keys {
-        for state in STATES {
+        for state in KeyStatus::ALL {
             let _ = writeln!(
                 out,
                 "roo_proxy_key_state{{{},state=\"{state}\"}} {}",
