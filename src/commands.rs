@@ -648,8 +648,10 @@ fn check_one(agent: &ureq::Agent, url: &str, key: &ApiKey) -> (bool, String) {
         .limit(1024 * 1024)
         .read_to_vec()
         .unwrap_or_default();
+    // Masked before the message is cut short, so the cut never keeps part of the key.
+    let body = key::redact_bytes(&body, [key]).into_owned();
     let message = crate::classify::error_message(&body)
-        .map(|m| format!(": {}", key::redact(&m, [key])))
+        .map(|m| format!(": {m}"))
         .unwrap_or_default();
     match status {
         200..=299 => {

@@ -260,6 +260,21 @@ fn check_asks_the_upstream_about_each_key() {
 }
 
 #[test]
+fn check_masks_a_key_the_upstream_puts_where_its_message_is_cut() {
+    let mock = Mock::start();
+    mock.plan(&key(1), &["500cut"]);
+    let dir = TempDir::new();
+    assert_eq!(keys_cmd(dir.path(), &["add", &key(1)], "").code, Some(0));
+    let ran = keys_cmd(dir.path(), &["check", "--upstream", &mock.base()], "");
+    assert!(ran.stdout.contains("yyyy"), "{}", ran.all());
+    let k = key(1);
+    for piece in k.as_bytes().windows(16) {
+        let piece = std::str::from_utf8(piece).unwrap();
+        assert!(!ran.all().contains(piece), "{piece} printed: {}", ran.all());
+    }
+}
+
+#[test]
 fn a_dead_upstream_fails_the_check_without_stopping_it() {
     let mock = Mock::start();
     let dead = mock.base();
