@@ -283,6 +283,8 @@ enum Delivery {
     Stream {
         status: u16,
         headers: Vec<(String, String)>,
+        /// The upstream's `Content-Length`, kept so a body that breaks off falls short of it.
+        length: Option<u64>,
         held: Vec<u8>,
         body: BodyReader<'static>,
         sse: bool,
@@ -604,6 +606,10 @@ impl Proxy {
             Err(e) => return failed(key::redact(&upstream::describe(&e), [&entry.key])),
         };
         let status = response.status().as_u16();
+        if status < 200 {
+            // 101 and other interim answers are no answer to this request.
+            return failed(format!("HTTP {status}, which is not a final answer"));
+        }
         let (parts, upstream_body) = response.into_parts();
         let budget = classify::budget(&parts.headers, SystemTime::now());
         // An upstream may echo the key it got: masked in every header passed on and every
@@ -648,7 +654,7 @@ impl Proxy {
                 }
             };
         }
-        let no_body = incoming.method == "HEAD" || matches!(status, 204 | 304) || status < 200;
+        let no_body = incoming.method == "HEAD" || matches!(status, 204 | 304);
         if no_body {
             if let Some(length) = length.filter(|_| incoming.method == "HEAD") {
                 out.push(("Content-Length".into(), length.to_string()));
@@ -677,20 +683,22 @@ impl Proxy {
         let sse = is_event_stream(&parts.headers);
         let mut reader = upstream_body.into_reader();
         let mut held = Vec::new();
+        let mut length = length;
         if sse && status == 200 {
             // An error can hide in the first event of a 200 stream (OpenRouter sends rate
             // limits that way when they strike after the headers). Nothing has gone to the
             // client yet, so look before sending, and retry like a 429 status would.
-            let (bytes, first) = match stream::hold_first_event(&mut reader, MAX_HELD_STREAM_START)
-            {
-                Ok((bytes, first)) => (
-                    key::redact_bytes(&bytes, [&entry.key]).into_owned(),
-                    first.map(|data| key::redact_bytes(&data, [&entry.key]).into_owned()),
-                ),
-                Err(e) => {
-                    return failed(format!("the stream broke off before its first event: {e}"));
-                }
-            };
+            let (read, bytes, first) =
+                match stream::hold_first_event(&mut reader, MAX_HELD_STREAM_START) {
+                    Ok((bytes, first)) => (
+                        bytes.len(),
+                        key::redact_bytes(&bytes, [&entry.key]).into_owned(),
+                        first.map(|data| key::redact_bytes(&data, [&entry.key]).into_owned()),
+                    ),
+                    Err(e) => {
+                        return failed(format!("the stream broke off before its first event: {e}"));
+                    }
+                };
             let verdict = first.as_deref().and_then(|data| {
                 classify::stream_error(
                     data,
@@ -707,12 +715,15 @@ impl Proxy {
                 let why = format!("an error in the stream: {message}");
                 return Attempt::Retry { outcome, why };
             }
+            // Masking a key in the held start changes its length.
+            length = length.map(|n| (n + bytes.len() as u64).saturating_sub(read as u64));
             held = bytes;
         }
         Attempt::Deliver(
             Delivery::Stream {
                 status,
                 headers: out,
+                length,
                 held,
                 body: reader,
                 sse,
@@ -920,7 +931,7 @@ impl Drop for InFlight<'_> {
 
 /// Writes an upstream response to the client; returns the status and, when the body did
 /// not end cleanly, why.
-fn deliver(to: &mut dyn Write, http10: bool, delivery: Delivery) -> (u16, Option<String>) {
+fn deliver(to: &mut Conn, http10: bool, delivery: Delivery) -> (u16, Option<String>) {
     let gone = |e: std::io::Error| Some(format!("client went away: {e}"));
     match delivery {
         Delivery::Whole {
@@ -942,11 +953,12 @@ fn deliver(to: &mut dyn Write, http10: bool, delivery: Delivery) -> (u16, Option
         Delivery::Stream {
             status,
             headers,
+            length,
             held,
             mut body,
             sse,
         } => {
-            let framing = Framing::streaming(http10);
+            let framing = length.map_or(Framing::streaming(http10), Framing::Length);
             let (end, bytes) =
                 match stream::write_stream(to, status, &headers, framing, held, &mut body, sse) {
                     Ok(relayed) => relayed,
@@ -955,6 +967,12 @@ fn deliver(to: &mut dyn Write, http10: bool, delivery: Delivery) -> (u16, Option
             let note = match end {
                 End::Complete => None,
                 End::UpstreamFailed(e) => {
+                    // An event stream was ended with an error event. Any other body is
+                    // short of its length or has no terminating chunk: closing the
+                    // connection tells the client it is incomplete.
+                    if !sse {
+                        to.close_after();
+                    }
                     Some(format!("upstream broke off after {bytes} bytes: {e}"))
                 }
                 End::ClientGone(e) => gone(e),

@@ -1,9 +1,12 @@
 //! Writing responses to the client socket: status line, headers, framing, body.
 //!
 //! Every upstream read goes to the client at once, as one write (a chunk of its own when
-//! the body is chunked), so no token of a stream is held back. Invariants: every body the proxy starts is ended in a way the client can see
-//! (a terminating chunk, an exact `Content-Length`, or a closed HTTP/1.0 connection), so
-//! no client ever waits on a dead stream; this module never sees a key.
+//! the body is chunked), so no token of a stream is held back. Invariants: a body that
+//! is complete is ended in a way the client can see (a terminating chunk, an exact
+//! `Content-Length`, or a closed HTTP/1.0 connection), and one the upstream broke off
+//! never looks complete (an SSE error event; otherwise no terminating chunk, or fewer
+//! bytes than its `Content-Length`, and the connection is closed); this module never
+//! sees a key.
 
 use std::io::{self, Read, Write};
 
@@ -175,10 +178,11 @@ impl Write for HeadFirst<'_> {
 }
 
 /// Copies `from` to the client as it arrives, one flushed chunk per read, after
-/// [`write_head`] was written with the same `framing` (`Chunked` or `Close`). When the
-/// upstream breaks off, the body is still ended; if it is a server-sent event stream
-/// (`sse`), an error event in OpenRouter's in-stream shape goes first, so SDKs raise an
-/// error rather than take a cut-off answer for a complete one.
+/// [`write_head`] was written with the same `framing` (`Chunked`, `Close` or `Length`).
+/// When the upstream breaks off, a server-sent event stream (`sse`) gets an error event
+/// in OpenRouter's in-stream shape and is ended, so SDKs raise an error; any other body
+/// is left unfinished (no terminating chunk, short of its length), and the caller closes
+/// the connection, so the client can tell it is incomplete.
 pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: bool) -> (End, u64) {
     // One buffer per stream, the thread's spare: each read lands after room for its
     // chunk-size line.
@@ -204,16 +208,17 @@ fn relay_in(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let mut end = Vec::new();
-                if sse {
-                    let separator: &[u8] = match tail {
-                        [b'\n', b'\n'] => b"",
-                        [_, b'\n'] => b"\n",
-                        _ => b"\n\n",
-                    };
-                    end.extend_from_slice(separator);
-                    end.extend_from_slice(&sse_error_event(&e));
+                if !sse {
+                    let _ = to.flush();
+                    return (End::UpstreamFailed(e), sent);
                 }
+                let separator: &[u8] = match tail {
+                    [b'\n', b'\n'] => b"",
+                    [_, b'\n'] => b"\n",
+                    _ => b"\n\n",
+                };
+                let mut end = separator.to_vec();
+                end.extend_from_slice(&sse_error_event(&e));
                 let ended = end
                     .chunks(READ_SIZE)
                     .try_for_each(|piece| {
@@ -479,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_plain_body_is_ended_without_an_event() {
+    fn a_broken_plain_body_never_gets_a_terminating_chunk() {
         let mut wire = Wire::default();
         let (end, _) = relay(
             &mut Pieces(vec![b"{\"par"], true),
@@ -488,7 +493,16 @@ mod tests {
             false,
         );
         assert!(matches!(end, End::UpstreamFailed(_)));
-        assert_eq!(wire.bytes, b"5\r\n{\"par\r\n0\r\n\r\n");
+        assert_eq!(wire.bytes, b"5\r\n{\"par\r\n");
+        let mut wire = Wire::default();
+        let (end, sent) = relay(
+            &mut Pieces(vec![b"{\"par"], true),
+            &mut wire,
+            Framing::Length(100),
+            false,
+        );
+        assert!(matches!(end, End::UpstreamFailed(_)));
+        assert_eq!((wire.bytes.as_slice(), sent), (&b"{\"par"[..], 5));
     }
 
     #[test]

@@ -29,6 +29,8 @@
 //!   whose message repeats the key it was sent (to prove the proxy masks it); `500cut` a
 //!   500 whose message has the key at character 280, where a 300-character cut falls;
 //!   `400echo` a 400 that repeats the key in its body and in an `X-Echo` header.
+//! - `bigdrop`: promise 6 MiB (`Content-Length`), send 100 KiB, close. `chunkdrop`: a
+//!   chunked JSON body's first chunk, then close. `101`: `101 Switching Protocols`.
 //! - `drop`: close the connection without answering. `dropmid`: two SSE events, then
 //!   close without ending the chunked body. `cldrop`: promise 100 bytes, send 10, close.
 //! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
@@ -337,6 +339,26 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect();
             json_reply(out, 200, &refs, &completion())
+        }
+        "bigdrop" => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                6 << 20
+            )?;
+            out.write_all(&vec![b'x'; 100 << 10])?;
+            out.flush()?;
+            Ok(false)
+        }
+        "chunkdrop" => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\na\r\n{\"partial\"\r\n")?;
+            out.flush()?;
+            Ok(false)
+        }
+        "101" => {
+            out.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")?;
+            out.flush()?;
+            Ok(false)
         }
         "cldrop" => {
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\"")?;

@@ -166,3 +166,67 @@ fn streams_opened_in_a_burst_all_start_at_once() {
     let proxy = Proxy::with(&mock).keys(1).start();
     let _streams = open_streams(&proxy, 8, true);
 }
+
+/// Sends a raw request asking the mock for `reply`; returns everything until the proxy
+/// closes the connection.
+fn until_closed(proxy: &Proxy, reply: &str, http10: bool) -> Vec<u8> {
+    let version = if http10 { "1.0" } else { "1.1" };
+    let request = format!(
+        "POST /v1/chat/completions HTTP/{version}\r\nHost: localhost\r\nx-mock-reply: {reply}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    socket.write_all(request.as_bytes()).unwrap();
+    let (bytes, _) = read_until(&mut socket, |_| false);
+    bytes
+}
+
+#[test]
+fn a_body_that_breaks_off_never_looks_complete() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    // Large, with a length: the client gets the upstream's length, and fewer bytes.
+    for http10 in [false, true] {
+        let bytes = until_closed(&proxy, "bigdrop", http10);
+        let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&bytes[..split]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", 6 << 20)),
+            "{head}"
+        );
+        assert!(!head.contains("Transfer-Encoding"), "{head}");
+        let body = bytes.len() - split;
+        assert!((100 << 10..6 << 20).contains(&body), "{body} bytes");
+    }
+    // Chunked: no terminating chunk, and the connection closes.
+    let bytes = until_closed(&proxy, "chunkdrop", false);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("Transfer-Encoding: chunked"), "{text}");
+    assert!(text.contains("{\"partial\""), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+    assert!(
+        proxy.logs().contains("upstream broke off"),
+        "{}",
+        proxy.logs()
+    );
+}
+
+#[test]
+fn an_interim_upstream_answer_is_a_failed_attempt_never_the_answer() {
+    let mock = Mock::start();
+    mock.plan(&key(1), &["101"]);
+    let proxy = Proxy::with(&mock).keys(2).start();
+    // Key 1 answers 101: the next key serves.
+    let reply = proxy.chat();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(mock.keys_used(), [bearer(1), bearer(2)]);
+    // Every key answers 101: 502, never a 101.
+    let response = raw_exchange(
+        &proxy.addr(),
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nx-mock-reply: 101\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        Duration::from_secs(5),
+    );
+    let text = String::from_utf8_lossy(&response);
+    assert_eq!(raw_status(&response), 502, "{text}");
+    assert!(!text.contains(" 101 "), "{text}");
+}
