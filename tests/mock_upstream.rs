@@ -36,6 +36,16 @@
 //! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
 //!   with hop-by-hop headers that must not cross a proxy. `chunked`: JSON without a
 //!   length. `large:N`: N bytes with a `Content-Length`.
+//! - Other providers' dialects ([`dialect_reply`]): `groq429:DUR` a Groq per-day 429
+//!   whose message says "Please try again in DUR" (e.g. `2m59.56s`); `openai429:DUR` a
+//!   429 with `x-ratelimit-remaining-requests: 0` and `x-ratelimit-reset-requests: DUR`;
+//!   `anthropic429:S` Anthropic's `anthropic-ratelimit-requests-reset` (RFC 3339, S
+//!   seconds away); `cerebras429:SECS` `x-ratelimit-reset-requests-day` in float seconds;
+//!   `gemini429:S` Gemini's per-model quota body (a JSON list) with `retryDelay: "Ss"`;
+//!   `slow429:S:MS` OpenRouter's 429 (reset S seconds away) after MS milliseconds.
+//! - Budgets on successes: `budget:N:S` `ok` with `X-RateLimit-Remaining: N` and
+//!   `X-RateLimit-Reset` S seconds away (epoch ms); `oaibudget:N:DUR` `ok` with
+//!   `x-ratelimit-remaining-requests: N`, `x-ratelimit-reset-requests: DUR`.
 //! - Faults: `hang:S` reads the request and says nothing for S seconds (default 30), then
 //!   closes; `stall:S` sends a stream's head and first event, then nothing for S seconds;
 //!   `garbage` answers with bytes that are not HTTP; `bighead` sends 100 KiB of headers.
@@ -218,6 +228,9 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         .and_then(|v| v.get("stream")?.as_bool())
         == Some(true);
     let path = rq.target.split('?').next().unwrap_or("");
+    if let Some(done) = dialect_reply(out, kind, arg) {
+        return done;
+    }
     match kind {
         "ok" if path.ends_with("/key") => json_reply(out, 200, &[], &key_info(rq.key().as_deref())),
         "ok" if wants_stream => sse(out, 3, 0, false),
@@ -413,6 +426,124 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
             &error_body(500, &format!("mock-upstream: unknown reply '{other}'")),
         ),
     }
+}
+
+/// The replies in other providers' dialects, and successes that announce a budget; `None`
+/// for any other kind.
+fn dialect_reply(out: &mut TcpStream, kind: &str, arg: &str) -> Option<io::Result<bool>> {
+    let secs = |text: &str| text.parse::<u64>().unwrap_or(30);
+    let (first, second) = arg.split_once(':').unwrap_or((arg, ""));
+    let done = match kind {
+        "groq429" => {
+            let message = format!(
+                "Rate limit reached for model `llama-3.3-70b-versatile` in organization `org_mock` service tier `on_demand` on requests per day (RPD): Limit 1000, Used 1000, Requested 1. Please try again in {arg}. Need more tokens? Upgrade to Dev Tier today at https://console.groq.com/settings/billing"
+            );
+            let body = json!({"error": {"message": message, "type": "requests", "code": "rate_limit_exceeded"}});
+            json_reply(out, 429, &[("x-ratelimit-limit-requests", "1000")], &body)
+        }
+        "openai429" => json_reply(
+            out,
+            429,
+            &[
+                ("x-ratelimit-limit-requests", "500"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", arg),
+                ("x-ratelimit-remaining-tokens", "30000"),
+                ("x-ratelimit-reset-tokens", "120ms"),
+            ],
+            &json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}),
+        ),
+        "anthropic429" => {
+            let reset = rfc3339(now_ms() / 1000 + secs(arg));
+            json_reply(
+                out,
+                429,
+                &[
+                    ("anthropic-ratelimit-requests-limit", "50"),
+                    ("anthropic-ratelimit-requests-remaining", "0"),
+                    ("anthropic-ratelimit-requests-reset", &reset),
+                ],
+                &json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit"}}),
+            )
+        }
+        "cerebras429" => json_reply(
+            out,
+            429,
+            &[
+                ("x-ratelimit-limit-requests-day", "14400"),
+                ("x-ratelimit-remaining-requests-day", "0"),
+                ("x-ratelimit-reset-requests-day", arg),
+            ],
+            &json!({"message": "Requests per day limit exceeded - too many requests sent.", "type": "too_many_requests_error", "code": "request_quota_exceeded"}),
+        ),
+        "gemini429" => {
+            let body = json!([{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "You exceeded your current quota, please check your plan and billing details.",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": "gemini-2.5-pro"},
+                        "quotaValue": "5"}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{}s", secs(arg))}]}}]);
+            json_reply(out, 429, &[], &body)
+        }
+        "slow429" => {
+            thread::sleep(Duration::from_millis(second.parse().unwrap_or(0)));
+            let reset = (now_ms() + secs(first) * 1000).to_string();
+            json_reply(
+                out,
+                429,
+                &[("X-RateLimit-Reset", &reset)],
+                &error_body(429, "Rate limit exceeded: limit_rpm/mock/model"),
+            )
+        }
+        "budget" => {
+            let reset = (now_ms() + secs(second) * 1000).to_string();
+            json_reply(
+                out,
+                200,
+                &[
+                    ("X-RateLimit-Remaining", first),
+                    ("X-RateLimit-Reset", &reset),
+                ],
+                &completion(),
+            )
+        }
+        "oaibudget" => json_reply(
+            out,
+            200,
+            &[
+                ("x-ratelimit-remaining-requests", first),
+                ("x-ratelimit-reset-requests", second),
+            ],
+            &completion(),
+        ),
+        _ => return None,
+    };
+    Some(done)
+}
+
+/// An instant as RFC 3339 (`2025-08-21T12:40:59Z`), from epoch seconds.
+fn rfc3339(epoch_secs: u64) -> String {
+    let days = (epoch_secs / 86_400) as i64;
+    let secs = epoch_secs % 86_400;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn control_endpoint(

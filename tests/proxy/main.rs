@@ -4,6 +4,7 @@
 mod support;
 
 mod browser;
+mod dialects;
 mod faults;
 mod forwarding;
 mod hardening;
