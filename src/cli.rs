@@ -25,7 +25,7 @@ pub struct Args {
     #[argh(option)]
     pub upstream: Option<String>,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 
@@ -190,7 +190,7 @@ pub struct AddArgs {
     #[argh(option)]
     pub account: Option<String>,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }
@@ -208,7 +208,7 @@ pub struct RemoveArgs {
     #[argh(switch)]
     pub all: bool,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }
@@ -221,7 +221,7 @@ pub struct ListArgs {
     #[argh(switch)]
     pub json: bool,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }
@@ -235,7 +235,7 @@ pub struct CheckArgs {
     #[argh(option)]
     pub upstream: Option<String>,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }
@@ -254,7 +254,7 @@ pub struct DisableArgs {
     #[argh(switch)]
     pub all: bool,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }
@@ -272,7 +272,7 @@ pub struct EnableArgs {
     #[argh(switch)]
     pub all: bool,
 
-    /// the keys file (default keys.json in the current directory)
+    /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }

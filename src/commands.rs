@@ -65,6 +65,7 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
     let label = tidy(args.label, "label")?;
     let account = tidy(args.account, "account")?;
 
+    store::create_folder(&path)?;
     let added = store::edit(&path, |entries| {
         if entries
             .iter()

@@ -285,7 +285,9 @@ fn browser_settings(
     Ok((rules, hosts))
 }
 
-/// The keys file: the flag, else `ROO_PROXY_KEYS_FILE`, else `keys.json` here; absolute.
+/// The keys file, absolute: the flag, else `ROO_PROXY_KEYS_FILE`, else `keys.json` in
+/// the current folder when there is one (where older versions kept it), else the
+/// per-user one ([`user_keys_file`]), else `keys.json` here.
 pub fn keys_file(flag: Option<PathBuf>, env: impl Fn(&str) -> Option<String>) -> PathBuf {
     let path = flag
         .or_else(|| {
@@ -293,8 +295,36 @@ pub fn keys_file(flag: Option<PathBuf>, env: impl Fn(&str) -> Option<String>) ->
                 .filter(|v| !v.trim().is_empty())
                 .map(PathBuf::from)
         })
+        .or_else(|| {
+            let here = PathBuf::from(DEFAULT_KEYS_FILE);
+            if here.exists() { Some(here) } else { None }
+        })
+        .or_else(|| user_keys_file(&env))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_FILE));
     store::absolute(&path)
+}
+
+/// The per-user keys file, from the platform's variables: `%APPDATA%\roo-proxy\keys.json`
+/// on Windows, `~/Library/Application Support/roo-proxy/keys.json` on macOS, and
+/// `$XDG_CONFIG_HOME/roo-proxy/keys.json` (else `~/.config/…`) elsewhere. `None` when the
+/// variables it needs are unset.
+pub fn user_keys_file(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let absolute = |name: &str| {
+        env(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    let folder = if cfg!(windows) {
+        absolute("APPDATA")?
+    } else if cfg!(target_os = "macos") {
+        absolute("HOME")?
+            .join("Library")
+            .join("Application Support")
+    } else {
+        // XDG: a relative XDG_CONFIG_HOME is invalid and is ignored.
+        absolute("XDG_CONFIG_HOME").or_else(|| Some(absolute("HOME")?.join(".config")))?
+    };
+    Some(folder.join("roo-proxy").join(DEFAULT_KEYS_FILE))
 }
 
 /// The API base: the flag, else `ROO_PROXY_UPSTREAM`, else OpenRouter; checked.
@@ -474,6 +504,48 @@ mod tests {
             (c.cooldown, c.max_attempts),
             (Duration::from_secs(60), None)
         );
+    }
+
+    #[test]
+    fn the_per_user_keys_file_is_in_the_platforms_config_folder() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let found = |pairs| user_keys_file(vars(pairs));
+        let all: &[(&str, &str)] = if cfg!(windows) {
+            &[
+                ("APPDATA", r"C:\Users\me\AppData\Roaming"),
+                ("HOME", r"C:\Users\me"),
+            ]
+        } else {
+            &[("HOME", "/home/me"), ("XDG_CONFIG_HOME", "/xdg")]
+        };
+        let expected = if cfg!(windows) {
+            r"C:\Users\me\AppData\Roaming\roo-proxy\keys.json"
+        } else if cfg!(target_os = "macos") {
+            "/home/me/Library/Application Support/roo-proxy/keys.json"
+        } else {
+            "/xdg/roo-proxy/keys.json"
+        };
+        assert_eq!(found(all), Some(PathBuf::from(expected)));
+        assert_eq!(found(&[]), None);
+        if cfg!(all(unix, not(target_os = "macos"))) {
+            assert_eq!(
+                found(&[("HOME", "/home/me")]),
+                Some(PathBuf::from("/home/me/.config/roo-proxy/keys.json"))
+            );
+            // A relative XDG_CONFIG_HOME is not valid XDG, and a relative HOME is not a home.
+            assert_eq!(
+                found(&[("HOME", "/home/me"), ("XDG_CONFIG_HOME", "rel")]),
+                Some(PathBuf::from("/home/me/.config/roo-proxy/keys.json"))
+            );
+            assert_eq!(found(&[("HOME", "rel")]), None);
+        }
     }
 
     #[test]

@@ -111,6 +111,11 @@ pub enum StoreError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The keys file's folder does not exist, or cannot be created.
+    Folder {
+        path: PathBuf,
+        source: io::Error,
+    },
     Write {
         path: PathBuf,
         source: io::Error,
@@ -150,6 +155,11 @@ impl fmt::Display for StoreError {
             StoreError::Lock { path, source } => {
                 write!(f, "cannot lock '{}': {source}", path.display())
             }
+            StoreError::Folder { path, source } => write!(
+                f,
+                "the keys file's folder '{}' cannot be used ({source}); create it, add a key with `roo-proxy keys add` (which creates it), or give another file with --keys-file",
+                path.display()
+            ),
             StoreError::Write { path, source } => {
                 write!(f, "cannot write '{}': {source}", path.display())
             }
@@ -326,6 +336,28 @@ fn empty_document() -> Value {
     Value::Object(map)
 }
 
+/// Creates the keys file's folder, and the folders above it, when missing (readable by
+/// the owner alone on Unix), so the first `keys add` works for a per-user file.
+pub fn create_folder(path: &Path) -> Result<(), StoreError> {
+    let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if folder.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(folder).map_err(|source| StoreError::Folder {
+        path: folder.to_path_buf(),
+        source,
+    })
+}
+
 /// Holds an exclusive lock on `<file>.lock` until dropped. A separate file, because the
 /// atomic rename replaces the keys file itself (and with it any lock on it).
 fn lock(path: &Path) -> Result<File, StoreError> {
@@ -337,9 +369,17 @@ fn lock(path: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(&lock_path)
         .and_then(|file| file.lock().map(|()| file))
-        .map_err(|source| StoreError::Lock {
-            path: lock_path,
-            source,
+        .map_err(|source| match path.parent() {
+            Some(folder) if source.kind() == io::ErrorKind::NotFound && !folder.is_dir() => {
+                StoreError::Folder {
+                    path: folder.to_path_buf(),
+                    source,
+                }
+            }
+            _ => StoreError::Lock {
+                path: lock_path,
+                source,
+            },
         })?;
     Ok(file)
 }

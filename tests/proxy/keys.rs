@@ -21,7 +21,9 @@ fn add_creates_a_private_file_in_object_form_and_prints_only_masked_keys() {
     let dir = TempDir::new();
     let ran = keys_cmd(dir.path(), &["add", &key(1), "--label", "work"], "");
     assert_eq!(ran.code, Some(0), "{}", ran.all());
-    let file = dir.path().join("keys.json");
+    // No keys.json here: the per-user file, in a folder made for it.
+    let file = user_keys_file_in(dir.path());
+    assert!(!dir.path().join("keys.json").exists());
     assert!(
         ran.stdout
             .contains(&format!("keys file: {}", file.display())),
@@ -45,6 +47,11 @@ fn add_creates_a_private_file_in_object_form_and_prints_only_masked_keys() {
             fs::metadata(&file).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        let folder = file.parent().unwrap();
+        assert_eq!(
+            fs::metadata(folder).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }
 
@@ -57,7 +64,7 @@ fn add_reads_the_key_from_standard_input() {
         assert_eq!(ran.code, Some(0), "{}", ran.all());
         assert_no_key(&ran.all(), 2);
     }
-    assert_eq!(keys_in(&dir.path().join("keys.json")), [key(1), key(2)]);
+    assert_eq!(keys_in(&user_keys_file_in(dir.path())), [key(1), key(2)]);
 }
 
 #[test]
@@ -73,7 +80,7 @@ fn add_refuses_bad_keys_and_accepts_duplicates_quietly() {
         assert!(ran.stderr.contains(expected), "{input:?}: {}", ran.stderr);
     }
     assert!(
-        !dir.path().join("keys.json").exists(),
+        !user_keys_file_in(dir.path()).exists(),
         "a refused key still wrote the file"
     );
     assert_eq!(keys_cmd(dir.path(), &["add", &key(1)], "").code, Some(0));
@@ -87,7 +94,7 @@ fn add_refuses_bad_keys_and_accepts_duplicates_quietly() {
         "{}",
         again.stdout
     );
-    assert_eq!(keys_in(&dir.path().join("keys.json")), [key(1)]);
+    assert_eq!(keys_in(&user_keys_file_in(dir.path())), [key(1)]);
 }
 
 #[test]
@@ -144,7 +151,7 @@ fn remove_by_prefix_or_label_with_guards() {
             Some(0)
         );
     }
-    let file = dir.path().join("keys.json");
+    let file = user_keys_file_in(dir.path());
 
     let short = keys_cmd(dir.path(), &["remove", "sk-or-v"], "");
     assert_eq!(short.code, Some(1));
@@ -315,7 +322,7 @@ fn two_hundred_adds_from_two_shells_at_once_lose_no_key() {
     for shell in shells {
         shell.join().unwrap();
     }
-    let mut keys = keys_in(&path.join("keys.json"));
+    let mut keys = keys_in(&user_keys_file_in(&path));
     keys.sort();
     let mut expected: Vec<String> = (1000..1200).map(key).collect();
     expected.sort();
@@ -326,7 +333,7 @@ fn two_hundred_adds_from_two_shells_at_once_lose_no_key() {
 fn a_kill_at_any_moment_leaves_the_old_file_or_the_new_one() {
     let dir = TempDir::new();
     let file = dir.path().join("keys.json");
-    assert_eq!(keys_cmd(dir.path(), &["add", &key(1)], "").code, Some(0));
+    fs::write(&file, keys_json(&[(1, None, None)])).unwrap();
     let mut expected = vec![key(1)];
     for i in 0..40 {
         let new = key(2000 + i);
@@ -444,7 +451,7 @@ fn the_shell_wrappers_find_the_binary_and_call_it() {
         &env,
     );
     assert_eq!(add_stdin.code, Some(0), "{}", add_stdin.all());
-    assert_eq!(keys_in(&dir.path().join("keys.json")), [key(1), key(2)]);
+    assert_eq!(keys_in(&user_keys_file_in(dir.path())), [key(1), key(2)]);
     let remove = run_in(
         dir.path(),
         "sh",
@@ -453,7 +460,7 @@ fn the_shell_wrappers_find_the_binary_and_call_it() {
         &env,
     );
     assert_eq!(remove.code, Some(0), "{}", remove.all());
-    assert_eq!(keys_in(&dir.path().join("keys.json")), [key(2)]);
+    assert_eq!(keys_in(&user_keys_file_in(dir.path())), [key(2)]);
     assert_no_key(
         &format!("{}{}{}", add.all(), add_stdin.all(), remove.all()),
         2,
@@ -485,4 +492,105 @@ fn the_shell_wrappers_say_clearly_when_there_is_no_binary() {
         ran.stderr
     );
     assert_no_key(&ran.all(), 1);
+}
+
+#[test]
+fn without_a_local_keys_file_every_folder_shares_the_per_user_one() {
+    let dir = TempDir::new();
+    let home = home_in(dir.path());
+    let appdata = home.join("AppData");
+    let home_env = [
+        ("HOME", home.to_str().unwrap()),
+        ("APPDATA", appdata.to_str().unwrap()),
+    ];
+    let (here, there) = (dir.path().join("here"), dir.path().join("there"));
+    fs::create_dir_all(&here).unwrap();
+    fs::create_dir_all(&there).unwrap();
+    let user_file = user_keys_file_in(dir.path());
+    let in_folder = |folder: &std::path::Path, args: &[&str]| {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        run_in(folder, PROXY, &all, "", &home_env)
+    };
+
+    let add = in_folder(&here, &["add", &key(1)]);
+    assert_eq!(add.code, Some(0), "{}", add.all());
+    assert!(
+        add.stdout
+            .contains(&format!("keys file: {}", user_file.display())),
+        "{}",
+        add.stdout
+    );
+    let list = in_folder(&there, &["list"]);
+    assert!(
+        list.stdout
+            .contains(&format!("keys file: {}", user_file.display())),
+        "{}",
+        list.stdout
+    );
+    assert!(list.stdout.contains(&masked(1)), "{}", list.stdout);
+
+    // A keys.json where the command runs is used, as before the per-user file existed.
+    let local = there.join("keys.json");
+    fs::write(&local, format!(r#"["{}"]"#, key(2))).unwrap();
+    let list = in_folder(&there, &["list"]);
+    assert!(
+        list.stdout
+            .contains(&format!("keys file: {}", local.display())),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout.contains(&masked(2)) && !list.stdout.contains(&masked(1)),
+        "{}",
+        list.stdout
+    );
+
+    // The proxy started elsewhere serves the key added here.
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).in_dir(dir).start();
+    assert!(
+        proxy
+            .start_line
+            .contains(&format!("with 1 key from {}", user_file.display())),
+        "{}",
+        proxy.start_line
+    );
+}
+
+#[test]
+fn a_keys_file_in_a_missing_folder_gets_the_folder_or_a_hint() {
+    let dir = TempDir::new();
+    let deep = dir.path().join("new").join("deeper").join("keys.json");
+    let deep_arg = deep.to_str().unwrap();
+    let remove = keys_cmd(dir.path(), &["remove", "work", "--keys-file", deep_arg], "");
+    assert_ne!(remove.code, Some(0));
+    assert!(
+        remove.stderr.contains("does not exist") || remove.stderr.contains("cannot be used"),
+        "{}",
+        remove.stderr
+    );
+    assert!(
+        remove.stderr.contains("roo-proxy keys add"),
+        "{}",
+        remove.stderr
+    );
+    assert!(!deep.parent().unwrap().exists(), "remove made a folder");
+
+    let add = keys_cmd(dir.path(), &["add", &key(1), "--keys-file", deep_arg], "");
+    assert_eq!(add.code, Some(0), "{}", add.all());
+    assert_eq!(keys_in(&deep), [key(1)]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for folder in [
+            deep.parent().unwrap(),
+            deep.parent().unwrap().parent().unwrap(),
+        ] {
+            assert_eq!(
+                fs::metadata(folder).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+    }
 }

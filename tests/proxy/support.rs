@@ -225,6 +225,7 @@ impl ProxyBuilder {
             .current_dir(self.dir.path())
             .args(&self.args)
             .env_remove("RUST_LOG");
+        isolate_home(&mut command, self.dir.path());
         for (name, _) in std::env::vars() {
             if name.starts_with("ROO_PROXY_") {
                 command.env_remove(name);
@@ -534,6 +535,33 @@ impl Ran {
     }
 }
 
+/// The folder that stands in for the user's home in a test run in `dir`.
+pub fn home_in(dir: &Path) -> PathBuf {
+    dir.join("home")
+}
+
+/// The per-user keys file of a test run in `dir` (see `home_in`), as the proxy finds it.
+pub fn user_keys_file_in(dir: &Path) -> PathBuf {
+    let home = home_in(dir);
+    if cfg!(windows) {
+        home.join("AppData").join("roo-proxy").join("keys.json")
+    } else if cfg!(target_os = "macos") {
+        home.join("Library/Application Support/roo-proxy/keys.json")
+    } else {
+        home.join(".config/roo-proxy/keys.json")
+    }
+}
+
+/// Points the per-user folders (HOME, XDG_CONFIG_HOME, APPDATA) into the test's folder,
+/// so no test reads or writes the keys of the user running it.
+fn isolate_home(command: &mut Command, dir: &Path) {
+    let home = home_in(dir);
+    command
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("APPDATA", home.join("AppData"));
+}
+
 /// Runs `program args` in `dir` with `stdin`, no `ROO_PROXY_*` or key variables from the
 /// test's own environment, and the given extra variables; fails the test past the deadline.
 pub fn run_in(dir: &Path, program: &str, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Ran {
@@ -543,6 +571,7 @@ pub fn run_in(dir: &Path, program: &str, args: &[&str], stdin: &str, env: &[(&st
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("OPENROUTER_API_KEY");
+    isolate_home(&mut command, dir);
     for (name, _) in std::env::vars() {
         if name.starts_with("ROO_PROXY_") {
             command.env_remove(name);
