@@ -422,6 +422,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
+        #[cfg(debug_assertions)]
+        pause_before_rename(&temporary);
         fs::rename(&temporary, path)
     })();
     if written.is_err() {
@@ -434,6 +436,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = File::open(folder).and_then(|dir| dir.sync_all());
     }
     Ok(())
+}
+
+/// The test hook that makes the kill test provable (debug builds only, so never in a
+/// release): with `ROO_PROXY_TEST_PAUSE_BEFORE_RENAME` set, a writer whose temporary file
+/// is complete says so on stderr and waits there, so `tests/proxy/keys.rs` can kill it
+/// between the write and the rename, the moment the atomic replace exists for.
+#[cfg(debug_assertions)]
+fn pause_before_rename(temporary: &Path) {
+    if std::env::var_os("ROO_PROXY_TEST_PAUSE_BEFORE_RENAME").is_some() {
+        eprintln!("paused before the rename of '{}'", temporary.display());
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
 }
 
 /// Temporary files a killed writer left behind. Called under the lock, so no live

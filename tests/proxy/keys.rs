@@ -3,7 +3,6 @@
 use std::fs;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -330,41 +329,59 @@ fn two_hundred_adds_from_two_shells_at_once_lose_no_key() {
 }
 
 #[test]
-fn a_kill_at_any_moment_leaves_the_old_file_or_the_new_one() {
+fn a_kill_between_write_and_rename_leaves_the_old_file() {
     let dir = TempDir::new();
     let file = dir.path().join("keys.json");
-    fs::write(&file, keys_json(&[(1, None, None)])).unwrap();
-    let mut expected = vec![key(1)];
-    for i in 0..40 {
-        let new = key(2000 + i);
+    fs::write(&file, format!(r#"["{}"]"#, key(1))).unwrap();
+    let before = fs::read_to_string(&file).unwrap();
+    let temporaries = || -> Vec<String> {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
+    };
+    for round in 0..3 {
+        // A debug build waits before the rename with this variable set (src/store.rs),
+        // and says so: the kill provably lands after the new text is written in full and
+        // before it replaces the file.
         let mut child = Command::new(PROXY)
             .current_dir(dir.path())
-            .args(["keys", "add", &new])
+            .args(["keys", "add", &key(2 + round)])
+            .env("ROO_PROXY_TEST_PAUSE_BEFORE_RENAME", "1")
+            .env_remove("ROO_PROXY_KEYS_FILE")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Kill at a different moment each time: from before the file is touched to after.
-        thread::sleep(Duration::from_micros(250 * (i as u64 % 12)));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with("paused before the rename") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let paused = rx.recv_timeout(DEADLINE);
         let _ = child.kill(); // SIGKILL on Unix
         let _ = child.wait();
-        let keys = keys_in(&file);
-        if keys.len() == expected.len() + 1 {
-            expected.push(new);
-        }
+        assert!(paused.is_ok(), "the writer never reached the rename");
+        assert_eq!(temporaries().len(), 1, "the kill did not land mid-write");
         assert_eq!(
-            keys, expected,
-            "the file is neither the old nor the new one"
+            fs::read_to_string(&file).unwrap(),
+            before,
+            "the file changed"
         );
     }
-    // Whatever was left half-done is cleaned up by the next writer.
-    assert_eq!(keys_cmd(dir.path(), &["add", &key(3000)], "").code, Some(0));
-    let leftovers: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-"))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    // The next writer removes what the killed ones left and writes the new file whole.
+    assert_eq!(keys_cmd(dir.path(), &["add", &key(9)], "").code, Some(0));
+    assert_eq!(keys_in(&file), [key(1), key(9)]);
+    assert!(temporaries().is_empty(), "{:?}", temporaries());
 }
 
 #[cfg(unix)]
