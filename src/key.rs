@@ -3,7 +3,8 @@
 //! Invariant: the raw key string leaves this type only through [`ApiKey::expose`], whose
 //! only uses are the upstream `Authorization` header (`upstream.rs`, and `commands.rs`
 //! for `keys check`), the keys file itself (`keys add`), the prefix match of
-//! `keys remove`, and the one-way fingerprint (`state.rs`). `Debug` and `Display` print the masked form
+//! `keys remove|enable|disable`, and the one-way fingerprint (`state.rs`);
+//! `tests/proxy/tidy.rs` fails on any other. `Debug` and `Display` print the masked form
 //! (`sk-or-v1-ab…9f3c`), so a key that slips into a log line, an error or a panic message
 //! is still masked.
 
@@ -60,7 +61,7 @@ impl ApiKey {
         Ok(ApiKey(raw.into()))
     }
 
-    /// The raw key, for the upstream `Authorization` header and nothing else.
+    /// The raw key, for the uses the module docs list (and `tests/proxy/tidy.rs` holds).
     pub fn expose(&self) -> &str {
         &self.0
     }

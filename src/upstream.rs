@@ -1,5 +1,6 @@
-//! The HTTP client side: one shared `ureq` agent, set up for a proxy, and one call that
-//! sends a request with a given pool key.
+//! The HTTP client side: the `ureq` agents (eight, each with its own connection pool; a
+//! worker thread always uses the same one), set up for a proxy, and one call that sends
+//! a request with a given pool key.
 //!
 //! Invariants: upstream status codes are answers, never errors (`http_status_as_error`
 //! off), redirects are not followed, bodies are not decompressed (no `gzip` feature), and

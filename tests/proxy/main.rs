@@ -16,3 +16,4 @@ mod rotation;
 mod secrets;
 mod startup;
 mod streaming;
+mod tidy;
