@@ -513,7 +513,7 @@ fn restore_model_rests(saved: &Saved, now: Now) -> Vec<ModelRest> {
         .model_rests
         .iter()
         .filter_map(|r| {
-            let until = now.to_mono(r.until_ms).filter(|u| *u > now.mono)?;
+            let until = clamp_remembered(now.to_mono(r.until_ms), now).filter(|u| *u > now.mono)?;
             let models = if r.models == state::FREE_MODELS {
                 Models::Free
             } else {
@@ -532,11 +532,16 @@ fn seconds_until(until: Instant, now: Instant) -> u64 {
     until.saturating_duration_since(now).as_secs_f64().ceil() as u64
 }
 
+/// A remembered rest ends no later than the longest rest the proxy gives: a damaged (or
+/// edited) state file cannot rest a key for years, nor send a `Retry-After` that large.
+fn clamp_remembered(until: Option<Instant>, now: Now) -> Option<Instant> {
+    let longest = now.mono.checked_add(crate::classify::LONGEST_REST)?;
+    until.map(|until| until.min(longest))
+}
+
 /// A remembered state as a live one. Rests that ended while we were down are over.
 pub fn restore(saved: &Saved, now: Now) -> KeyState {
-    let until = saved
-        .until_ms
-        .and_then(|ms| now.to_mono(ms))
+    let until = clamp_remembered(saved.until_ms.and_then(|ms| now.to_mono(ms)), now)
         .filter(|until| *until > now.mono);
     match (saved.state, until) {
         (SavedState::Cooling, Some(until)) => KeyState::Cooling { until },
@@ -591,6 +596,26 @@ mod tests {
             let pool = Pool::new(vec![entry(0)], &remembered, Strategy::RoundRobin, t);
             let _ = pool.report(t);
             let _ = save(state, t);
+        }
+    }
+
+    #[test]
+    fn a_remembered_rest_is_clamped_to_the_longest_rest() {
+        let t = now();
+        for ms in [u64::MAX / 2, epoch_ms(t.wall) + 400 * 24 * 3600 * 1000] {
+            let saved = Saved {
+                state: SavedState::Cooling,
+                until_ms: Some(ms),
+                last_used_ms: None,
+                model_rests: Vec::new(),
+            };
+            match restore(&saved, t) {
+                KeyState::Cooling { until } => {
+                    assert!(until <= t.mono + crate::classify::LONGEST_REST, "{ms}");
+                }
+                // Where the platform cannot hold the time, the rest simply ends.
+                other => assert!(!cfg!(unix) && ms == u64::MAX / 2, "{ms}: {other:?}"),
+            }
         }
     }
 
