@@ -8,8 +8,10 @@
 /// The credential a request carries, from `Authorization: Bearer …` or `x-api-key`.
 pub fn presented<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
     let bearer = header("authorization").and_then(|v| {
-        let (scheme, rest) = v.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        let (scheme, rest) = crate::http1::trim_ows(v).split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| crate::http1::trim_ows(rest))
     });
     bearer.or_else(|| header("x-api-key").map(str::trim))
 }

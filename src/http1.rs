@@ -103,7 +103,7 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
                 format!("the value of header '{}' is not UTF-8", h.name),
             ));
         };
-        fields.push((h.name.to_string(), value.trim().to_string()));
+        fields.push((h.name.to_string(), trim_ows(value).to_string()));
     }
     let body = body_length(&fields, http10)?;
     let hosts = fields
@@ -143,6 +143,12 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
     )))
 }
 
+/// Removes optional whitespace (RFC 9110 §5.6.3: SP and HTAB only, never other
+/// Unicode spaces such as U+00A0, which then make the value invalid).
+pub fn trim_ows(value: &str) -> &str {
+    value.trim_matches([' ', '\t'])
+}
+
 fn too_large_head(limits: Limits) -> Reply {
     Reply::new(
         431,
@@ -160,7 +166,7 @@ fn body_length(headers: &[(String, String)], http10: bool) -> Result<BodyLength,
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
+            .map(trim_ows)
             .collect::<Vec<_>>()
     };
     let codings = values("transfer-encoding");
@@ -214,6 +220,8 @@ pub struct Chunked {
     state: ChunkState,
     /// The size line or trailer line being collected.
     line: Vec<u8>,
+    /// Trailer bytes seen so far.
+    trailers: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +237,8 @@ enum ChunkState {
 
 /// Longest chunk-size line or trailer line accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Most bytes of trailer lines accepted (they are read and dropped).
+const MAX_TRAILERS: usize = 64 * 1024;
 
 impl Chunked {
     pub fn is_done(&self) -> bool {
@@ -255,6 +265,15 @@ impl Chunked {
                             return Err("a chunk is longer than its size says".into());
                         }
                         ChunkState::Trailers if line.is_empty() => ChunkState::Done,
+                        ChunkState::Trailers => {
+                            self.trailers += line.len() + 2;
+                            if self.trailers > MAX_TRAILERS {
+                                return Err(format!(
+                                    "the trailer lines are longer than {MAX_TRAILERS} bytes"
+                                ));
+                            }
+                            ChunkState::Trailers
+                        }
                         other => other,
                     };
                     if self.state == ChunkState::Done {
@@ -278,8 +297,13 @@ impl Chunked {
 
     /// A complete line (without CRLF) once its end arrived; `at` moves past what was used.
     fn take_line(&mut self, input: &[u8], at: &mut usize) -> Result<Option<Vec<u8>>, String> {
+        // The limit holds wherever the reads happen to split the line.
+        let too_long = || Err("a chunk-size or trailer line is too long".to_string());
         match input.iter().position(|b| *b == b'\n') {
             Some(end) => {
+                if self.line.len() + end > MAX_CHUNK_LINE + 1 {
+                    return too_long();
+                }
                 self.line.extend_from_slice(&input[..end]);
                 *at += end + 1;
                 let mut line = std::mem::take(&mut self.line);
@@ -289,28 +313,35 @@ impl Chunked {
                 Ok(Some(line))
             }
             None => {
+                if self.line.len() + input.len() > MAX_CHUNK_LINE + 1 {
+                    return too_long();
+                }
                 self.line.extend_from_slice(input);
                 *at += input.len();
-                if self.line.len() > MAX_CHUNK_LINE {
-                    return Err("a chunk-size or trailer line is too long".into());
-                }
                 Ok(None)
             }
         }
     }
 }
 
-/// The size in a chunk-size line (`1a2b;ext=x`).
+/// The size in a chunk-size line (`1a2b;ext=x`): `1*HEXDIG` (RFC 9112 §7.1), nothing
+/// before it, and after it only the end of the line or an extension (`;`, after optional
+/// SP/HTAB). No sign, no other whitespace, at most 15 digits.
 fn chunk_size(line: &[u8]) -> Result<u64, String> {
-    let hex = line.split(|b| *b == b';').next().unwrap_or_default();
-    let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-    if hex.is_empty() || hex.len() > 15 {
-        return Err(format!(
-            "bad chunk size '{}'",
-            String::from_utf8_lossy(line)
-        ));
+    let bad = || format!("bad chunk size '{}'", String::from_utf8_lossy(line));
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let after = rest
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(&[][..], |at| &rest[at..]);
+    let ext_ok = rest.is_empty() || after.first() == Some(&b';');
+    if digits == 0 || digits > 15 || !ext_ok {
+        return Err(bad());
     }
-    u64::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size '{hex}'"))
+    // Only hex digits: parsing cannot fail.
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| bad())?;
+    u64::from_str_radix(hex, 16).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -524,6 +555,57 @@ mod tests {
         assert!(decode(&[b"zz\r\n"]).is_err());
         assert!(decode(&[b"2\r\nabc\r\n0\r\n\r\n"]).is_err());
         assert!(decode(&[&[b'1'; 5000][..]]).is_err());
+    }
+
+    #[test]
+    fn only_sp_and_htab_are_trimmed_from_values() {
+        let te = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n";
+        assert_eq!(status(te), 501);
+        let cl = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\u{a0}\r\n\r\n";
+        assert_eq!(status(cl), 400);
+        let tabs = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\t5 \t\r\n\r\n";
+        assert_eq!(parse(tabs).unwrap().unwrap().0.body, BodyLength::Length(5));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_digits_and_nothing_else() {
+        for line in [
+            " 5", "+5", "\x0b5", "5\x0b", "5 x", "-5", "0x5", "5\u{a0}", "",
+        ] {
+            let wire = format!("{line}\r\nhello\r\n0\r\n\r\n");
+            assert!(decode(&[wire.as_bytes()]).is_err(), "{line:?}");
+        }
+        for line in ["5", "5;a=b", "5 ;a", "5\t;a", "05"] {
+            let wire = format!("{line}\r\nhello\r\n0\r\n\r\n");
+            assert_eq!(decode(&[wire.as_bytes()]).unwrap().0, b"hello", "{line:?}");
+        }
+    }
+
+    /// A line over the limit is refused however the reads split it, and one at the limit
+    /// is taken however they split it.
+    #[test]
+    fn the_chunk_line_limit_does_not_depend_on_reads() {
+        let mut rng = Rng::new(9);
+        for len in [MAX_CHUNK_LINE, MAX_CHUNK_LINE + 1] {
+            let wire = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(len - 2));
+            for _ in 0..50 {
+                let mut pieces = Vec::new();
+                let mut rest = wire.as_bytes();
+                while !rest.is_empty() {
+                    let n = (1 + rng.below(6000)).min(rest.len());
+                    pieces.push(&rest[..n]);
+                    rest = &rest[n..];
+                }
+                let mut decoder = Chunked::default();
+                let mut body = Vec::new();
+                let result = pieces
+                    .iter()
+                    .try_for_each(|p| decoder.feed(p, &mut body).map(|_| ()));
+                assert_eq!(result.is_ok(), len == MAX_CHUNK_LINE, "{len}");
+            }
+        }
+        let trailers = format!("0\r\n{}\r\n", "X-T: 1\r\n".repeat(MAX_TRAILERS / 8 + 1));
+        assert!(decode(&[trailers.as_bytes()]).is_err());
     }
 
     /// Any split of a chunked body into pieces decodes to the same bytes.

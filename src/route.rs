@@ -98,7 +98,21 @@ pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
         url.push('?');
         url.push_str(query);
     }
+    // The upstream client refuses what `http::Uri` does not take (`"` in a query, …):
+    // that is the client's mistake, answered 400 here, never a failed attempt.
+    if url.parse::<ureq::http::Uri>().is_err() {
+        return Err(BadTarget::BadByte);
+    }
     Ok(url)
+}
+
+/// The methods forwarded (case-sensitive, RFC 9110 §9.1): others get 501, since the
+/// upstream client refuses them (`get`) or an API has no use for them (`TRACE`).
+pub fn forwardable_method(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+    )
 }
 
 /// Paths browsers ask for on their own (icons, robots, well-known files): answered by
@@ -110,9 +124,17 @@ pub fn is_browser_noise(path: &str) -> bool {
         || path.starts_with("/.well-known/")
 }
 
-/// `.` or `..`, with any dot percent-encoded (`%2e`, `%2E`).
+/// `.` or `..`, with any dot percent-encoded (`%2e`, `%2E`), also with parameters after
+/// a `;` (`..;x`, which some servers take for `..`).
 fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
+    let params = segment
+        .as_bytes()
+        .windows(3)
+        .position(|w| w.eq_ignore_ascii_case(b"%3b"))
+        .into_iter()
+        .chain(segment.find(';'))
+        .min();
+    let mut rest = &segment.as_bytes()[..params.unwrap_or(segment.len())];
     let mut dots = 0;
     while let Some(&first) = rest.first() {
         rest = if first == b'.' {
@@ -151,7 +173,7 @@ const HOP_BY_HOP: [&str; 9] = [
 pub fn connection_tokens(value: &str) -> Vec<String> {
     value
         .split(',')
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(|t| crate::http1::trim_ows(t).to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect()
 }
@@ -288,6 +310,10 @@ mod tests {
             "/./x",
             "/a%2fb",
             "/a%5Cb",
+            "/v1/..;/x",
+            "/v1/..;jsessionid=1/x",
+            "/.;a/x",
+            "/%2e%2e%3b/x",
         ] {
             assert_eq!(
                 upstream_url(BASE, target),
@@ -304,6 +330,31 @@ mod tests {
         }
         // Dots inside a segment are ordinary.
         assert!(upstream_url(BASE, "/models/x.y/..z").is_ok());
+        assert!(upstream_url(BASE, "/models/a;b/..x;y").is_ok());
+    }
+
+    /// Whatever byte a target holds, a mapped URL is one the upstream client takes.
+    #[test]
+    fn every_mapped_target_is_a_url_the_upstream_client_takes() {
+        for b in 0u8..=255 {
+            for target in [format!("/a{}b", b as char), format!("/a?x={}", b as char)] {
+                if let Ok(url) = upstream_url(BASE, &target) {
+                    assert!(url.parse::<ureq::http::Uri>().is_ok(), "{target:?}");
+                }
+            }
+        }
+        assert_eq!(upstream_url(BASE, "/a?x=\""), Err(BadTarget::BadByte));
+        assert!(upstream_url(BASE, "/a?x={}|^").is_ok());
+    }
+
+    #[test]
+    fn only_standard_methods_in_capitals_are_forwarded() {
+        for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] {
+            assert!(forwardable_method(method), "{method}");
+        }
+        for method in ["get", "Post", "TRACE", "CONNECT", "PROPFIND", ""] {
+            assert!(!forwardable_method(method), "{method}");
+        }
     }
 
     #[test]

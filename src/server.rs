@@ -436,8 +436,41 @@ impl Proxy {
                 "CONNECT is not supported: this is not a general proxy; send API requests such as POST /v1/chat/completions",
             ));
         }
+        if !route::forwardable_method(incoming.method) {
+            return Err(Reply::new(
+                501,
+                format!(
+                    "the method '{}' is not forwarded; API requests use GET, POST, PUT, PATCH, DELETE or HEAD (in capitals)",
+                    incoming.method.escape_debug()
+                ),
+            ));
+        }
         let url = route::upstream_url(&self.config.upstream, incoming.target)
             .map_err(|e| Reply::new(400, e.to_string()))?;
+        // Every Connection header names headers that stop here.
+        let named: Vec<String> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, value)| route::connection_tokens(value))
+            .collect();
+        let headers: Vec<(&str, &str)> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| route::forward_request_header(name, &named))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        // A head the upstream client cannot write is the client's mistake, not a failure
+        // of the upstream or a key.
+        if !upstream::head_fits(incoming.method, &url, &headers) {
+            return Err(Reply::new(
+                431,
+                format!(
+                    "the request's headers are too large to forward (the head sent upstream must fit in {} bytes); send fewer or shorter headers",
+                    upstream::OUTPUT_BUFFER
+                ),
+            ));
+        }
         if self.pool.len() == 0 {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
         }
@@ -458,17 +491,6 @@ impl Proxy {
                 Reply::new(400, format!("could not read the request body: {why}"))
             }
         })?;
-
-        let named = head
-            .header("connection")
-            .map(route::connection_tokens)
-            .unwrap_or_default();
-        let headers = head
-            .headers
-            .iter()
-            .filter(|(name, _)| route::forward_request_header(name, &named))
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
         Ok(Prepared::Forward { url, headers, body })
     }
 

@@ -35,7 +35,11 @@ const IDLE_CONNECTIONS: usize = 256;
 /// and bodies are relayed in 8 KiB reads. The transport starts the input buffer at a
 /// page and drops the output buffer once a request is sent. Measured in BENCHMARKS.md.
 const INPUT_BUFFER: usize = 16 * 1024;
-const OUTPUT_BUFFER: usize = 8 * 1024;
+pub const OUTPUT_BUFFER: usize = 8 * 1024;
+/// Room kept in the output buffer for the head lines ureq adds (Host, Authorization with
+/// the key, Content-Length, User-Agent, Accept): generous, so a head that fits never
+/// fails with "output too small".
+const ADDED_HEAD: usize = 1024;
 
 /// The upstream side of the proxy: a few agents, one per group of worker threads.
 pub struct Upstream {
@@ -103,6 +107,15 @@ pub fn send(
     } else {
         agent.run(request.body(body)?)
     }
+}
+
+/// Whether a request with this method, URL and headers fits ureq's output buffer (with
+/// room for what ureq and [`send`] add). The whole URL is counted for the request line,
+/// which overcounts it by the scheme and host, and so covers the `Host` line.
+pub fn head_fits(method: &str, url: &str, headers: &[(&str, &str)]) -> bool {
+    let line = method.len() + 1 + url.len() + " HTTP/1.1\r\n".len();
+    let fields: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    line + fields + ADDED_HEAD <= OUTPUT_BUFFER
 }
 
 /// A short description of a failed attempt, for logs and for the 502 a client gets.

@@ -457,3 +457,77 @@ fn browser_noise_is_answered_here_and_never_forwarded() {
     }
     assert!(mock.requests().is_empty(), "{:?}", mock.requests());
 }
+
+#[test]
+fn client_mistakes_get_4xx_and_never_touch_the_pool() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(2).start();
+    let big = "a".repeat(9000);
+    let cases = [
+        // Within --max-header-size, but more than the upstream client can write.
+        (
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+            ),
+            431,
+        ),
+        (
+            "GET /v1/models?x=\"y\" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                .to_string(),
+            400,
+        ),
+        (
+            "get /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+            501,
+        ),
+        (
+            "TRACE /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+            501,
+        ),
+        (
+            "GET /v1/..;/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+            400,
+        ),
+    ];
+    for (request, expected) in &cases {
+        let response = raw_exchange(&proxy.addr(), request.as_bytes(), Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&response);
+        assert_eq!(
+            raw_status(&response),
+            *expected,
+            "{}\n{text}",
+            &request[..40]
+        );
+        assert!(text.contains(&format!("\"code\":{expected}")), "{text}");
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+    let status = proxy.get("/_roo/status").json();
+    for k in status["keys"].as_array().unwrap() {
+        assert_eq!(k["requests"], 0, "{status}");
+        assert_eq!(k["failures"], 0, "{status}");
+    }
+    // A large head that fits is forwarded.
+    let fits = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(6000)
+    );
+    let response = raw_exchange(&proxy.addr(), fits.as_bytes(), Duration::from_secs(5));
+    assert_eq!(raw_status(&response), 200);
+}
+
+#[test]
+fn every_connection_header_names_headers_that_stop_here() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let request = "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\nConnection: X-Secret-Hop, X-Other-Hop\r\nX-Secret-Hop: 1\r\nX-Other-Hop: 2\r\nX-Kept: 3\r\n\r\n";
+    let response = raw_exchange(
+        &proxy.addr(),
+        request.as_bytes(),
+        Duration::from_millis(500),
+    );
+    assert_eq!(raw_status(&response), 200);
+    let seen = &mock.requests()[0];
+    assert_eq!(header_of(seen, "x-secret-hop"), None);
+    assert_eq!(header_of(seen, "x-other-hop"), None);
+    assert_eq!(header_of(seen, "x-kept").as_deref(), Some("3"));
+}
