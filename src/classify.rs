@@ -1063,4 +1063,59 @@ mod tests {
         );
         assert_eq!(b(&[]), None);
     }
+
+    #[test]
+    fn property_any_reset_text_parses_bounded_or_not_at_all() {
+        let pieces = [
+            "0",
+            "1",
+            "9",
+            ".",
+            "5",
+            "m",
+            "s",
+            "ms",
+            "h",
+            "us",
+            "µs",
+            "ns",
+            "-",
+            "+",
+            ":",
+            "T",
+            "Z",
+            "2026-05-21",
+            "T12:40:59",
+            "e",
+            " ",
+            "99999999999",
+            "x",
+        ];
+        let mut rng = crate::testing::Rng::new(3339);
+        for _ in 0..20_000 {
+            let text = rng.text(&pieces, 8);
+            if let Some(d) = parse_duration(&text) {
+                assert!(d <= LONGEST_REST, "{text}: {d:?}");
+            }
+            let _ = parse_rfc3339(&text);
+            let mut h = headers(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "1s"),
+                ("anthropic-ratelimit-requests-remaining", "0"),
+            ]);
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                h.insert("anthropic-ratelimit-requests-reset", v.clone());
+                h.insert("x-ratelimit-reset-requests", v);
+            }
+            if let Some(b) = budget(&h, now()) {
+                assert!(b.reset <= LONGEST_REST);
+            }
+            let body = format!(r#"{{"error":{{"message":"try again in {text}"}}}}"#);
+            if let Verdict::Retry(Outcome::RateLimited { rest, .. }) =
+                classify(429, &h, body.as_bytes(), now(), COOLDOWN)
+            {
+                assert!((SHORTEST_REST..=LONGEST_REST).contains(&rest), "{text}");
+            }
+        }
+    }
 }

@@ -269,6 +269,9 @@ pub struct Outlook {
     pub disabled: usize,
     /// When the first resting key serves again (or the pool's pause ends).
     pub next_free: Option<Instant>,
+    /// Keys that could serve but have as many attempts in flight as their account's
+    /// remaining budget: one is free again when such an attempt ends.
+    pub booked: usize,
 }
 
 #[derive(Debug)]
@@ -709,6 +712,11 @@ impl Policy {
                 .filter(|id| self.serves(*id, model, now))
                 .count()
         };
+        let booked = self
+            .slots
+            .iter()
+            .filter(|s| s.state.ready_at(now) && !s.rested_for(model, now) && self.booked(s, now))
+            .count();
         // When each usable key could serve this request again (None: it can now, or
         // only when an attempt in flight ends).
         let resting = self
@@ -743,6 +751,7 @@ impl Policy {
             invalid: count(|s| *s == KeyState::Invalid),
             disabled: count(|s| *s == KeyState::Disabled),
             next_free,
+            booked,
         }
     }
 }
@@ -1217,7 +1226,8 @@ mod tests {
         // Three attempts for the account (on either key), then only the other key.
         let picks: Vec<KeyId> = (0..6).map(|_| pick(&mut p, t0, &[]).unwrap().0).collect();
         assert_eq!(picks, [1, 2, 0, 1, 2, 2]);
-        assert_eq!(p.outlook(t0, None).ready, 1);
+        let o = p.outlook(t0, None);
+        assert_eq!((o.ready, o.booked, o.next_free), (1, 2, None));
         // One of them ends: room for one more.
         let _ = p.record(1, Outcome::Failed, at(t0), t0);
         assert!(matches!(pick(&mut p, t0, &[2]), Some((0 | 1, None))));

@@ -839,6 +839,15 @@ impl Proxy {
                 ),
             );
         }
+        if outlook.booked > 0 && outlook.next_free.is_none() {
+            return Reply::wait(
+                std::time::Duration::from_secs(1),
+                format!(
+                    "the {} key(s) that could serve have as many requests under way as their remaining budget allows; send it again in a moment",
+                    outlook.booked
+                ),
+            );
+        }
         // Keys no wait brings back: invalid (401), or disabled by the user.
         let (invalid, disabled) = (outlook.invalid, outlook.disabled);
         match outlook.next_free {

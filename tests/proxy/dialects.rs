@@ -199,8 +199,14 @@ fn no_more_attempts_in_flight_than_the_budget() {
     eventually("the second request reached the upstream", || {
         mock.requests().len() == 2
     });
-    // A third is not sent upstream while the second is in flight.
-    assert_ne!(proxy.chat().status, 200);
+    // A third is not sent upstream while the second is in flight, and is told why.
+    let third = proxy.chat();
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert!(
+        third.error_message().contains("remaining budget"),
+        "{}",
+        third.text()
+    );
     assert_eq!(mock.requests().len(), 2);
     drop(hanging);
 }
