@@ -39,6 +39,10 @@ pub const STORM_WINDOW: Duration = Duration::from_secs(10);
 /// Model rests that ended this long ago are forgotten (their echoes are long over).
 const FORGET_MODEL_REST: Duration = Duration::from_secs(600);
 
+/// At most this many model rests are kept per key; past it, the one that ends first
+/// makes room (clients choose model names, so they must not grow memory without end).
+pub const MOST_MODEL_RESTS: usize = 32;
+
 /// Whether a key may be used, and if not, why and until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
@@ -625,11 +629,19 @@ impl Policy {
                     r.until = r.until.max(until);
                     r.strikes = strikes + 1;
                 }
-                None => s.model_rests.push(ModelRest {
-                    models: models.clone(),
-                    until,
-                    strikes: strikes + 1,
-                }),
+                None => {
+                    if s.model_rests.len() >= MOST_MODEL_RESTS
+                        && let Some(first) =
+                            (0..s.model_rests.len()).min_by_key(|i| s.model_rests[*i].until)
+                    {
+                        s.model_rests.swap_remove(first);
+                    }
+                    s.model_rests.push(ModelRest {
+                        models: models.clone(),
+                        until,
+                        strikes: strikes + 1,
+                    });
+                }
             }
             others += usize::from(other != id);
         }
@@ -1340,6 +1352,28 @@ mod tests {
                 .map(|r| r.models.to_string()),
             Some("free models".to_string())
         );
+    }
+
+    #[test]
+    fn model_rests_per_key_are_bounded() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(1);
+        let names: Vec<String> = (0..100).map(|i| format!("model-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let sent = Sent {
+                at: t0,
+                model: Some(name),
+            };
+            let rest = secs(1000 + i as u64);
+            assert!(
+                p.record(0, model_limited(rest, Scope::Model), sent, t0)
+                    .is_some()
+            );
+        }
+        assert_eq!(p.slot(0).model_rests.len(), MOST_MODEL_RESTS);
+        // The latest ones are kept.
+        assert!(p.pick(t0, &[], Some("model-99")).is_none());
+        assert!(p.pick(t0, &[], Some("model-0")).is_some());
     }
 
     #[test]

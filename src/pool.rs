@@ -512,6 +512,7 @@ fn restore_model_rests(saved: &Saved, now: Now) -> Vec<ModelRest> {
     saved
         .model_rests
         .iter()
+        .take(crate::policy::MOST_MODEL_RESTS)
         .filter_map(|r| {
             let until = clamp_remembered(now.to_mono(r.until_ms), now).filter(|u| *u > now.mono)?;
             let models = if r.models == state::FREE_MODELS {
