@@ -548,6 +548,135 @@ mod tests {
         }
     }
 
+    /// One row per flag: the flag with a value that is not the default, and the same
+    /// value for its variable (`ROO_PROXY_` and the flag's name in capitals). `base` is
+    /// set on every side, for flags that only mean something beside another setting.
+    struct FlagRow {
+        flag: &'static str,
+        value: Option<&'static str>,
+        variable_value: &'static str,
+        base: &'static [(&'static str, &'static str)],
+    }
+
+    const fn row(flag: &'static str, value: &'static str) -> FlagRow {
+        FlagRow {
+            flag,
+            value: Some(value),
+            variable_value: value,
+            base: &[],
+        }
+    }
+
+    const FLAGS: &[FlagRow] = &[
+        row("--host", "::1"),
+        row("--port", "4000"),
+        row("--upstream", "https://api.groq.com/openai/v1"),
+        row("--keys-file", "/elsewhere/k.json"),
+        row("--cooldown", "90s"),
+        row("--max-attempts", "3"),
+        row("--strategy", "sticky"),
+        row("--wait", "30s"),
+        row("--max-body", "1MiB"),
+        row("--max-requests", "7"),
+        row("--max-connections", "9"),
+        row("--max-header-size", "8KiB"),
+        row("--max-headers", "20"),
+        row("--client-timeout", "5s"),
+        row("--idle-timeout", "6s"),
+        row("--connect-timeout", "7s"),
+        row("--headers-timeout", "8m"),
+        row("--silence-timeout", "9m"),
+        row("--shutdown-grace", "3s"),
+        row("--access-token", "a-long-token"),
+        row("--allow-origin", "https://app.example"),
+        row("--allow-host", "proxy.lan"),
+        FlagRow {
+            flag: "--allow-insecure-upstream",
+            value: None,
+            variable_value: "1",
+            base: &[("ROO_PROXY_UPSTREAM", "http://192.0.2.1/api/v1")],
+        },
+    ];
+
+    /// The flags `--help` lists, except --help and --version.
+    fn flags_in_help() -> Vec<String> {
+        use argh::FromArgs;
+        let help = match Args::from_args(&["roo-proxy"], &["--help"]) {
+            Err(exit) => exit.output,
+            Ok(_) => panic!("--help parsed as a run"),
+        };
+        let options = help
+            .split("Options:")
+            .nth(1)
+            .and_then(|rest| rest.split("Commands:").next())
+            .expect("an Options section in --help");
+        options
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("--"))
+            .filter_map(|rest| rest.split([' ', ',']).next())
+            .filter(|name| !["help", "version"].contains(name))
+            .map(|name| format!("--{name}"))
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        use argh::FromArgs;
+        let listed: Vec<&str> = FLAGS.iter().map(|r| r.flag).collect();
+        let help = flags_in_help();
+        assert!(help.len() >= 20, "{help:?}");
+        for flag in &help {
+            assert!(
+                listed.contains(&flag.as_str()),
+                "{flag} has no row in FLAGS: give it a variable in Config::build and a row here"
+            );
+        }
+        for flag in &listed {
+            assert!(help.iter().any(|h| h == flag), "{flag} is not in --help");
+        }
+        for row in FLAGS {
+            let variable = format!(
+                "ROO_PROXY_{}",
+                row.flag[2..].to_ascii_uppercase().replace('-', "_")
+            );
+            let lookup = |extra: Option<(&str, &str)>| {
+                let pairs: Vec<(String, String)> = row
+                    .base
+                    .iter()
+                    .copied()
+                    .chain(extra)
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                move |name: &str| {
+                    pairs
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.clone())
+                }
+            };
+            let mut argv = vec![row.flag];
+            argv.extend(row.value);
+            let flag_args = Args::from_args(&["roo-proxy"], &argv)
+                .unwrap_or_else(|e| panic!("{argv:?}: {}", e.output));
+            let by_flag = format!("{:?}", Config::build(flag_args, lookup(None)));
+            let by_variable = format!(
+                "{:?}",
+                Config::build(
+                    Args::default(),
+                    lookup(Some((variable.as_str(), row.variable_value)))
+                )
+            );
+            let by_default = format!("{:?}", Config::build(Args::default(), lookup(None)));
+            assert!(by_flag.starts_with("Ok("), "{}: {by_flag}", row.flag);
+            assert_eq!(
+                by_variable, by_flag,
+                "{variable} is not read like {}",
+                row.flag
+            );
+            assert_ne!(by_flag, by_default, "{} changes nothing", row.flag);
+        }
+    }
+
     #[test]
     fn environment_fills_in_and_flags_win() {
         let env = |name: &str| match name {

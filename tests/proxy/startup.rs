@@ -17,8 +17,10 @@ fn the_start_line_says_where_what_and_how_many() {
     assert!(line.contains(&keys_file.display().to_string()), "{line}");
 }
 
+/// Variables reach a running proxy. That every flag has one is checked, flag by flag
+/// from `--help`, by `config::tests::every_flag_has_an_environment_variable`.
 #[test]
-fn every_flag_has_an_environment_variable() {
+fn environment_variables_reach_the_running_proxy() {
     let mock = Mock::start();
     let dir = TempDir::new();
     let keys = dir.path().join("elsewhere.json");
