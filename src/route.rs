@@ -424,13 +424,25 @@ mod tests {
 
     #[test]
     fn property_credentials_never_cross_in_any_spelling() {
+        // Each name with what must happen to it, decided here, not by the code's own
+        // comparison; the case of every letter is then drawn at random.
+        let names = [
+            ("authorization", false),
+            ("x-api-key", false),
+            ("proxy-authorization", false),
+            ("authorizatio", true),
+            ("authorization2", true),
+            ("x-api-keys", true),
+            ("x-api_key", true),
+            ("x-apikey", true),
+            ("x-title", true),
+            ("http-referer", true),
+        ];
         let mut rng = crate::testing::Rng::new(11);
         for _ in 0..5_000 {
-            let name: String = "authorization"
+            let (name, forwarded) = *rng.pick(&names);
+            let spelled: String = name
                 .chars()
-                .chain("x-api-key".chars())
-                .skip(if rng.below(2) == 0 { 0 } else { 13 })
-                .take(if rng.below(2) == 0 { 13 } else { 9 })
                 .map(|c| {
                     if rng.below(2) == 0 {
                         c.to_ascii_uppercase()
@@ -439,10 +451,11 @@ mod tests {
                     }
                 })
                 .collect();
-            if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
-            {
-                assert!(!forward_request_header(&name, &[]), "{name}");
-            }
+            assert_eq!(
+                forward_request_header(&spelled, &[]),
+                forwarded,
+                "{spelled}"
+            );
         }
     }
 
