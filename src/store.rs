@@ -790,13 +790,23 @@ mod tests {
                 Ok((document, entries, _)) => {
                     assert!(document["keys"].is_array(), "{text:?}");
                     for entry in entries {
-                        assert!(ApiKey::parse(entry.key.expose()).is_ok(), "{text:?}");
+                        // A key is plain printable ASCII, nothing else.
+                        let key = entry.key.expose();
+                        assert!(
+                            !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic()),
+                            "{text:?}"
+                        );
                     }
                 }
                 Err(ParseError::Syntax { line, column, .. }) => {
                     assert!(line >= 1 && column <= text.len() + 1, "{text:?}")
                 }
-                Err(ParseError::Shape(detail)) => assert!(!detail.is_empty()),
+                Err(ParseError::Shape(detail)) => assert!(
+                    detail.starts_with("entry ")
+                        || detail.starts_with("the top level")
+                        || detail.contains("\"keys\""),
+                    "{text:?}: {detail}"
+                ),
             }
         }
     }
@@ -818,6 +828,73 @@ mod tests {
             document_text(Path::new("k"), &empty_document()).unwrap(),
             "{\n  \"keys\": []\n}\n"
         );
+    }
+
+    #[test]
+    fn property_generated_files_give_exactly_their_keys_or_the_first_bad_entry() {
+        // Files built here from known entries, so what parse must give is known without
+        // asking the parser: the keys in order (first of each repeat), trimmed labels, or
+        // the number of the first bad entry.
+        let good = ["sk-or-v1-aa", "sk-or-v1-bb", "k", "sk-~!{}", "sk-or-v1-aa"];
+        let bad: [(&str, &str); 5] = [
+            ("7", "must be a key string or an object"),
+            ("\"\"", "the key is empty"),
+            ("\"sk a\"", "whitespace at character 3"),
+            (r#""sk-\u00e9""#, "non-ASCII character at character 4"),
+            ("{\"label\":\"x\"}", "an object entry needs a \"key\""),
+        ];
+        let mut rng = crate::testing::Rng::new(5);
+        for _ in 0..20_000 {
+            let object_form = rng.below(2) == 0;
+            let mut items = Vec::new();
+            let mut expected: Vec<(String, Option<String>)> = Vec::new();
+            let mut first_bad: Option<(usize, &str)> = None;
+            for n in 1..=rng.below(6) {
+                if rng.below(8) == 0 {
+                    let (json, why) = *rng.pick(&bad);
+                    items.push(json.to_string());
+                    first_bad.get_or_insert((n, why));
+                    continue;
+                }
+                let key = *rng.pick(&good);
+                let label = [None, Some("work"), Some("  padded  "), Some("")][rng.below(4)];
+                items.push(match (object_form || label.is_some(), label) {
+                    (true, Some(label)) => format!(r#"{{"key":"{key}","label":"{label}","x":1}}"#),
+                    (true, None) => format!(r#"{{"key":"{key}"}}"#),
+                    (false, _) => format!("\"{key}\""),
+                });
+                if !expected.iter().any(|(k, _)| k == key) {
+                    let label = label.map(str::trim).filter(|l| !l.is_empty());
+                    expected.push((key.to_string(), label.map(String::from)));
+                }
+            }
+            let list = format!(
+                "[{}]",
+                items.join(if rng.below(2) == 0 { "," } else { " ,\n " })
+            );
+            let text = if object_form {
+                format!(r#"{{"version":2,"keys":{list}}}"#)
+            } else {
+                list
+            };
+            match (parse(&text), first_bad) {
+                (Ok((_, entries, _)), None) => {
+                    let got: Vec<(String, Option<String>)> = entries
+                        .iter()
+                        .map(|e| (e.key.expose().to_string(), e.label.clone()))
+                        .collect();
+                    assert_eq!(got, expected, "{text}");
+                }
+                (Err(ParseError::Shape(detail)), Some((n, why))) => {
+                    assert!(
+                        detail.starts_with(&format!("entry {n}: ")),
+                        "{text}: {detail}"
+                    );
+                    assert!(detail.contains(why), "{text}: {detail}");
+                }
+                (other, _) => panic!("{text}: {other:?}, expected bad entry {first_bad:?}"),
+            }
+        }
     }
 
     #[test]
