@@ -464,16 +464,25 @@ fn parse_wait(text: &str) -> Result<Duration, &'static str> {
     parse_duration(text)
 }
 
-/// Reads `90`, `90s`, `2m`, `1h` (whole numbers; at least one second).
+/// The longest time any duration setting may name: a day. Longer ones are mistakes, and
+/// deadlines computed from them (`now + timeout`) could not be represented.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+const TOO_LONG: &str = "must be at most 24h (86400 s)";
+
+/// Reads `90`, `90s`, `2m`, `1h` (whole numbers; at least one second, at most
+/// [`MAX_DURATION`]).
 pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| "expected a whole number of seconds, or a number with s, m or h")?;
+    let n: u64 = match number.parse() {
+        Ok(n) => n,
+        // All digits, and still no u64: far too long.
+        Err(_) if !number.is_empty() => return Err(TOO_LONG),
+        Err(_) => return Err("expected a whole number of seconds, or a number with s, m or h"),
+    };
     let secs = match unit.trim() {
         "s" => n,
         "m" => n.saturating_mul(60),
@@ -482,6 +491,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     };
     if secs == 0 {
         return Err("must be at least 1 second");
+    }
+    if secs > MAX_DURATION.as_secs() {
+        return Err(TOO_LONG);
     }
     Ok(Duration::from_secs(secs))
 }
@@ -905,5 +917,16 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1.5m").is_err());
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        for long in [
+            "86401",
+            "1441m",
+            "25h",
+            "18446744073709551615",
+            "99999999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(long), Err(TOO_LONG), "{long}");
+            assert_eq!(parse_wait(long), Err(TOO_LONG), "{long}");
+        }
     }
 }

@@ -166,3 +166,36 @@ fn keys_files_written_by_windows_powershell_are_read() {
     );
     assert_eq!(proxy.chat().status, 200);
 }
+
+#[test]
+fn durations_past_a_day_stop_the_start_with_a_clear_message() {
+    for flag in [
+        "--client-timeout",
+        "--idle-timeout",
+        "--wait",
+        "--connect-timeout",
+        "--headers-timeout",
+        "--silence-timeout",
+        "--shutdown-grace",
+        "--cooldown",
+    ] {
+        for value in ["18446744073709551615", "18446744073709551615h", "25h"] {
+            let (status, _, stderr) = Proxy::bare().arg(flag).arg(value).run();
+            assert_eq!(status.code(), Some(2), "{flag} {value}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{flag} '{value}': must be at most 24h")),
+                "{flag} {value}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+    let variable = Proxy::bare()
+        .env("ROO_PROXY_IDLE_TIMEOUT", "18446744073709551615")
+        .run();
+    assert_eq!(variable.0.code(), Some(2), "{}", variable.2);
+    assert!(
+        variable.2.contains("ROO_PROXY_IDLE_TIMEOUT"),
+        "{}",
+        variable.2
+    );
+}
