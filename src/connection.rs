@@ -130,6 +130,27 @@ impl Conn {
         self.close = true;
     }
 
+    /// Whether the client hung up, seen without reading: one non-blocking peek (the
+    /// same on Windows). Nothing to read yet, or bytes of a next request, mean it is
+    /// still there; the end of the stream or a socket error mean it left.
+    pub fn client_gone(&self) -> bool {
+        if self.socket.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let peeked = self.socket.peek(&mut [0u8]);
+        if self.socket.set_nonblocking(false).is_err() {
+            return true;
+        }
+        match peeked {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+
     /// Reads the next request head. `Ok(None)`: the client closed the connection, or sent
     /// nothing within `wait`. `Err`: the answer to send before closing.
     fn read_head(&mut self, settings: &Settings, wait: Duration) -> Result<Option<Head>, Reply> {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod attempts;
 mod browser;
 mod classify;
 mod cli;
@@ -28,6 +29,7 @@ mod stream;
 mod testing;
 mod transport;
 mod upstream;
+mod waiting;
 mod watch;
 mod workers;
 

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::net::{TcpListener, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -19,6 +19,7 @@ use ureq::BodyReader;
 use ureq::http::HeaderMap;
 
 use crate::access;
+use crate::attempts::{self, Attempts, Next, Rules, View, no_keys_hint};
 use crate::browser::{self, Caller};
 use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
@@ -35,6 +36,7 @@ use crate::status::{self, About, Route};
 use crate::store::{self, KeyEntry, KeysFile, Source};
 use crate::stream::{self, End, Framing};
 use crate::upstream::{self, Upstream};
+use crate::waiting::{Room, Seen};
 use crate::watch::{self, EnvKeys, Watch};
 use crate::workers;
 
@@ -59,6 +61,8 @@ struct Proxy {
     in_flight: AtomicUsize,
     /// A stop signal came: new requests get 503.
     stopping: AtomicBool,
+    /// Requests waiting for a key (`--wait`), in arrival order.
+    room: Room,
 }
 
 /// Binds, prints the start line, and serves until accepting fails.
@@ -127,6 +131,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         started: Instant::now(),
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        room: Room::default(),
     });
     on_shutdown(Arc::clone(&proxy), keys_file);
     let settings = connection::Settings {
@@ -212,13 +217,6 @@ fn on_shutdown(proxy: Arc<Proxy>, keys_file: PathBuf) {
     if let Err(e) = ctrlc::set_handler(handler) {
         warn!("cannot handle stop signals ({e}); key state is saved every second instead");
     }
-}
-
-fn no_keys_hint(path: &Path) -> String {
-    format!(
-        "no API keys: add one with `roo-proxy keys add` (it goes to '{}'; the running proxy picks it up within a second), or set ROO_PROXY_KEYS",
-        path.display()
-    )
 }
 
 /// The request facts the log line and the attempts need.
@@ -494,8 +492,9 @@ impl Proxy {
         Ok(Prepared::Forward { url, headers, body })
     }
 
-    /// Tries keys until one gets an answer worth delivering, or none is left to try;
-    /// with `--wait`, waits for a resting key instead of answering 429.
+    /// Tries keys until one gets an answer worth delivering, or none is left to try; with
+    /// `--wait`, waits in line for a key. `attempts.rs` decides each step; this does the
+    /// sending, waiting, recording and logging.
     fn forward(
         &self,
         to: &mut Conn,
@@ -505,101 +504,152 @@ impl Proxy {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Done {
-        let wait_until = Instant::now() + self.config.wait;
-        let mut attempts = 0;
-        let mut tried: Vec<Arc<KeyEntry>> = Vec::new();
-        let mut last_failure: Option<String> = None;
-        let mut budget = self.budget();
+        let rules = Rules {
+            wait: self.config.wait,
+            max_attempts: self.config.max_attempts,
+            upstream: &self.config.upstream,
+            keys_file: &self.config.keys_file,
+        };
+        let mut attempts: Attempts<Arc<KeyEntry>> = Attempts::new(&rules, incoming.started);
         let model = route::model_of(incoming.path(), body);
         let model = model.as_deref();
+        let place = self.room.arrive();
+        let mut in_line = None;
         loop {
             let now = Now::read();
-            let picked = if tried.len() < budget {
-                self.pool.pick(now, &tried, model)
-            } else {
-                None
-            };
-            let Some((ticket, change)) = picked else {
-                // No key now. Wait for one only when every key rests (not when the
-                // upstream is failing) and the first is back within --wait.
-                let outlook = self.pool.outlook(now, model);
-                let back = outlook
-                    .next_free
-                    .filter(|at| outlook.ready == 0 && *at <= wait_until);
-                match back {
-                    Some(at) if !http10 => {
-                        if let Err(e) = wait_for(to, at) {
+            let seen = self.room.look(place);
+            let full = attempts.made() > 0 || attempts.found_none();
+            let view = self.view(now, seen.ahead, model, full);
+            match attempts.next(now.mono, &view) {
+                Next::Try => {
+                    let Some((ticket, change)) = self.pool.pick(now, attempts.tried(), model)
+                    else {
+                        attempts.no_key();
+                        continue;
+                    };
+                    in_line = None;
+                    let entry = Arc::clone(ticket.entry());
+                    if let Some(change) = change {
+                        log_change(&entry, change, now, "its rest is over");
+                    }
+                    attempts.sent(Arc::clone(&entry), view.ready);
+                    let sent = self.attempt(incoming, url, headers, &entry, body);
+                    match sent {
+                        Attempt::Deliver(delivery, budget) => {
+                            let now = Now::read();
+                            let change = ticket.finish(Outcome::Served { budget }, None, now);
+                            self.room.wake();
+                            if let Some(change) = change {
+                                log_change(&entry, change, now, "its budget of requests is spent");
+                            }
+                            let first_byte = Some(incoming.started.elapsed());
+                            let (status, note) = deliver(to, http10, delivery);
                             return Done {
-                                status: 499,
-                                attempts,
-                                key: tried.pop(),
-                                note: Some(format!("client left while waiting for a key: {e}")),
-                                first_byte: None,
+                                status,
+                                attempts: attempts.made(),
+                                key: Some(entry),
+                                note,
+                                first_byte,
                             };
                         }
-                        tried.clear();
-                        budget = self.budget();
+                        Attempt::Retry { outcome, why } => {
+                            debug!(
+                                "attempt {} with key {}: {why}",
+                                attempts.made(),
+                                entry.name()
+                            );
+                            let now = Now::read();
+                            if matches!(outcome, Outcome::RateLimited { .. }) {
+                                self.metrics.rate_limited(now.wall);
+                            }
+                            let change = ticket.finish(outcome, Some(&why), now);
+                            self.room.wake();
+                            if let Some(change) = change {
+                                log_change(&entry, change, now, &why);
+                            }
+                            if outcome == Outcome::Failed {
+                                attempts.failed(why);
+                            }
+                        }
+                    }
+                }
+                Next::Wait(until) => {
+                    if in_line.is_none() {
+                        // In line from now on; look again with this request counted.
+                        in_line = Some(self.room.join(place));
                         continue;
                     }
-                    _ => break,
-                }
-            };
-            let entry = Arc::clone(ticket.entry());
-            if let Some(change) = change {
-                log_change(&entry, change, now, "its rest is over");
-            }
-            tried.push(Arc::clone(&entry));
-            attempts += 1;
-            match self.attempt(incoming, url, headers, &entry, body) {
-                Attempt::Deliver(delivery, budget) => {
-                    let now = Now::read();
-                    if let Some(change) = ticket.finish(Outcome::Served { budget }, None, now) {
-                        log_change(&entry, change, now, "its budget of requests is spent");
+                    if let Err(why) = self.wait(to, seen, until) {
+                        return Done {
+                            status: 499,
+                            attempts: attempts.made(),
+                            key: attempts.last_key().cloned(),
+                            note: Some(why),
+                            first_byte: None,
+                        };
                     }
+                    attempts.waited();
+                }
+                Next::GiveUp(reply) => {
+                    drop(in_line);
                     let first_byte = Some(incoming.started.elapsed());
-                    let (status, note) = deliver(to, http10, delivery);
+                    let _ = stream::write_reply_with(to, &reply, false, incoming.cors);
                     return Done {
-                        status,
-                        attempts,
-                        key: Some(entry),
-                        note,
+                        status: reply.status,
+                        attempts: attempts.made(),
+                        key: attempts.last_key().cloned(),
+                        note: None,
                         first_byte,
                     };
                 }
-                Attempt::Retry { outcome, why } => {
-                    debug!("attempt {attempts} with key {}: {why}", entry.name());
-                    let now = Now::read();
-                    if matches!(outcome, Outcome::RateLimited { .. }) {
-                        self.metrics.rate_limited(now.wall);
-                    }
-                    if let Some(change) = ticket.finish(outcome, Some(&why), now) {
-                        log_change(&entry, change, now, &why);
-                    }
-                    if outcome == Outcome::Failed {
-                        last_failure = Some(why);
-                    }
-                }
             }
-        }
-        let reply = self.exhausted(attempts, last_failure, model);
-        let first_byte = Some(incoming.started.elapsed());
-        let _ = stream::write_reply_with(to, &reply, false, incoming.cors);
-        Done {
-            status: reply.status,
-            attempts,
-            key: tried.pop(),
-            note: None,
-            first_byte,
         }
     }
 
-    /// Upstream tries a request may make: `--max-attempts`, or each ready key once (at
-    /// most 8).
-    fn budget(&self) -> usize {
-        self.config.max_attempts.unwrap_or_else(|| {
-            let ready = self.pool.ready_up_to(Now::read(), MAX_DEFAULT_ATTEMPTS);
-            ready.clamp(1, MAX_DEFAULT_ATTEMPTS)
-        })
+    /// The pool as a request for `model` sees it. Unless `full`, counting ready keys
+    /// stops at the most one round may try, and the rest is read only when none is
+    /// ready: cheap with 10,000 keys for a first attempt. That count is for any model,
+    /// so after an attempt, or when the pool found no key for this model, the view is
+    /// `full`.
+    fn view(&self, now: Now, ahead: usize, model: Option<&str>, full: bool) -> View {
+        let ready = if full {
+            0
+        } else {
+            self.pool.ready_up_to(now, MAX_DEFAULT_ATTEMPTS)
+        };
+        if ready > 0 {
+            return View {
+                total: ready,
+                ready,
+                ahead,
+                ..View::default()
+            };
+        }
+        let outlook = self.pool.outlook(now, model);
+        View {
+            total: outlook.total,
+            ready: outlook.ready,
+            invalid: outlook.invalid,
+            disabled: outlook.disabled,
+            next_free: outlook.next_free,
+            booked: outlook.booked,
+            ahead,
+        }
+    }
+
+    /// Waits in line until `until` (at most [`attempts::RECHECK`]) or until the room or
+    /// the pool changes, watching the client's socket; `Err` says the client hung up.
+    fn wait(&self, conn: &Conn, seen: Seen, until: Instant) -> Result<(), String> {
+        let until = until.min(Instant::now() + attempts::RECHECK);
+        loop {
+            if conn.client_gone() {
+                return Err("client left while waiting for a key".to_string());
+            }
+            let now = Instant::now();
+            if now >= until || self.room.sleep(seen, until.min(now + CLIENT_CHECK)) {
+                return Ok(());
+            }
+        }
     }
 
     /// Sends one attempt and decides whether its answer goes to the client.
@@ -805,96 +855,6 @@ impl Proxy {
             ),
         }
     }
-
-    /// The answer when no key could serve: wait (429), the upstream fails (502), or no key
-    /// is usable at all (503).
-    fn exhausted(
-        &self,
-        attempts: usize,
-        last_failure: Option<String>,
-        model: Option<&str>,
-    ) -> Reply {
-        let now = Now::read();
-        let outlook = self.pool.outlook(now, model);
-        let now = now.mono;
-        let file = self.config.keys_file.display();
-        if outlook.total == 0 {
-            return Reply::new(503, no_keys_hint(&self.config.keys_file));
-        }
-        if outlook.ready > 0 {
-            if let Some(why) = last_failure {
-                return Reply::new(
-                    502,
-                    format!(
-                        "the upstream {} failed on {attempts} attempt{} (last: {why}); check that it is reachable, or try again",
-                        self.config.upstream,
-                        if attempts == 1 { "" } else { "s" }
-                    ),
-                );
-            }
-            return Reply::wait(
-                std::time::Duration::ZERO,
-                format!(
-                    "rate limited on all {attempts} attempts this request may make (--max-attempts); other keys are ready, send it again"
-                ),
-            );
-        }
-        if outlook.booked > 0 && outlook.next_free.is_none() {
-            return Reply::wait(
-                std::time::Duration::from_secs(1),
-                format!(
-                    "the {} key(s) that could serve have as many requests under way as their remaining budget allows; send it again in a moment",
-                    outlook.booked
-                ),
-            );
-        }
-        // Keys no wait brings back: invalid (401), or disabled by the user.
-        let (invalid, disabled) = (outlook.invalid, outlook.disabled);
-        match outlook.next_free {
-            Some(free) => {
-                let wait = free.saturating_duration_since(now);
-                let mut more = Vec::new();
-                if invalid > 0 {
-                    more.push(format!("{invalid} more are invalid"));
-                }
-                if disabled > 0 {
-                    more.push(format!("{disabled} more are disabled"));
-                }
-                let more = if more.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", more.join(", "))
-                };
-                Reply::wait(
-                    wait,
-                    format!(
-                        "all {} keys are resting after rate limits or spent credits{more}; the first is free again in {} s. Wait, or add keys to '{file}'",
-                        outlook.total - invalid - disabled,
-                        wait.as_secs_f64().ceil() as u64
-                    ),
-                )
-            }
-            None if disabled == 0 => Reply::new(
-                503,
-                format!(
-                    "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}'; the proxy picks up the change within a second",
-                    outlook.total
-                ),
-            ),
-            None => Reply::new(
-                503,
-                format!(
-                    "none of the {} keys can serve: {disabled} are disabled (enable one with `roo-proxy keys enable PREFIX`){}",
-                    outlook.total,
-                    if invalid > 0 {
-                        format!(" and {invalid} were rejected by the upstream as invalid (401)")
-                    } else {
-                        String::new()
-                    }
-                ),
-            ),
-        }
-    }
 }
 
 fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
@@ -1013,22 +973,8 @@ fn deliver(to: &mut Conn, http10: bool, delivery: Delivery) -> (u16, Option<Stri
     }
 }
 
-/// How often a waiting request tells its client it is still there (and learns whether
-/// the client still listens).
-const WAIT_HEARTBEAT: Duration = Duration::from_millis(250);
-
-/// Waits until `until`, sending `102 Processing` now and then; an error means the client
-/// went away.
-fn wait_for(to: &mut dyn Write, until: Instant) -> std::io::Result<()> {
-    loop {
-        stream::write_interim(to)?;
-        let now = Instant::now();
-        if now >= until {
-            return Ok(());
-        }
-        std::thread::sleep(WAIT_HEARTBEAT.min(until - now));
-    }
-}
+/// How often a waiting request checks that its client is still there.
+const CLIENT_CHECK: Duration = Duration::from_millis(100);
 
 /// The upstream's end-to-end response headers, with `key` masked in their values.
 fn response_headers(headers: &HeaderMap, key: &key::ApiKey) -> Vec<(String, String)> {

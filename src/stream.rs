@@ -289,14 +289,6 @@ fn sse_error_event(cause: &io::Error) -> Vec<u8> {
     format!("data: {event}\n\n").into_bytes()
 }
 
-/// An interim `102 Processing` response: a client waiting for a key hears that the proxy
-/// is still there, and a write that fails tells the proxy the client left. HTTP/1.1
-/// clients must accept 1xx responses before the final one (RFC 9110 §15.2).
-pub fn write_interim(to: &mut dyn Write) -> io::Result<()> {
-    to.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")?;
-    to.flush()
-}
-
 /// Reads the start of an event stream up to its first event that carries data, holding
 /// keep-alive comments (`: OPENROUTER PROCESSING`) on the way. Stops at the end of the
 /// body or after `limit` bytes. Returns everything read (to be sent on untouched) and the
