@@ -12,7 +12,7 @@
 //! any moment leaves the old file or the new one. Fields we do not know survive a rewrite.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -362,12 +362,7 @@ pub fn create_folder(path: &Path) -> Result<(), StoreError> {
 /// atomic rename replaces the keys file itself (and with it any lock on it).
 fn lock(path: &Path) -> Result<File, StoreError> {
     let lock_path = sibling(path, ".lock");
-    let file = private_options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
+    let file = create_private(&lock_path, Create::OpenOrNew)
         .and_then(|file| file.lock().map(|()| file))
         .map_err(|source| match path.parent() {
             Some(folder) if source.kind() == io::ErrorKind::NotFound && !folder.is_dir() => {
@@ -384,17 +379,38 @@ fn lock(path: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-/// Options that create files readable by their owner only (on Unix; elsewhere the
-/// folder's permissions apply).
-fn private_options() -> OpenOptions {
-    #[allow(unused_mut)]
-    let mut options = OpenOptions::new();
-    #[cfg(unix)]
+/// How [`create_private`] treats an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Fail if the file exists.
+    New,
+    /// Open it as it is (its permissions unchanged), or create it.
+    OpenOrNew,
+}
+
+/// Opens `path` for reading and writing; a file it creates is readable by the current
+/// user alone: mode 0600 on Unix, a DACL with the user alone on Windows (see
+/// `owner_only.rs`). Elsewhere the folder's permissions apply.
+pub fn create_private(path: &Path, how: Create) -> io::Result<File> {
+    #[cfg(windows)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        crate::owner_only::create(path, how)
     }
-    options
+    #[cfg(not(windows))]
+    {
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true);
+        match how {
+            Create::New => options.create_new(true),
+            Create::OpenOrNew => options.create(true).truncate(false),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(path)
+    }
 }
 
 const TEMPORARY_MARK: &str = ".tmp-";
@@ -415,10 +431,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     let written = (|| {
-        let mut file = private_options()
-            .write(true)
-            .create_new(true)
-            .open(&temporary)?;
+        let mut file = create_private(&temporary, Create::New)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -467,8 +480,17 @@ fn remove_stale_temporaries(path: &Path) {
     }
 }
 
-/// A warning when other users may read the keys file (Unix only).
+/// A warning when other users may read the keys file (Unix mode bits, Windows DACL).
 pub fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(windows)]
+    {
+        use crate::owner_only;
+        let user = owner_only::current_user_sid().ok()?;
+        let readers = owner_only::other_readers(&owner_only::dacl_sddl(path).ok()?, &user);
+        if !readers.is_empty() {
+            return Some(owner_only::warning(path, &readers, &user));
+        }
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -481,7 +503,7 @@ pub fn permission_warning(path: &Path) -> Option<String> {
             ));
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(not(any(unix, windows)))]
     let _ = path;
     None
 }
