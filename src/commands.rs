@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::{AddArgs, CheckArgs, KeysAction, ListArgs, RemoveArgs, StatusArgs, SwitchArgs};
 use crate::config;
+use crate::console::{errln, outln, plain};
 use crate::error::Error;
 use crate::key::{self, ApiKey};
 use crate::pool::epoch_ms;
@@ -43,7 +44,7 @@ pub fn run(
 }
 
 fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
-    println!("keys file: {}", path.display());
+    outln!("keys file: {}", path.display());
     let raw = match args.key.as_deref() {
         None | Some("-") => read_key_from_stdin()?,
         Some(raw) => raw.to_string(),
@@ -92,8 +93,8 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
     }
     .name();
     match added {
-        Some(total) => println!("added {name}; {total} key{} in the file", plural(total)),
-        None => println!("{name} is already in the file; nothing changed"),
+        Some(total) => outln!("added {name}; {total} key{} in the file", plural(total)),
+        None => outln!("{name} is already in the file; nothing changed"),
     }
     warn_about_exposure(&path);
     Ok(0)
@@ -114,7 +115,7 @@ fn read_key_from_stdin() -> Result<String, Error> {
 }
 
 fn remove(path: PathBuf, args: RemoveArgs) -> Result<u8, Error> {
-    println!("keys file: {}", path.display());
+    outln!("keys file: {}", path.display());
     let (found, left) = store::edit(&path, |entries| {
         let chosen = select(entries, &args.prefix, args.all, "remove")?;
         let found: Vec<KeyEntry> = chosen
@@ -129,9 +130,9 @@ fn remove(path: PathBuf, args: RemoveArgs) -> Result<u8, Error> {
         Ok::<_, Error>(Edit::Write((found, entries.len())))
     })?;
     for entry in found {
-        println!("removed {}", entry.name());
+        outln!("removed {}", entry.name());
     }
-    println!("{left} key{} left in the file", plural(left));
+    outln!("{left} key{} left in the file", plural(left));
     Ok(0)
 }
 
@@ -139,7 +140,7 @@ fn remove(path: PathBuf, args: RemoveArgs) -> Result<u8, Error> {
 /// change up. Enabling also clears a rest or an invalid mark, in the running proxy (a new
 /// `enabled_at`) and in the state file (for the next start).
 fn set_enabled(path: PathBuf, args: SwitchArgs, enable: bool) -> Result<u8, Error> {
-    println!("keys file: {}", path.display());
+    outln!("keys file: {}", path.display());
     let verb = if enable { "enable" } else { "disable" };
     let changed = store::edit(&path, |entries| {
         let chosen = select(entries, &args.prefix, args.all, verb)?;
@@ -177,7 +178,7 @@ fn set_enabled(path: PathBuf, args: SwitchArgs, enable: bool) -> Result<u8, Erro
         }
     }
     for entry in changed {
-        println!("{verb}d {}", entry.name());
+        outln!("{verb}d {}", entry.name());
     }
     Ok(0)
 }
@@ -273,13 +274,13 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
             })
             .collect();
         let out = json!({"keys_file": path.display().to_string(), "keys": keys});
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(0);
     }
 
-    println!("keys file: {}", path.display());
+    outln!("keys file: {}", path.display());
     for warning in file.warnings.iter().chain(problem.iter()) {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     if rows.is_empty() {
         let hint = if file.source == store::Source::File {
@@ -287,7 +288,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
         } else {
             "it does not exist"
         };
-        println!("{hint}; add one with: roo-proxy keys add");
+        outln!("{hint}; add one with: roo-proxy keys add");
         return Ok(0);
     }
     let state_text = |r: &Row| {
@@ -328,6 +329,11 @@ fn used_ago(last_used_ms: Option<u64>, now: SystemTime) -> String {
 
 /// Prints rows as columns, each as wide as its widest cell; the last column is not padded.
 fn print_table(rows: &[Vec<String>]) {
+    // Measured as printed: ASCII mode writes `…` as three characters.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| plain(cell).into_owned()).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -338,7 +344,7 @@ fn print_table(rows: &[Vec<String>]) {
                 .unwrap_or(0)
         })
         .collect();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             if c + 1 == row.len() {
@@ -347,7 +353,7 @@ fn print_table(rows: &[Vec<String>]) {
                 line.push_str(&format!("{cell:width$}  ", width = widths[c]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }
 
@@ -419,7 +425,7 @@ pub fn status(
         }
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
         );
@@ -430,7 +436,7 @@ pub fn status(
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    println!(
+    outln!(
         "roo-proxy {} at {base} → {} · {} · up {}",
         field(&status, "version"),
         field(&status, "upstream"),
@@ -446,7 +452,7 @@ pub fn status(
         ),
         None => String::new(),
     };
-    println!(
+    outln!(
         "{} of {} keys ready · {} requests · {} retries{paused}",
         field(&status, "keys_available"),
         field(&status, "keys_total"),
@@ -552,12 +558,12 @@ fn check(
     let file = store::load_with_env(&path, env)?;
     match file.source {
         store::Source::Env(variable) => {
-            println!("keys from {variable} (no keys file at {})", path.display())
+            outln!("keys from {variable} (no keys file at {})", path.display())
         }
-        _ => println!("keys file: {}", path.display()),
+        _ => outln!("keys file: {}", path.display()),
     }
     if file.entries.is_empty() {
-        println!("no keys to check; add one with: roo-proxy keys add");
+        outln!("no keys to check; add one with: roo-proxy keys add");
         return Ok(0);
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -574,9 +580,9 @@ fn check(
     let mut bad = 0;
     for (entry, (valid, text)) in file.entries.iter().zip(results) {
         bad += usize::from(!valid);
-        println!("{}  {text}", entry.name());
+        outln!("{}  {text}", entry.name());
     }
-    println!(
+    outln!(
         "{} of {} key{} valid",
         file.entries.len() - bad,
         file.entries.len(),
@@ -690,7 +696,7 @@ fn warn_about_exposure(path: &Path) {
         .into_iter()
         .chain(store::git_warning(path))
     {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
 }
 

@@ -11,11 +11,17 @@ use log::{Level, Log, Metadata, Record};
 /// Our own modules: `roo_proxy::…`.
 const OURS: &str = "roo_proxy";
 
-/// Starts the log: `RUST_LOG`, default `info`, capped for other crates.
+/// Starts the log: `RUST_LOG`, default `info`, capped for other crates; in ASCII if
+/// `console::init` chose it.
 pub fn init() {
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .build();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    builder.format_target(false);
+    if crate::console::ascii() {
+        let stderr = crate::console::Ascii(std::io::stderr());
+        builder.target(env_logger::Target::Pipe(Box::new(stderr)));
+    }
+    let inner = builder.build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Capped(inner))).is_ok() {
         log::set_max_level(max);

@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod config;
 mod connection;
+mod console;
 mod error;
 mod http1;
 mod key;
@@ -39,6 +40,7 @@ mod workers;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::console::errln;
 use crate::error::Error;
 
 fn main() -> ExitCode {
@@ -47,11 +49,12 @@ fn main() -> ExitCode {
         println!("roo-proxy {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    console::init(std::env::var("ROO_PROXY_ASCII").ok().as_deref());
     logging::init();
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("roo-proxy: {e}");
+            errln!("roo-proxy: {e}");
             ExitCode::from(e.exit_code())
         }
     }

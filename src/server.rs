@@ -24,6 +24,7 @@ use crate::browser::{self, Caller};
 use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::connection::{self, BodyError, Conn};
+use crate::console::outln;
 use crate::error::{Error, Reply};
 use crate::http1::Head;
 use crate::key;
@@ -85,7 +86,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         Source::File | Source::Nothing => keys.path.display().to_string(),
     };
     // The one line a user (and a test) reads to know where we are.
-    println!(
+    outln!(
         "roo-proxy {} listening on http://{local} → {} with {} key{} from {from}",
         env!("CARGO_PKG_VERSION"),
         config.upstream,
