@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Windows smoke test under Wine: roo-proxy.exe in front of mock-upstream.exe on 127.0.0.1,
+# with curl from Linux: a plain and a streamed request, a rotation past a 429, the keys
+# commands (a UTF-16 keys file with CRLF, a key piped with CRLF), the owner-only DACL of
+# a new keys file and the warning for one others can read, ASCII output, a hot reload,
+# and a stop.
+#
+# Usage: scripts/smoke-windows.sh DIR   (DIR holds roo-proxy.exe and mock-upstream.exe)
+# Needs wine64, x86_64-w64-mingw32-gcc and curl (.ci/run installs them). Headless: console
+# programs need no display. Every Wine call has a timeout; the Wine prefix is a temporary
+# folder removed at the end, after wineserver -k.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$(cd "${1:?usage: $0 DIR-with-the-exe-files}" && pwd)
+wine=$(command -v wine64 || command -v wine || echo /usr/lib/wine/wine64)
+wineserver=$(command -v wineserver || echo /usr/lib/wine/wineserver)
+[ -x "$wine" ] || { echo "smoke-windows: wine64 is not installed" >&2; exit 1; }
+
+work=$(mktemp -d)
+export WINEPREFIX="$work/prefix" WINEDEBUG=-all
+# Our stand-in bcryptprimitives.dll (native) must win; no Mono or Gecko install prompts.
+export WINEDLLOVERRIDES="bcryptprimitives=n;mscoree=;mshtml="
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  timeout 20 "$wineserver" -k 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "smoke-windows: FAIL: $*" >&2
+  for f in proxy.log mock.out cmd.err; do
+    [ -f "$work/$f" ] && sed "s/^/  $f: /" "$work/$f" >&2
+  done
+  exit 1
+}
+
+# Runs a console program under Wine in the work folder, with a time limit.
+w() { (cd "$work" && timeout 60 "$wine" "$@"); }
+
+# Waits (up to 60 s: Wine starts slowly) for a process's start line and prints its port.
+port_of() {
+  local file=$1
+  for _ in $(seq 1 600); do
+    if grep -q '127.0.0.1:' "$file" 2>/dev/null; then
+      grep -o '127\.0\.0\.1:[0-9]*' "$file" | head -n1 | cut -d: -f2
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "no start line in $file"
+}
+
+# Polls (up to 20 s) until FILE contains TEXT.
+wait_for() {
+  for _ in $(seq 1 200); do
+    grep -qF -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "waited in vain for '$2' in $1"
+}
+
+echo "smoke-windows: preparing the Wine prefix"
+x86_64-w64-mingw32-gcc -shared -O2 -s -o "$work/bcryptprimitives.dll" \
+  "$root/scripts/wine/bcryptprimitives.c" -ladvapi32
+timeout 180 "$wine" wineboot -i > /dev/null 2>&1 || fail "wineboot did not finish"
+cp "$work/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
+w "$bin/roo-proxy.exe" --version > "$work/version" 2> "$work/cmd.err" || fail "roo-proxy.exe --version"
+echo "smoke-windows: $(tr -d '\r' < "$work/version") runs under $("$wine" --version)"
+
+key1="sk-or-v1-smoke000000000000000000000000000000000000000000000000000001"
+key2="sk-or-v1-smoke000000000000000000000000000000000000000000000000000002"
+key3="sk-or-v1-smoke000000000000000000000000000000000000000000000000000003"
+key4="sk-or-v1-smoke000000000000000000000000000000000000000000000000000004"
+passed=0
+ok() { echo "smoke-windows: ok   $*"; passed=$((passed + 1)); }
+
+# 1. keys add creates the keys file readable by this user alone (an owner-only DACL),
+#    and keys list finds nothing to warn about. The key comes piped, ending in CRLF.
+#    (--keys-file: no keys.json here yet, so the default would be the per-user file.)
+printf '%s\r\n' "$key1" | w "$bin/roo-proxy.exe" keys add --label one --keys-file keys.json > "$work/cmd.out" 2> "$work/cmd.err" \
+  || fail "keys add from a pipe: $(cat "$work/cmd.out")"
+printf '%s\r\n' "$key2" | w "$bin/roo-proxy.exe" keys add - --label two > "$work/cmd.out" 2> "$work/cmd.err" \
+  || fail "keys add - from a pipe"
+w "$bin/roo-proxy.exe" keys list > "$work/list.out" 2> "$work/cmd.err" || fail "keys list"
+grep -q "sk-or-v1-sm…0001" "$work/list.out" && grep -q "sk-or-v1-sm…0002" "$work/list.out" \
+  || fail "keys list: $(cat "$work/list.out")"
+grep -q "can be read by other users" "$work/cmd.err" && fail "a new keys file is readable by others"
+grep -q "$key1" "$work/keys.json" || fail "the piped key was not stored whole (CRLF left in?)"
+ok "keys add (piped with CRLF) creates a private keys file; keys list"
+
+# 2. A keys file that others can read gets the warning. Wine gives a file without a
+#    stored security descriptor a DACL from its Unix mode: 0644 lets Everyone read.
+cp "$work/keys.json" "$work/open.json" && chmod 644 "$work/open.json"
+w "$bin/roo-proxy.exe" keys list --keys-file open.json > /dev/null 2> "$work/cmd.err" || fail "keys list open.json"
+grep -q "open.json' can be read by other users (Everyone); run: icacls" "$work/cmd.err" \
+  || fail "no warning for a keys file others can read: $(cat "$work/cmd.err")"
+ok "warning for a keys file others can read"
+
+# 3. A UTF-16 keys file with CRLF line ends, as Windows PowerShell 5.1 writes one.
+printf '[\r\n  "%s",\r\n  "%s"\r\n]\r\n' "$key3" "$key4" | iconv -f UTF-8 -t UTF-16 > "$work/utf16.json"
+w "$bin/roo-proxy.exe" keys list --keys-file utf16.json > "$work/list.out" 2> "$work/cmd.err" \
+  || fail "keys list of a UTF-16 file"
+grep -q "sk-or-v1-sm…0003" "$work/list.out" && grep -q "sk-or-v1-sm…0004" "$work/list.out" \
+  || fail "UTF-16 list: $(cat "$work/list.out")"
+w "$bin/roo-proxy.exe" keys remove "$key3" --keys-file utf16.json > /dev/null 2> "$work/cmd.err" \
+  || fail "keys remove in a UTF-16 file"
+w "$bin/roo-proxy.exe" keys list --keys-file utf16.json > "$work/list.out" 2> "$work/cmd.err" || fail "keys list"
+grep -q "sk-or-v1-sm…0003" "$work/list.out" && fail "keys remove left the key: $(cat "$work/list.out")"
+grep -q "sk-or-v1-sm…0004" "$work/list.out" || fail "keys remove took the other key too"
+ok "keys list and remove on a UTF-16 file with CRLF"
+
+# 4. ROO_PROXY_ASCII=1: plain ASCII for Windows PowerShell 5.1 capturing the output.
+ROO_PROXY_ASCII=1 w "$bin/roo-proxy.exe" keys list > "$work/list.out" 2> "$work/cmd.err" || fail "keys list"
+grep -q "sk-or-v1-sm\.\.\.0001" "$work/list.out" || fail "ROO_PROXY_ASCII=1: $(cat "$work/list.out")"
+LC_ALL=C grep -q '[^ -~\r]' "$work/list.out" && fail "ROO_PROXY_ASCII=1 printed non-ASCII: $(cat "$work/list.out")"
+ok "ASCII output with ROO_PROXY_ASCII=1"
+
+# 5. The proxy itself, in front of the mock.
+(cd "$work" && exec timeout 600 "$wine" "$bin/mock-upstream.exe") > "$work/mock.out" 2>&1 &
+pids+=($!)
+mock_port=$(port_of "$work/mock.out")
+(cd "$work" && exec timeout 600 "$wine" "$bin/roo-proxy.exe" --port 0 --shutdown-grace 2s \
+  --upstream "http://127.0.0.1:$mock_port/api/v1") > "$work/proxy.out" 2> "$work/proxy.log" &
+proxy=$!
+pids+=($proxy)
+port=$(port_of "$work/proxy.out")
+base="http://127.0.0.1:$port"
+echo "smoke-windows: $(tr -d '\r' < "$work/proxy.out" | head -n1)"
+
+out=$(curl -sS --max-time 20 -H 'Authorization: Bearer dummy' -H 'Content-Type: application/json' \
+  -d '{"model":"mock/model","messages":[{"role":"user","content":"hi"}]}' "$base/v1/chat/completions")
+grep -q '"Hello from the mock"' <<<"$out" || fail "plain request: $out"
+ok "plain request"
+
+out=$(curl -sS -N --max-time 20 -H 'Content-Type: application/json' \
+  -d '{"model":"mock/model","stream":true}' "$base/chat/completions")
+[ "$(grep -c '^data: {' <<<"$out")" = 3 ] || fail "stream: $out"
+grep -q '^data: \[DONE\]' <<<"$out" || fail "stream has no [DONE]: $out"
+ok "streamed request"
+
+curl -sS --max-time 10 -d "{\"key\":\"$key1\",\"replies\":[\"429:60\"]}" "http://127.0.0.1:$mock_port/_mock/plan" > /dev/null
+curl -sS --max-time 10 -d "{\"key\":\"$key2\",\"replies\":[\"ok\"]}" "http://127.0.0.1:$mock_port/_mock/plan" > /dev/null
+code=$(curl -sS -o "$work/body" -w '%{http_code}' --max-time 20 -d '{"model":"mock/model"}' "$base/api/v1/chat/completions")
+[ "$code" = 200 ] || fail "rotation: HTTP $code $(cat "$work/body")"
+wait_for "$work/proxy.log" "key 'one' (sk-or-v1-sm…0001) rests for"
+ok "rotation past a 429"
+
+# 6. Hot reload: a key added by the keys command reaches the running proxy.
+w "$bin/roo-proxy.exe" keys add "$key3" --label three > /dev/null 2> "$work/cmd.err" || fail "keys add while running"
+wait_for "$work/proxy.log" "keys file changed: 1 added, 0 removed, 3 in the pool"
+ok "hot reload of the keys file"
+
+# 7. A stop: Wine turns SIGINT into Ctrl-C; the proxy says so and exits.
+kill -INT "$proxy"
+for _ in $(seq 1 300); do kill -0 "$proxy" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$proxy" 2>/dev/null && fail "the proxy did not stop on Ctrl-C"
+grep -q "stopped" "$work/proxy.log" || fail "no 'stopped' line after Ctrl-C"
+ok "stop on Ctrl-C"
+
+if grep -q -e "$key1" -e "$key2" -e "$key3" "$work/proxy.out" "$work/proxy.log"; then fail "a key leaked into the output"; fi
+ok "no key in the logs"
+
+echo "smoke-windows: took $SECONDS s"
+echo "smoke-windows: $passed passed, 0 failed"
