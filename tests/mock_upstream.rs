@@ -71,6 +71,8 @@ struct State {
     seen: Vec<Value>,
     /// `--quiet`: record nothing (for benchmarks, where the log would grow without end).
     quiet: bool,
+    /// `POST /_mock/release` calls so far: `ssegate` sends its event N only after N.
+    released: u64,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -246,6 +248,7 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
             sse(out, n, nums.next().unwrap_or(0), false)
         }
         "dropmid" => sse(out, 2, 0, true),
+        "ssegate" => sse_gated(out, arg.parse().unwrap_or(3), state),
         "sse429" | "sse402" | "sse500" => {
             let code: u16 = kind[3..].parse().unwrap_or(500);
             let reset = (now_ms() + secs * 1000).to_string();
@@ -570,6 +573,10 @@ fn control_endpoint(
             let seen = Value::Array(state.seen.clone());
             json_reply(out, 200, &[], &seen)?;
         }
+        "release" => {
+            state.released += 1;
+            json_reply(out, 200, &[], &json!({"released": state.released}))?;
+        }
         "reset" => {
             *state = State::default();
             json_reply(out, 200, &[], &json!({"ok": true}))?;
@@ -599,6 +606,32 @@ fn sse(out: &mut TcpStream, events: u64, gap_ms: u64, die: bool) -> io::Result<b
     }
     if die {
         return Ok(false);
+    }
+    chunk(out, b"data: [DONE]\n\n")?;
+    out.write_all(b"0\r\n\r\n")?;
+    out.flush()?;
+    Ok(true)
+}
+
+/// A stream of `events` events in lockstep with the test: event 0 at once, event N once
+/// `/_mock/release` has been called N times, so a test knows an event reached it before
+/// the next one existed. Waits at most a minute for a release, then breaks off.
+fn sse_gated(out: &mut TcpStream, events: u64, state: &Shared) -> io::Result<bool> {
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
+    chunk(out, b": OPENROUTER PROCESSING\n\n")?;
+    for i in 0..events {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while state.lock().unwrap().released < i {
+            if std::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let event = json!({"id": "gen-mock", "object": "chat.completion.chunk", "model": "mock/model",
+            "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});
+        chunk(out, format!("data: {event}\n\n").as_bytes())?;
     }
     chunk(out, b"data: [DONE]\n\n")?;
     out.write_all(b"0\r\n\r\n")?;

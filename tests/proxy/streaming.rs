@@ -18,7 +18,7 @@ fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>,
     while !done(&bytes) {
         assert!(
             Instant::now() < deadline,
-            "stream never ended: {}",
+            "the awaited bytes never came: {}",
             String::from_utf8_lossy(&bytes)
         );
         match stream.read(&mut buf) {
@@ -38,29 +38,89 @@ fn ends_chunked(bytes: &[u8]) -> bool {
     bytes.ends_with(b"\r\n0\r\n\r\n")
 }
 
+/// The body of a chunked response, decoded strictly: each chunk's size line, exactly
+/// that many bytes and CRLF, up to the last chunk. Fails the test on any framing error,
+/// and on bytes after the end.
+fn dechunk(response: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(response);
+    let at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head: {text}"))
+        + 4;
+    let mut rest = &response[at..];
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("a chunk size line without CRLF: {text}"));
+        let size_line = std::str::from_utf8(&rest[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_line, 16)
+            .unwrap_or_else(|_| panic!("chunk size {size_line:?}: {text}"));
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            assert_eq!(rest, b"\r\n", "after the last chunk: {text}");
+            return body;
+        }
+        assert!(rest.len() >= size + 2, "a chunk cut short: {text}");
+        body.extend_from_slice(&rest[..size]);
+        assert_eq!(
+            &rest[size..size + 2],
+            b"\r\n",
+            "a chunk not ended by CRLF: {text}"
+        );
+        rest = &rest[size + 2..];
+    }
+}
+
+/// The SSE event the mock sends as its event `i`.
+fn mock_event(i: usize) -> String {
+    let event = serde_json::json!({"id": "gen-mock", "object": "chat.completion.chunk", "model": "mock/model",
+        "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});
+    format!("data: {event}\n\n")
+}
+
 #[test]
 fn sse_events_arrive_one_by_one_as_the_upstream_sends_them() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
     let mut socket = TcpStream::connect(proxy.addr()).unwrap();
     socket
-        .write_all(streamed_request("sse:5:300").as_bytes())
+        .write_all(streamed_request("ssegate:5").as_bytes())
         .unwrap();
-    let (bytes, events) = read_until(&mut socket, ends_chunked);
-    let text = String::from_utf8_lossy(&bytes);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("Transfer-Encoding: chunked"), "{text}");
-    assert!(text.contains(": OPENROUTER PROCESSING"), "{text}");
-    assert_eq!(events.len(), 5, "{text}");
-    // The upstream sends an event every 300 ms. Held back and sent together, they would
-    // arrive within a few milliseconds of each other.
-    for pair in events.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(150),
-            "events arrived bunched: gap {gap:?}"
-        );
+    // The mock sends event i only after the i-th release, and this test releases it
+    // only once event i-1 has arrived: each event reached the client before the next
+    // existed, so none was held back (no clock involved).
+    let mut response = Vec::new();
+    for i in 0..5 {
+        let (more, _) = read_until(&mut socket, |b| {
+            String::from_utf8_lossy(b).contains(&format!("tok{i} "))
+        });
+        response.extend_from_slice(&more);
+        if i < 4 {
+            let text = String::from_utf8_lossy(&response);
+            assert!(!text.contains("[DONE]"), "the stream ended early: {text}");
+            mock.release();
+        }
     }
+    // The last event and the end may come in the same read.
+    if !ends_chunked(&response) {
+        let (rest, _) = read_until(&mut socket, ends_chunked);
+        response.extend_from_slice(&rest);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("\r\nTransfer-Encoding: chunked\r\n"),
+        "{text}"
+    );
+    let expected: String = [": OPENROUTER PROCESSING\n\n".to_string()]
+        .into_iter()
+        .chain((0..5).map(mock_event))
+        .chain(["data: [DONE]\n\n".to_string()])
+        .collect();
+    assert_eq!(String::from_utf8(dechunk(&response)).unwrap(), expected);
 }
 
 #[test]
@@ -121,50 +181,64 @@ fn a_429_before_the_stream_starts_is_retried_invisibly() {
     assert_eq!(mock.keys_used(), [bearer(1), bearer(2)]);
 }
 
-/// Opens `n` streams of ten seconds each, each one after the previous has begun (or all
-/// at once), and returns them mid-stream.
+/// Opens `n` streams that each send one event and then wait for `Mock::release`, each
+/// after the previous has begun (or all at once), and returns them held at that point.
 fn open_streams(proxy: &Proxy, n: usize, at_once: bool) -> Vec<TcpStream> {
+    let first_event = |socket: &mut TcpStream| {
+        let (bytes, _) = read_until(socket, |b| String::from_utf8_lossy(b).contains("tok0 "));
+        assert!(bytes.starts_with(b"HTTP/1.1 200"));
+        assert!(!String::from_utf8_lossy(&bytes).contains("tok1 "));
+    };
     let mut streams = Vec::new();
     for _ in 0..n {
         let mut socket = TcpStream::connect(proxy.addr()).unwrap();
         socket
-            .write_all(streamed_request("sse:100:100").as_bytes())
+            .write_all(streamed_request("ssegate:2").as_bytes())
             .unwrap();
         if !at_once {
-            let (bytes, _) = read_until(&mut socket, |b| {
-                String::from_utf8_lossy(b).contains("data: {")
-            });
-            assert!(bytes.starts_with(b"HTTP/1.1 200"));
+            first_event(&mut socket);
         }
         streams.push(socket);
     }
     for socket in streams.iter_mut().filter(|_| at_once) {
-        let (bytes, _) = read_until(socket, |b| String::from_utf8_lossy(b).contains("data: {"));
-        assert!(bytes.starts_with(b"HTTP/1.1 200"));
+        first_event(socket);
     }
     streams
+}
+
+/// Releases held streams and checks each ends whole.
+fn finish_streams(mock: &Mock, streams: Vec<TcpStream>) {
+    mock.release();
+    for mut socket in streams {
+        let (bytes, _) = read_until(&mut socket, ends_chunked);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("tok1 ") && text.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
 fn long_streams_never_hold_up_a_new_request() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
-    // More open streams than the workers the proxy starts with (4).
-    let _streams = open_streams(&proxy, 8, false);
-    // All eight are mid-stream (ten seconds each); a plain request is answered anyway.
-    let started = Instant::now();
+    // More open streams than the workers the proxy starts with (4), each held open by
+    // the mock until released: a request queued behind one would never be answered.
+    let streams = open_streams(&proxy, 8, false);
     assert_eq!(proxy.chat().status, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the request waited for a stream to end"
-    );
+    finish_streams(&mock, streams);
 }
 
 #[test]
 fn streams_opened_in_a_burst_all_start_at_once() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(1).start();
-    let _streams = open_streams(&proxy, 8, true);
+    // Eight requests sent before any answer is read; every stream then shows its first
+    // event while none of them can end (the mock holds them all until the release), so
+    // none was queued behind another.
+    let streams = open_streams(&proxy, 8, true);
+    finish_streams(&mock, streams);
 }
 
 /// Sends a raw request asking the mock for `reply`; returns everything until the proxy

@@ -120,6 +120,14 @@ impl Mock {
         assert_eq!(r.unwrap().status(), 200);
     }
 
+    /// Lets every `ssegate` stream send its next event (see tests/mock_upstream.rs).
+    pub fn release(&self) {
+        let r = client()
+            .post(&format!("http://127.0.0.1:{}/_mock/release", self.port))
+            .send("");
+        assert_eq!(r.unwrap().status(), 200);
+    }
+
     /// Every API request the mock received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         let mut r = client()
