@@ -52,6 +52,11 @@ pub struct Args {
     #[argh(option)]
     pub max_body: Option<String>,
 
+    /// the memory all request bodies held at once may take, e.g. 256MiB (default, or
+    /// --max-body if larger); past it, new requests get 503 with Retry-After: 1
+    #[argh(option)]
+    pub max_body_memory: Option<String>,
+
     /// requests handled at once; more get 503 with Retry-After: 1 (default 1024)
     #[argh(option)]
     pub max_requests: Option<usize>,

@@ -37,6 +37,8 @@ pub struct Config {
     pub wait: Duration,
     /// Largest request body accepted (413 past it).
     pub max_body: u64,
+    /// Memory all request bodies may hold together (503 past it).
+    pub max_body_memory: u64,
     /// Requests handled at once; more get 503 with `Retry-After: 1`.
     pub max_requests: usize,
     /// How long a stop signal waits for requests in flight.
@@ -120,6 +122,7 @@ impl Config {
             parse_size,
         )?
         .unwrap_or(DEFAULT_MAX_BODY);
+        let max_body_memory = max_body_memory(args.max_body_memory, max_body, env)?;
         let shutdown_grace = setting(
             args.shutdown_grace,
             "--shutdown-grace",
@@ -226,6 +229,7 @@ impl Config {
             strategy,
             wait,
             max_body,
+            max_body_memory,
             max_requests,
             shutdown_grace,
             max_connections,
@@ -343,6 +347,30 @@ pub fn upstream(
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY_MEMORY: u64 = 256 * 1024 * 1024;
+
+/// `--max-body-memory`: at least one body of `--max-body` must fit; by default the larger
+/// of 256 MiB and `--max-body`.
+fn max_body_memory(
+    flag: Option<String>,
+    max_body: u64,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<u64, Error> {
+    let given = setting(
+        flag,
+        "--max-body-memory",
+        "ROO_PROXY_MAX_BODY_MEMORY",
+        env,
+        parse_size,
+    )?;
+    match given {
+        None => Ok(DEFAULT_MAX_BODY_MEMORY.max(max_body)),
+        Some(memory) if memory < max_body => Err(Error::Config(format!(
+            "--max-body-memory ({memory} bytes) is less than --max-body ({max_body} bytes), so the largest request could never be held; raise it or lower --max-body"
+        ))),
+        Some(memory) => Ok(memory),
+    }
+}
 pub const DEFAULT_MAX_REQUESTS: usize = 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -589,6 +617,7 @@ mod tests {
         row("--strategy", "sticky"),
         row("--wait", "30s"),
         row("--max-body", "1MiB"),
+        row("--max-body-memory", "512MiB"),
         row("--max-requests", "7"),
         row("--max-connections", "9"),
         row("--max-header-size", "8KiB"),

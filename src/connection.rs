@@ -44,6 +44,8 @@ pub enum BodyError {
     TimedOut,
     /// The client closed the connection, or the chunked framing is broken.
     Broken(String),
+    /// The memory for request bodies is taken (the claim was refused).
+    NoRoom,
 }
 
 /// What is still unread of the current request's body.
@@ -202,8 +204,14 @@ impl Conn {
     }
 
     /// Reads the whole request body, at most `limit` bytes; a declared length over the
-    /// limit is refused before anything is read.
-    pub fn read_body(&mut self, limit: u64) -> Result<Vec<u8>, BodyError> {
+    /// limit is refused before anything is read. The body's memory is claimed as it
+    /// grows: `claim(bytes)` is asked before the body holds that many, and a refusal
+    /// ends the read with [`BodyError::NoRoom`].
+    pub fn read_body(
+        &mut self,
+        limit: u64,
+        claim: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Vec<u8>, BodyError> {
         let expect = match self.unread {
             Unread::Nothing => return Ok(Vec::new()),
             Unread::Length { left, .. } if left > limit => return Err(BodyError::TooLarge),
@@ -218,13 +226,14 @@ impl Conn {
         let mut body = Vec::new();
         match self.unread {
             Unread::Length { left, .. } => {
-                body.reserve(left.min(64 * 1024) as usize);
+                let declared = left as usize;
                 let mut left = left as usize;
                 while left > 0 {
                     if self.at == self.end {
                         self.refill()?;
                     }
                     let n = left.min(self.end - self.at);
+                    make_room(&mut body, n, declared, claim)?;
                     body.extend_from_slice(&self.buf[self.at..self.at + n]);
                     self.at += n;
                     left -= n;
@@ -236,6 +245,10 @@ impl Conn {
                     if self.at == self.end {
                         self.refill()?;
                     }
+                    let ceiling = usize::try_from(limit)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(1);
+                    make_room(&mut body, self.end - self.at, ceiling, claim)?;
                     let used = decoder
                         .feed(&self.buf[self.at..self.end], &mut body)
                         .map_err(BodyError::Broken)?;
@@ -322,6 +335,28 @@ impl Conn {
     }
 }
 
+/// Makes room in `body` for `more` bytes, growing it (doubling, up to `ceiling` unless
+/// more is needed) only after `claim` allowed the new size.
+fn make_room(
+    body: &mut Vec<u8>,
+    more: usize,
+    ceiling: usize,
+    claim: &mut dyn FnMut(u64) -> bool,
+) -> Result<(), BodyError> {
+    let needed = body.len().saturating_add(more);
+    if needed <= body.capacity() {
+        return Ok(());
+    }
+    let size = needed
+        .max(body.capacity().saturating_mul(2))
+        .min(ceiling.max(needed));
+    if !claim(size as u64) {
+        return Err(BodyError::NoRoom);
+    }
+    body.reserve_exact(size - body.len());
+    Ok(())
+}
+
 /// A socket time limit for a wait of `left`, rounded up (to the second from 10 s, to a
 /// tenth of a second from 1 s) so that waits of about the same length share one value
 /// and the socket option is not set again for every request. It outlasts `left` by
@@ -386,6 +421,30 @@ pub fn refuse(socket: TcpStream, limit: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_grow_only_by_what_the_claim_allows() {
+        let mut claimed = Vec::new();
+        let mut body = Vec::new();
+        let mut allow = |bytes: u64| {
+            claimed.push(bytes);
+            bytes <= 100
+        };
+        make_room(&mut body, 10, 1000, &mut allow).unwrap();
+        body.extend_from_slice(&[0; 10]);
+        make_room(&mut body, 10, 1000, &mut allow).unwrap();
+        body.extend_from_slice(&[0; 10]);
+        make_room(&mut body, 50, 1000, &mut allow).unwrap();
+        assert!(body.capacity() >= 70);
+        let refused = make_room(&mut body, 200, 1000, &mut allow);
+        assert!(matches!(refused, Err(BodyError::NoRoom)));
+        assert_eq!(claimed, [10, 20, 70, 220]);
+        // Never past the ceiling when less is needed.
+        let mut small = Vec::new();
+        make_room(&mut small, 8, 12, &mut |_| true).unwrap();
+        small.extend_from_slice(&[0; 8]);
+        make_room(&mut small, 4, 12, &mut |n| n == 12).unwrap();
+    }
 
     #[test]
     fn coarse_limits_round_up_by_less_than_a_tenth() {

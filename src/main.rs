@@ -14,6 +14,7 @@ mod config;
 mod connection;
 mod console;
 mod error;
+mod held;
 mod http1;
 mod key;
 mod logging;

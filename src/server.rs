@@ -26,6 +26,7 @@ use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::connection::{self, BodyError, Conn};
 use crate::console::outln;
 use crate::error::{Error, Reply};
+use crate::held::{Claim, Held};
 use crate::http1::Head;
 use crate::key;
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ struct Proxy {
     pool: Arc<Pool>,
     upstream: Upstream,
     metrics: Metrics,
+    /// The memory request bodies hold, all requests together (`--max-body-memory`).
+    held: Arc<Held>,
     started: Instant,
     /// Requests being handled now (for --max-requests and a graceful stop).
     in_flight: AtomicUsize,
@@ -127,6 +130,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
     let proxy = Arc::new(Proxy {
         pool,
         upstream: Upstream::new(config.upstream_timeouts),
+        held: Held::new(config.max_body_memory),
         config,
         metrics: Metrics::default(),
         started: Instant::now(),
@@ -346,9 +350,12 @@ impl Proxy {
                 debug!("{} {} → {status}", incoming.method, incoming.path());
                 return;
             }
-            Ok(Prepared::Forward { url, headers, body }) => {
-                self.forward(conn, head.http10, &incoming, &url, &headers, &body)
-            }
+            Ok(Prepared::Forward {
+                url,
+                headers,
+                body,
+                claim: _held,
+            }) => self.forward(conn, head.http10, &incoming, &url, &headers, &body),
             Err(reply) => {
                 let _ = stream::write_reply_with(conn, &reply, false, &cors);
                 if reply.status >= 500 || reply.status == 429 {
@@ -474,7 +481,12 @@ impl Proxy {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
         }
         let limit = self.config.max_body;
-        let body = conn.read_body(limit).map_err(|e| match e {
+        let mut claim = self.held.claim();
+        let body = conn.read_body(limit, &mut |bytes| claim.grow_to(bytes)).map_err(|e| match e {
+            BodyError::NoRoom => Reply::busy(format!(
+                "the request bodies held now take all of --max-body-memory ({} bytes); send it again in a moment",
+                self.config.max_body_memory
+            )),
             BodyError::TooLarge => Reply::new(
                 413,
                 format!("the request body is larger than {limit} bytes (--max-body)"),
@@ -490,7 +502,12 @@ impl Proxy {
                 Reply::new(400, format!("could not read the request body: {why}"))
             }
         })?;
-        Ok(Prepared::Forward { url, headers, body })
+        Ok(Prepared::Forward {
+            url,
+            headers,
+            body,
+            claim,
+        })
     }
 
     /// Tries keys until one gets an answer worth delivering, or none is left to try; with
@@ -909,6 +926,8 @@ enum Prepared<'a> {
         /// The client's headers that go upstream, borrowed from its request head.
         headers: Vec<(&'a str, &'a str)>,
         body: Vec<u8>,
+        /// The body's share of `--max-body-memory`, held until the answer is delivered.
+        claim: Claim,
     },
 }
 

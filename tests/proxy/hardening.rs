@@ -1,7 +1,7 @@
 //! Staying shut and staying up: access token, cleartext upstreams, size and concurrency
 //! limits, and stopping cleanly.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -530,4 +530,51 @@ fn every_connection_header_names_headers_that_stop_here() {
     assert_eq!(header_of(seen, "x-secret-hop"), None);
     assert_eq!(header_of(seen, "x-other-hop"), None);
     assert_eq!(header_of(seen, "x-kept").as_deref(), Some("3"));
+}
+
+#[test]
+fn request_bodies_past_the_memory_limit_get_503_and_the_proxy_goes_on() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--max-body")
+        .arg("1MiB")
+        .arg("--max-body-memory")
+        .arg("1MiB")
+        .start();
+    // A whole 1 MiB body, held while the upstream keeps it waiting.
+    let total = 1 << 20;
+    let mut held = TcpStream::connect(proxy.addr()).unwrap();
+    write!(
+        held,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nx-mock-reply: hang:3\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    held.write_all(&vec![b' '; total]).unwrap();
+    eventually("the held request reached the upstream", || {
+        mock.requests().len() == 1
+    });
+    let other = "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let refused = raw_exchange(&proxy.addr(), other.as_bytes(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&refused);
+    assert_eq!(raw_status(&refused), 503, "{text}");
+    assert!(text.contains("Retry-After: 1\r\n"), "{text}");
+    assert!(text.contains("--max-body-memory"), "{text}");
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "the refused request went upstream"
+    );
+    // Once the held request is answered, its memory is free again.
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = held.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        502,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let again = raw_exchange(&proxy.addr(), other.as_bytes(), Duration::from_secs(5));
+    assert_eq!(raw_status(&again), 200);
 }
