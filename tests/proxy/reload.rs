@@ -191,3 +191,28 @@ fn a_keys_file_wins_over_the_environment() {
     assert_eq!(proxy.chat().status, 200);
     assert_eq!(mock.keys_used(), [bearer(1)]);
 }
+
+#[test]
+fn a_damaged_state_file_cannot_rest_a_key_past_a_day() {
+    let mock = Mock::start();
+    mock.plan(&key(1), &["429:300"]);
+    let proxy = Proxy::with(&mock).keys(1).start();
+    assert_eq!(proxy.chat().status, 429);
+    let file = proxy.dir.path().join("keys.json.state");
+    eventually("the rest is saved", || {
+        fs::read_to_string(&file).is_ok_and(|s| s.contains("until_ms"))
+    });
+    let dir = proxy.kill();
+    // The rest's end pushed as far as the file can say.
+    let mut state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    for saved in state["keys"].as_object_mut().unwrap().values_mut() {
+        saved["until_ms"] = u64::MAX.into();
+    }
+    fs::write(&file, state.to_string()).unwrap();
+    let restarted = Proxy::with(&mock).in_dir(dir).start();
+    let reply = restarted.chat();
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    let wait = reply.retry_after();
+    assert!((1..=24 * 3600).contains(&wait), "Retry-After: {wait}");
+}
