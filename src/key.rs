@@ -159,9 +159,16 @@ fn key_runs(text: &[u8], key: &[u8]) -> Vec<(usize, usize)> {
     if width == 0 || text.len() < width {
         return runs;
     }
-    let pieces: std::collections::HashSet<&[u8]> = key.windows(width).collect();
+    // Short texts (header values, most error messages) are scanned directly; longer
+    // ones look their windows up in a set of the key's.
+    let pieces: Option<std::collections::HashSet<&[u8]>> =
+        (text.len() > 256).then(|| key.windows(width).collect());
+    let is_piece = |window: &[u8]| match &pieces {
+        Some(pieces) => pieces.contains(window),
+        None => key.windows(width).any(|piece| piece == window),
+    };
     for (start, window) in text.windows(width).enumerate() {
-        if !pieces.contains(window) {
+        if !is_piece(window) {
             continue;
         }
         match runs.last_mut() {
