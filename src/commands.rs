@@ -234,8 +234,8 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
             let saved = remembered.keys.get(&state::fingerprint(&entry.key));
             let left = saved
                 .and_then(|s| s.until_ms)
-                .map(|until| Duration::from_millis(until.saturating_sub(epoch_ms(now))))
-                .filter(|left| !left.is_zero());
+                .map(|until| state::rest_seconds(until, epoch_ms(now)))
+                .filter(|left| *left > 0);
             let state = KeyStatus::of_saved(saved, left, entry.disabled);
             let model_rests = saved
                 .filter(|_| state != KeyStatus::Disabled)
@@ -245,7 +245,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
                 .filter(|r| r.until_ms > epoch_ms(now))
                 .map(|r| ScopedRest {
                     scope: ScopedRest::scope_of(&r.models),
-                    seconds_left: (r.until_ms - epoch_ms(now)).div_ceil(1000),
+                    seconds_left: state::rest_seconds(r.until_ms, epoch_ms(now)),
                 })
                 .collect();
             Row {
@@ -267,7 +267,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
                     "label": row.entry.label,
                     "account": row.entry.account,
                     "state": row.state,
-                    "seconds_left": row.left.map(|d| d.as_secs_f64().ceil() as u64),
+                    "seconds_left": row.left,
                     "model_rests": row.model_rests,
                     "last_used_ms": row.last_used_ms,
                 })
@@ -293,7 +293,7 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
     }
     let state_text = |r: &Row| {
         let state = match r.left {
-            Some(left) => format!("{} {}", r.state, short_duration(left)),
+            Some(left) => format!("{} {}", r.state, state::rest_text(left)),
             None => r.state.to_string(),
         };
         with_model_rests(state, &r.model_rests)
@@ -448,7 +448,7 @@ pub fn status(
     let paused = match status["paused_seconds"].as_u64() {
         Some(secs) => format!(
             " · paused {} after 429s on every key",
-            short_duration(Duration::from_secs(secs))
+            state::rest_text(secs)
         ),
         None => String::new(),
     };
@@ -487,9 +487,9 @@ pub fn status(
             field(k, "label"),
             field(k, "account"),
             with_model_rests(field(k, "state"), &model_rests_of(k)),
-            k["cooldown_seconds"]
+            k["seconds_left"]
                 .as_u64()
-                .map_or("-".into(), |s| short_duration(Duration::from_secs(s))),
+                .map_or("-".into(), state::rest_text),
             field(k, "requests"),
             field(k, "served"),
             field(k, "rate_limited"),
@@ -521,7 +521,8 @@ fn model_rests_of(key: &Value) -> Vec<ScopedRest> {
 struct Row<'a> {
     entry: &'a KeyEntry,
     state: KeyStatus,
-    left: Option<Duration>,
+    /// Seconds of rest left (`state::rest_seconds`).
+    left: Option<u64>,
     model_rests: Vec<ScopedRest>,
     last_used_ms: Option<u64>,
 }
@@ -531,11 +532,12 @@ fn with_model_rests(state: String, rests: &[ScopedRest]) -> String {
     if rests.is_empty() {
         return state;
     }
-    let rests = ScopedRest::describe(rests, |s| short_duration(Duration::from_secs(s)));
+    let rests = ScopedRest::describe(rests);
     format!("{state}; {rests}")
 }
 
-/// `42s`, `5m`, `3h 20m`, `2d`.
+/// `42s`, `5m`, `3h 20m`, `2d`: how long ago, or how long up. A rest's time left is
+/// written by `state::rest_text`.
 fn short_duration(d: Duration) -> String {
     let s = d.as_secs_f64().ceil() as u64;
     match s {

@@ -77,12 +77,8 @@ impl KeyStatus {
         matches!(self, KeyStatus::Cooling | KeyStatus::OutOfCredits)
     }
 
-    /// A remembered key's state: `left` is the time left of its rest, if any.
-    pub fn of_saved(
-        saved: Option<&Saved>,
-        left: Option<std::time::Duration>,
-        disabled: bool,
-    ) -> KeyStatus {
+    /// A remembered key's state: `left` is the seconds left of its rest, if any.
+    pub fn of_saved(saved: Option<&Saved>, left: Option<u64>, disabled: bool) -> KeyStatus {
         match (saved.map(|s| s.state), left) {
             _ if disabled => KeyStatus::Disabled,
             (Some(SavedState::Invalid), _) => KeyStatus::Invalid,
@@ -105,6 +101,28 @@ impl Serialize for KeyStatus {
     }
 }
 
+/// Whole seconds until `until_ms`, rounded up (a rest is never shown shorter than it
+/// is), from the wall clock: how `keys list` reads the state file. The pool counts the
+/// same way from its clock (`pool::seconds_until`).
+pub fn rest_seconds(until_ms: u64, now_ms: u64) -> u64 {
+    until_ms.saturating_sub(now_ms).div_ceil(1000)
+}
+
+/// The one way a rest's time left is written, in `keys list`, `roo-proxy status` and
+/// (the same rule in JavaScript) the status page: `42s` below two minutes, then whole
+/// minutes, hours and minutes, or days, each rounded up.
+pub fn rest_text(seconds: u64) -> String {
+    match seconds {
+        0..=119 => format!("{seconds}s"),
+        120..=7199 => format!("{}m", seconds.div_ceil(60)),
+        7200..=172_799 => {
+            let minutes = seconds.div_ceil(60);
+            format!("{}h {}m", minutes / 60, minutes % 60)
+        }
+        _ => format!("{}d", seconds.div_ceil(86_400)),
+    }
+}
+
 /// A rest for some models, as shown: `scope` reads `model NAME` or `free models`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScopedRest {
@@ -114,10 +132,10 @@ pub struct ScopedRest {
 
 impl ScopedRest {
     /// `model gemini-2.5-pro 37s`-style text for tables.
-    pub fn describe(rests: &[ScopedRest], short: impl Fn(u64) -> String) -> String {
+    pub fn describe(rests: &[ScopedRest]) -> String {
         rests
             .iter()
-            .map(|r| format!("{} {}", r.scope, short(r.seconds_left)))
+            .map(|r| format!("{} {}", r.scope, rest_text(r.seconds_left)))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -200,6 +218,32 @@ pub fn save(path: &Path, state: &StateFile) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rest_is_written_one_way_and_never_shorter_than_it_is() {
+        let cases = [
+            (0, "0s"),
+            (42, "42s"),
+            (119, "119s"),
+            (120, "2m"),
+            (121, "3m"),
+            (599, "10m"),
+            (600, "10m"),
+            (7199, "120m"),
+            (7200, "2h 0m"),
+            (7201, "2h 1m"),
+            (10_799, "3h 0m"),
+            (172_799, "48h 0m"),
+            (172_800, "2d"),
+            (172_801, "3d"),
+        ];
+        for (seconds, text) in cases {
+            assert_eq!(rest_text(seconds), text, "{seconds}");
+        }
+        assert_eq!(rest_seconds(10_001, 1), 10);
+        assert_eq!(rest_seconds(10_002, 1), 11);
+        assert_eq!(rest_seconds(5, 10), 0);
+    }
 
     #[test]
     fn fingerprints_are_short_stable_and_not_the_key() {

@@ -71,7 +71,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
                 "label": k.entry.label,
                 "account": k.entry.account,
                 "state": k.state,
-                "cooldown_seconds": k.seconds_left,
+                "seconds_left": k.seconds_left,
                 "model_rests": k.model_rests,
                 "last_error": k.stats.last_error,
                 "requests": k.stats.requests,

@@ -25,7 +25,7 @@ fn key_status(proxy: &Proxy, n: usize) -> Value {
 fn rest_of(proxy: &Proxy, n: usize) -> u64 {
     let k = key_status(proxy, n);
     assert_eq!(k["state"], "cooling", "{k}");
-    k["cooldown_seconds"].as_u64().unwrap()
+    k["seconds_left"].as_u64().unwrap()
 }
 
 fn chat_for(proxy: &Proxy, model: &str) -> Reply {
@@ -64,7 +64,7 @@ fn each_providers_announced_reset_sets_the_rest() {
         let k = key_status(&proxy, 1);
         let left = match reply.starts_with("gemini") {
             true => k["model_rests"][0]["seconds_left"].as_u64(),
-            false => k["cooldown_seconds"].as_u64(),
+            false => k["seconds_left"].as_u64(),
         };
         let left = left.unwrap_or_else(|| panic!("{reply}: not resting: {k}"));
         // A slow machine may take some seconds between the 429 and this look.

@@ -85,7 +85,7 @@ fn status_tells_each_keys_state_counters_and_masked_last_error() {
     );
     assert_eq!(k1["state"], "cooling");
     assert!(
-        (115..=120).contains(&k1["cooldown_seconds"].as_u64().unwrap()),
+        (115..=120).contains(&k1["seconds_left"].as_u64().unwrap()),
         "{k1}"
     );
     assert_eq!(
@@ -300,6 +300,55 @@ fn the_page_is_one_self_contained_file() {
     ] {
         assert!(!html.contains(external), "external asset: {external}");
     }
+}
+
+#[test]
+fn keys_list_and_status_show_a_rest_by_one_name_and_one_rounding() {
+    let mock = Mock::start();
+    mock.plan(&key(1), &["429:600"]);
+    let proxy = Proxy::with(&mock).keys(2).start();
+    assert_eq!(proxy.chat().status, 200);
+    let dir = proxy.dir.path();
+    let list_json = || {
+        let ran = run_in(dir, PROXY, &["keys", "list", "--json"], "", &[]);
+        serde_json::from_str::<Value>(&ran.stdout).unwrap()
+    };
+    // keys list reads the state file, which the proxy saves within a second.
+    eventually("the state file names the rest", || {
+        list_json()["keys"][0]["state"] == "cooling"
+    });
+    let port = proxy.port.to_string();
+    let status_json: Value = serde_json::from_str(
+        &run_in(dir, PROXY, &["status", "--port", &port, "--json"], "", &[]).stdout,
+    )
+    .unwrap();
+    let (listed, reported) = (&list_json()["keys"][0], &status_json["keys"][0]);
+    for k in [listed, reported] {
+        assert!(k.get("cooldown_seconds").is_none(), "{k}");
+        let left = k["seconds_left"].as_u64().unwrap_or_else(|| panic!("{k}"));
+        assert!((540..=600).contains(&left), "{k}");
+    }
+    // Nine and a bit minutes read "10m" in both tables: rounded up, never down.
+    let list = run_in(dir, PROXY, &["keys", "list"], "", &[]).stdout;
+    let status = run_in(dir, PROXY, &["status", "--port", &port], "", &[]).stdout;
+    let row = |text: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&masked(1)))
+            .unwrap()
+            .to_string();
+        line.split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        row(&list).windows(2).any(|w| w == ["cooling", "10m"]),
+        "{list}"
+    );
+    assert!(
+        row(&status).windows(2).any(|w| w == ["cooling", "10m"]),
+        "{status}"
+    );
 }
 
 #[test]
