@@ -204,6 +204,23 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
             k.seconds_left.unwrap_or(0)
         );
     }
+    header(
+        &mut out,
+        "roo_proxy_key_model_rest_seconds",
+        "gauge",
+        "Seconds until a key serves a model (or free models) again; it serves others.",
+    );
+    for k in &report.keys {
+        for rest in &k.model_rests {
+            let _ = writeln!(
+                out,
+                "roo_proxy_key_model_rest_seconds{{{},scope=\"{}\"}} {}",
+                labels(k),
+                escape(&rest.scope),
+                rest.seconds_left
+            );
+        }
+    }
     let per_key: [PerKeyCounter; 4] = [
         (
             "roo_proxy_key_requests_total",

@@ -96,6 +96,18 @@ fn a_per_model_limit_rests_the_key_for_that_model_only() {
     let k = key_status(&proxy, 1);
     assert_eq!(k["state"], "ready", "{k}");
     assert_eq!(k["model_rests"][0]["scope"], "model gemini-2.5-pro", "{k}");
+    let metrics = proxy.get("/_roo/metrics").text();
+    assert!(
+        metrics.contains("scope=\"model gemini-2.5-pro\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "roo_proxy_key_state{{key=\"{}\",label=\"\",account=\"\",state=\"ready\"}} 1",
+            masked(1)
+        )),
+        "{metrics}"
+    );
     // The state file is saved within a second or so; `keys list` reads it.
     eventually("keys list shows the model rest", || {
         let listed = keys_cmd(proxy.dir.path(), &["list", "--json"], "");
