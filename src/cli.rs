@@ -175,6 +175,8 @@ pub enum KeysAction {
     Check(CheckArgs),
     Disable(DisableArgs),
     Enable(EnableArgs),
+    Encrypt(EncryptArgs),
+    Decrypt(DecryptArgs),
 }
 
 /// Add a key. Without KEY (or with -) it is read from standard input, hidden when typed
@@ -278,6 +280,28 @@ pub struct EnableArgs {
     pub all: bool,
 
     /// the keys file (default: keys.json here if there is one, else the per-user one)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Encrypt the keys file in place (an age file, https://age-encryption.org). Its secret
+/// goes to the OS keychain (generated there on macOS and Windows); on Linux it is a
+/// passphrase from ROO_PROXY_PASSPHRASE or typed at the terminal, kept in the kernel
+/// keyring until reboot. Every command and the proxy then work as before.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "encrypt")]
+pub struct EncryptArgs {
+    /// the keys file (default keys.json in the current directory)
+    #[argh(option)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Turn an encrypted keys file back into plain JSON, and remove its secret from the
+/// keychain.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "decrypt")]
+pub struct DecryptArgs {
+    /// the keys file (default keys.json in the current directory)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
 }

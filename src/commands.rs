@@ -18,6 +18,7 @@ use crate::console::{errln, outln, plain};
 use crate::error::Error;
 use crate::key::{self, ApiKey};
 use crate::pool::epoch_ms;
+use crate::secret::{self, Origin};
 use crate::state::{self, KeyStatus, ScopedRest};
 use crate::store::{self, Edit, KeyEntry};
 
@@ -40,6 +41,8 @@ pub fn run(
         KeysAction::Check(args) => check(file(args.keys_file.clone()), args, &env),
         KeysAction::Disable(args) => set_enabled(file(args.keys_file.clone()), args.into(), false),
         KeysAction::Enable(args) => set_enabled(file(args.keys_file.clone()), args.into(), true),
+        KeysAction::Encrypt(args) => encrypt(file(args.keys_file)),
+        KeysAction::Decrypt(args) => decrypt(file(args.keys_file)),
     }
 }
 
@@ -97,6 +100,93 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
         None => outln!("{name} is already in the file; nothing changed"),
     }
     warn_about_exposure(&path);
+    Ok(0)
+}
+
+/// `keys encrypt`: picks the secret (see `secret::choose`), stores it in the keychain
+/// first (a generated one must be there before the file needs it), then seals the file.
+fn encrypt(path: PathBuf) -> Result<u8, Error> {
+    outln!("keys file: {}", path.display());
+    if std::fs::read(&path).is_ok_and(|bytes| crate::sealed::is_sealed(&bytes)) {
+        outln!("it is already encrypted; nothing changed");
+        return Ok(0);
+    }
+    let chosen = secret::choose().map_err(Error::Refused)?;
+    let seal = store::Seal::new(&chosen.secret, chosen.work)
+        .map_err(|e| Error::Refused(format!("cannot encrypt: {e}")))?;
+    let mut kept = None;
+    let done = store::reseal(&path, Some(&seal), |_| {
+        if chosen.from == Origin::Variable {
+            return Ok(());
+        }
+        kept = Some(secret::remember(&path, &chosen.secret));
+        match &kept {
+            Some(Err(e)) if chosen.from == Origin::Generated => Err(Error::Refused(format!(
+                "cannot store the secret in {}: {e}; nothing changed (set {} to use a passphrase instead)",
+                secret::keychain_name(),
+                secret::PASSPHRASE_VARIABLE
+            ))),
+            _ => Ok(()),
+        }
+    })?;
+    let n = match done {
+        store::Resealed::Already => {
+            outln!("it is already encrypted; nothing changed");
+            return Ok(0);
+        }
+        store::Resealed::Done(n) => n,
+    };
+    outln!(
+        "encrypted {n} key{} (age format, passphrase recipient)",
+        plural(n)
+    );
+    match kept {
+        None => outln!(
+            "it opens with {} (not copied into {})",
+            secret::PASSPHRASE_VARIABLE,
+            secret::keychain_name()
+        ),
+        Some(Ok(())) if chosen.from == Origin::Generated => outln!(
+            "its secret was generated and stored in {}; nothing to type, ever",
+            secret::keychain_name()
+        ),
+        Some(Ok(())) if secret::keychain_persists() => outln!(
+            "the passphrase is stored in {}, so nothing asks for it",
+            secret::keychain_name()
+        ),
+        Some(Ok(())) => outln!(
+            "the passphrase is kept in {} until reboot; after that, set {} or type it when asked",
+            secret::keychain_name(),
+            secret::PASSPHRASE_VARIABLE
+        ),
+        Some(Err(e)) => errln!(
+            "warning: cannot keep the passphrase in {}: {e}; set {} or type it when asked",
+            secret::keychain_name(),
+            secret::PASSPHRASE_VARIABLE
+        ),
+    }
+    Ok(0)
+}
+
+/// `keys decrypt`: back to plain JSON; the keychain entry is no longer needed.
+fn decrypt(path: PathBuf) -> Result<u8, Error> {
+    outln!("keys file: {}", path.display());
+    match store::reseal(&path, None, |_| Ok::<_, Error>(()))? {
+        store::Resealed::Already => outln!("it is not encrypted; nothing changed"),
+        store::Resealed::Done(n) => {
+            outln!(
+                "decrypted {n} key{}; the file is plain JSON again",
+                plural(n)
+            );
+            if let Err(e) = secret::forget(&path) {
+                errln!(
+                    "warning: cannot remove its secret from {}: {e}",
+                    secret::keychain_name()
+                );
+            }
+            warn_about_exposure(&path);
+        }
+    }
     Ok(0)
 }
 

@@ -74,6 +74,13 @@ impl ApiKey {
     }
 }
 
+/// A dropped key is wiped, so a freed copy does not linger in memory.
+impl Drop for ApiKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKey({})", self.masked())

@@ -24,6 +24,8 @@ mod owner_only;
 mod policy;
 mod pool;
 mod route;
+mod sealed;
+mod secret;
 mod server;
 mod spare;
 mod state;

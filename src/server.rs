@@ -99,6 +99,10 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
     let _ = std::io::stdout().flush();
     if keys.entries.is_empty() {
         warn!("{}", no_keys_hint(&keys.path));
+    } else if keys.source == Source::File && keys.seal.is_none() {
+        info!(
+            "the keys file is plain text; `roo-proxy keys encrypt` keeps your keys from tools that read your files (README: Protecting your keys)"
+        );
     }
 
     let state_file = state::path_for(&keys.path);
@@ -119,6 +123,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         state_file,
         seen: (keys.source == Source::File).then_some(keys.bytes),
         env,
+        seal: keys.seal,
     };
     watch.spawn().map_err(Error::Serve)?;
     let git_file = keys_file.clone();

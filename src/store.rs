@@ -17,8 +17,12 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::key::{ApiKey, KeyProblem};
+use crate::sealed;
+pub use crate::sealed::Seal;
+use crate::secret::{self, Ask};
 
 /// One key of the pool, as the keys file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +85,8 @@ pub struct KeysFile {
     pub warnings: Vec<String>,
     /// The file's bytes as read (empty without a file), to notice when it changes.
     pub bytes: Vec<u8>,
+    /// What opened the file, when it is encrypted (see [`parse_file`]).
+    pub seal: Option<Seal>,
 }
 
 #[derive(Debug)]
@@ -119,6 +125,11 @@ pub enum StoreError {
     Write {
         path: PathBuf,
         source: io::Error,
+    },
+    /// An encrypted keys file that could not be opened: why, where we looked, what to do.
+    Locked {
+        path: PathBuf,
+        detail: String,
     },
 }
 
@@ -163,6 +174,13 @@ impl fmt::Display for StoreError {
             StoreError::Write { path, source } => {
                 write!(f, "cannot write '{}': {source}", path.display())
             }
+            StoreError::Locked { path, detail } => {
+                write!(
+                    f,
+                    "keys file '{}' is encrypted and {detail}",
+                    path.display()
+                )
+            }
         }
     }
 }
@@ -194,11 +212,14 @@ pub fn load(path: &Path) -> Result<KeysFile, StoreError> {
                 entries: Vec::new(),
                 warnings: Vec::new(),
                 bytes: Vec::new(),
+                seal: None,
             });
         }
         Err(source) => return Err(StoreError::Read { path, source }),
     };
-    let (_, entries, mut warnings) = parse_bytes(&path, &bytes)?;
+    let mut seal = None;
+    let (document, entries, mut warnings) = parse_file(&path, &bytes, &mut seal, Ask::Terminal)?;
+    scrub(document);
     warnings.extend(permission_warning(&path));
     Ok(KeysFile {
         path,
@@ -206,6 +227,7 @@ pub fn load(path: &Path) -> Result<KeysFile, StoreError> {
         entries,
         warnings,
         bytes,
+        seal,
     })
 }
 
@@ -251,10 +273,10 @@ pub fn parse_bytes(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(Value, Vec<KeyEntry>, Vec<String>), StoreError> {
-    let text = decode(bytes).map_err(|detail| StoreError::Encoding {
+    let text = Zeroizing::new(decode(bytes).map_err(|detail| StoreError::Encoding {
         path: path.into(),
         detail,
-    })?;
+    })?);
     parse(&text).map_err(|e| match e {
         ParseError::Syntax {
             line,
@@ -290,25 +312,142 @@ pub fn edit<T, E: From<StoreError>>(
     let path = absolute(path);
     let _lock = lock(&path)?;
     remove_stale_temporaries(&path);
+    let mut seal = None;
     let mut document = match fs::read(&path) {
-        Ok(bytes) => parse_bytes(&path, &bytes)?.0,
+        Ok(bytes) => parse_file(&path, &bytes, &mut seal, Ask::Terminal)?.0,
         Err(e) if e.kind() == io::ErrorKind::NotFound => empty_document(),
         Err(source) => return Err(StoreError::Read { path, source }.into()),
     };
     let Some(Value::Array(entries)) = document.get_mut("keys") else {
         unreachable!("parse_bytes and empty_document always give an object with a keys array")
     };
-    match change(entries)? {
-        Edit::Keep(result) => Ok(result),
-        Edit::Write(result) => {
-            let text = document_text(&path, &document)?;
-            write_atomic(&path, text.as_bytes()).map_err(|source| StoreError::Write {
+    let changed = change(entries);
+    let result = match changed {
+        Ok(Edit::Write(result)) => {
+            let written = document_text(&path, &document)
+                .and_then(|text| {
+                    sealed_bytes(&path, seal.as_ref(), Zeroizing::new(text).as_bytes())
+                })
+                .and_then(|bytes| {
+                    write_atomic(&path, &bytes).map_err(|source| StoreError::Write {
+                        path: path.clone(),
+                        source,
+                    })
+                });
+            written.map(|()| result).map_err(E::from)
+        }
+        Ok(Edit::Keep(result)) => Ok(result),
+        Err(e) => Err(e),
+    };
+    scrub(document);
+    result
+}
+
+/// Parses keys-file bytes as [`parse_bytes`] does, opening an encrypted file first:
+/// with `seal` when it still fits the file (no secret needed, as on every reload after
+/// an edit), else with the secret from [`secret::open`]; `seal` is then what opened it
+/// (`None` for a plain file). The decrypted text is wiped before this returns.
+pub fn parse_file(
+    path: &Path,
+    bytes: &[u8],
+    seal: &mut Option<Seal>,
+    ask: Ask,
+) -> Result<(Value, Vec<KeyEntry>, Vec<String>), StoreError> {
+    if !sealed::is_sealed(bytes) {
+        *seal = None;
+        return parse_bytes(path, bytes);
+    }
+    let locked = |detail: String| StoreError::Locked {
+        path: path.into(),
+        detail,
+    };
+    let known = seal.as_ref().and_then(|s| s.reopen(bytes));
+    let text = match known {
+        Some(opened) => opened.map_err(|e| locked(e.to_string()))?,
+        None => {
+            let (opened, text) = secret::open(path, bytes, ask).map_err(locked)?;
+            *seal = Some(opened);
+            text
+        }
+    };
+    parse_bytes(path, &text)
+}
+
+/// `text` as the file's new bytes: encrypted under `seal` when the file was.
+fn sealed_bytes(path: &Path, seal: Option<&Seal>, text: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match seal {
+        None => Ok(text.to_vec()),
+        Some(seal) => seal.seal(text).map_err(|e| StoreError::Locked {
+            path: path.into(),
+            detail: format!("cannot be written: {e}"),
+        }),
+    }
+}
+
+/// What `keys encrypt` / `keys decrypt` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resealed {
+    /// The file was already in the asked form (or missing, for decrypt).
+    Already,
+    /// Rewritten; this many entries were in it.
+    Done(usize),
+}
+
+/// Turns the keys file into an encrypted one under `to`, or (`None`) into plain text,
+/// under the lock and atomically. The text inside is kept byte for byte. A file already
+/// in the asked form is left alone, and so is one that does not parse or cannot be
+/// opened. A missing file becomes an encrypted empty one. `before_write` runs under the
+/// lock just before the file is replaced (to store the new secret first), with the
+/// number of entries.
+pub fn reseal<E: From<StoreError>>(
+    path: &Path,
+    to: Option<&Seal>,
+    before_write: impl FnOnce(usize) -> Result<(), E>,
+) -> Result<Resealed, E> {
+    let path = absolute(path);
+    let _lock = lock(&path)?;
+    remove_stale_temporaries(&path);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(StoreError::Read { path, source }.into()),
+    };
+    let was_sealed = sealed::is_sealed(&bytes);
+    if was_sealed == to.is_some() {
+        return Ok(Resealed::Already);
+    }
+    let text = if was_sealed {
+        let (_, text) =
+            secret::open(&path, &bytes, Ask::Terminal).map_err(|detail| StoreError::Locked {
                 path: path.clone(),
-                source,
+                detail,
             })?;
-            Ok(result)
+        text
+    } else {
+        Zeroizing::new(bytes)
+    };
+    let (document, entries, _) = parse_bytes(&path, &text)?;
+    scrub(document);
+    let out = sealed_bytes(&path, to, &text)?;
+    before_write(entries.len())?;
+    write_atomic(&path, &out).map_err(|source| StoreError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Resealed::Done(entries.len()))
+}
+
+/// Wipes the strings of a parsed keys document (key strings among them) as it is dropped.
+pub fn scrub(mut value: Value) {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::String(text) => text.zeroize(),
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            Value::Object(map) => map.values_mut().for_each(walk),
+            _ => {}
         }
     }
+    walk(&mut value);
 }
 
 /// The document as the file's text. A failure fails the write: an empty text would

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use crate::pool::{Now, Pool};
+use crate::secret::Ask;
 use crate::state;
 use crate::store::{self, KeyEntry};
 
@@ -37,6 +38,9 @@ pub struct Watch {
     /// The keys file's bytes when the pool was built (`None`: there was no file).
     pub seen: Option<Vec<u8>>,
     pub env: EnvKeys,
+    /// What opened the keys file when it is encrypted: a reload after an edit needs no
+    /// secret (edits keep the header), so the keychain is asked only for a new one.
+    pub seal: Option<store::Seal>,
 }
 
 impl Watch {
@@ -97,9 +101,14 @@ impl Watch {
         self.seen = now;
     }
 
-    fn entries(&self, bytes: Option<&[u8]>) -> Result<Vec<KeyEntry>, store::StoreError> {
+    fn entries(&mut self, bytes: Option<&[u8]>) -> Result<Vec<KeyEntry>, store::StoreError> {
         match bytes {
-            Some(bytes) => Ok(store::parse_bytes(&self.keys_file, bytes)?.1),
+            Some(bytes) => {
+                let (document, entries, _) =
+                    store::parse_file(&self.keys_file, bytes, &mut self.seal, Ask::Never)?;
+                store::scrub(document);
+                Ok(entries)
+            }
             None => {
                 let env = |name: &str| {
                     self.env

@@ -5,6 +5,7 @@ mod support;
 
 mod browser;
 mod dialects;
+mod encrypted;
 mod faults;
 mod forwarding;
 mod hardening;
