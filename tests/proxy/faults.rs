@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -391,14 +391,14 @@ fn running_out_of_descriptors_turns_connections_away_and_recovers() {
     drop(flood);
     // Until the proxy has closed the flood's connections, a new one may still be turned
     // away: that is an error here, not a failed test.
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let sent = client().post(&proxy.url("/v1/chat/completions")).send("{}");
         if sent.as_ref().is_ok_and(|r| r.status() == 200) {
             break;
         }
         assert!(
-            Instant::now() < deadline,
+            std::time::Instant::now() < deadline,
             "not served again after the flood: {:?}\n{}",
             sent.map(|r| r.status()),
             proxy.logs()
