@@ -309,9 +309,16 @@ impl Proxy {
         let started = Instant::now();
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let _counted = InFlight(&self.in_flight);
+        // An allowed page reads every answer, the busy ones too.
+        let caller = browser::caller(
+            head.header("origin"),
+            head.header("sec-fetch-site"),
+            &self.config.allow_origins,
+        );
+        let cors = browser::cors_headers(caller);
         if self.stopping.load(Ordering::SeqCst) {
             let reply = Reply::busy("roo-proxy is shutting down; send the request again");
-            let _ = stream::write_reply(conn, &reply, true);
+            let _ = stream::write_reply_with(conn, &reply, true, &cors);
             conn.close_after();
             return;
         }
@@ -320,17 +327,11 @@ impl Proxy {
                 "too many requests at once (--max-requests {}); send it again in a moment",
                 self.config.max_requests
             ));
-            let _ = stream::write_reply(conn, &reply, false);
+            let _ = stream::write_reply_with(conn, &reply, false, &cors);
             self.metrics
                 .request(503, 0, started.elapsed(), None, SystemTime::now());
             return;
         }
-        let caller = browser::caller(
-            head.header("origin"),
-            head.header("sec-fetch-site"),
-            &self.config.allow_origins,
-        );
-        let cors = browser::cors_headers(caller);
         let incoming = Incoming {
             method: &head.method,
             target: &head.target,

@@ -189,6 +189,19 @@ fn requests_past_the_concurrency_limit_get_503_with_retry_after() {
         "{}",
         reply.text()
     );
+    // The editor's web view can read that answer too.
+    let from_editor = Reply::from(
+        client()
+            .post(&proxy.url("/v1/chat/completions"))
+            .header("Origin", "vscode-webview://abc")
+            .send("{}")
+            .unwrap(),
+    );
+    assert_eq!(from_editor.status, 503);
+    assert_eq!(
+        from_editor.header("access-control-allow-origin"),
+        Some("vscode-webview://abc")
+    );
     drop((_a, _b));
     eventually("served again once the streams end", || {
         proxy.chat().status == 200
