@@ -1,19 +1,28 @@
 //! Who may use the proxy: with an access token configured, a request must carry it where
-//! clients put an API key (`Authorization: Bearer …` or `x-api-key`).
+//! clients put an API key (`Authorization: Bearer …`, `x-api-key`, `x-goog-api-key`,
+//! `api-key` or a `key` query parameter), whatever the provider.
 //!
 //! Invariants: pure; the comparison takes the same time whatever the first differing
 //! byte is, so the token cannot be guessed byte by byte from response times. The
-//! client's credential never goes upstream (route.rs drops both headers).
+//! client's credential never goes upstream (route.rs drops every form of it).
 
-/// The credential a request carries, from `Authorization: Bearer …` or `x-api-key`.
-pub fn presented<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+/// The credentials a request carries, in the order looked at: `Authorization: Bearer …`,
+/// `x-api-key`, `x-goog-api-key`, `api-key`, then the target's `key` query parameter.
+pub fn presented<'a>(header: impl Fn(&str) -> Option<&'a str>, target: &'a str) -> Vec<&'a str> {
     let bearer = header("authorization").and_then(|v| {
         let (scheme, rest) = crate::http1::trim_ows(v).split_once(' ')?;
         scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| crate::http1::trim_ows(rest))
     });
-    bearer.or_else(|| header("x-api-key").map(str::trim))
+    let others = crate::route::CREDENTIAL_HEADERS[1..]
+        .iter()
+        .map(|name| header(name).map(str::trim));
+    std::iter::once(bearer)
+        .chain(others)
+        .chain(std::iter::once(crate::route::credential_param(target)))
+        .flatten()
+        .collect()
 }
 
 /// Whether `given` is `expected`, in time that depends only on their lengths.
@@ -43,22 +52,32 @@ mod tests {
     #[test]
     fn the_token_is_read_from_where_clients_put_keys() {
         assert_eq!(
-            presented(headers(&[("Authorization", "Bearer abc ")])),
-            Some("abc")
+            presented(headers(&[("Authorization", "Bearer abc ")]), "/"),
+            ["abc"]
         );
         assert_eq!(
-            presented(headers(&[("authorization", "bearer abc")])),
-            Some("abc")
+            presented(headers(&[("authorization", "bearer abc")]), "/"),
+            ["abc"]
         );
-        assert_eq!(presented(headers(&[("x-api-key", "abc")])), Some("abc"));
+        for name in ["x-api-key", "X-Goog-Api-Key", "api-key"] {
+            assert_eq!(presented(headers(&[(name, "abc")]), "/"), ["abc"], "{name}");
+        }
         assert_eq!(
-            presented(headers(&[
-                ("Authorization", "Basic eA=="),
-                ("x-api-key", "k")
-            ])),
-            Some("k")
+            presented(headers(&[]), "/v1beta/x?alt=sse&key=abc"),
+            ["abc"]
         );
-        assert_eq!(presented(headers(&[])), None);
+        assert_eq!(
+            presented(
+                headers(&[("Authorization", "Basic eA=="), ("x-api-key", "k")]),
+                "/"
+            ),
+            ["k"]
+        );
+        assert_eq!(
+            presented(headers(&[("x-goog-api-key", "dummy")]), "/x?key=tok"),
+            ["dummy", "tok"]
+        );
+        assert!(presented(headers(&[]), "/x?keys=1").is_empty());
     }
 
     #[test]

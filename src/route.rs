@@ -68,7 +68,8 @@ pub fn model_of(path: &str, body: &[u8]) -> Option<String> {
 }
 
 /// Maps a client request target to the upstream URL: `base` (no trailing slash) joined
-/// with the target minus its base prefix; the query string is kept as it came.
+/// with the target minus its base prefix; the query string is kept as it came, less any
+/// `key` parameter (a client's credential, which never goes upstream).
 pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
     if !target.starts_with('/') || target.starts_with("//") {
         return Err(BadTarget::NotAPath);
@@ -94,9 +95,9 @@ pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
     url.push_str(base);
     url.push('/');
     url.push_str(rest);
-    if let Some(query) = query {
+    if let Some(query) = query.and_then(without_credential) {
         url.push('?');
-        url.push_str(query);
+        url.push_str(&query);
     }
     // The upstream client refuses what `http::Uri` does not take (`"` in a query, …):
     // that is the client's mistake, answered 400 here, never a failed attempt.
@@ -178,21 +179,44 @@ pub fn connection_tokens(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// The headers a client puts an API key in, whatever the provider: all are dropped
+/// (the pool key replaces them, in the provider's form), and the access token is read
+/// from any of them.
+pub const CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+
+/// The query parameter Google's clients put an API key in (`?key=…`).
+pub const CREDENTIAL_PARAM: &str = "key";
+
 /// Whether a client request header goes upstream. Besides hop-by-hop headers, the
 /// client's own credentials are dropped (the pool key replaces them), and the framing
 /// headers the HTTP client computes itself.
 pub fn forward_request_header(name: &str, named_by_connection: &[String]) -> bool {
     let is = |other: &str| name.eq_ignore_ascii_case(other);
     !(is_hop_by_hop(name, named_by_connection)
-        || [
-            "host",
-            "content-length",
-            "expect",
-            "authorization",
-            "x-api-key",
-        ]
-        .iter()
-        .any(|h| is(h)))
+        || ["host", "content-length", "expect"]
+            .iter()
+            .chain(CREDENTIAL_HEADERS.iter())
+            .any(|h| is(h)))
+}
+
+/// The value of the `key` query parameter of a request target, if any (the client's
+/// credential in Google's form).
+pub fn credential_param(target: &str) -> Option<&str> {
+    let (_, query) = target.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(CREDENTIAL_PARAM)?.strip_prefix('='))
+}
+
+/// The query without any `key` parameter (the client's credential), other parameters
+/// in their order and spelling; `None` when nothing is left.
+fn without_credential(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(CREDENTIAL_PARAM))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 /// Whether an upstream response header goes to the client. Framing is ours to set
@@ -266,6 +290,33 @@ mod tests {
             upstream_url(BASE, "/v1/models/anthropic/claude-sonnet-4/endpoints").unwrap(),
             "https://openrouter.ai/api/v1/models/anthropic/claude-sonnet-4/endpoints"
         );
+    }
+
+    #[test]
+    fn a_key_query_parameter_never_goes_upstream() {
+        for (target, url) in [
+            (
+                "/v1beta/models/g:generateContent?key=dummy",
+                "https://openrouter.ai/api/v1/v1beta/models/g:generateContent",
+            ),
+            (
+                "/x?alt=sse&key=dummy",
+                "https://openrouter.ai/api/v1/x?alt=sse",
+            ),
+            (
+                "/x?key=a&alt=sse&key",
+                "https://openrouter.ai/api/v1/x?alt=sse",
+            ),
+            (
+                "/x?keys=1&monkey=2&key=3",
+                "https://openrouter.ai/api/v1/x?keys=1&monkey=2",
+            ),
+        ] {
+            assert_eq!(upstream_url(BASE, target).unwrap(), url, "{target}");
+        }
+        assert_eq!(credential_param("/x?alt=sse&key=dummy"), Some("dummy"));
+        assert_eq!(credential_param("/x?keys=1&monkey=2"), None);
+        assert_eq!(credential_param("/x"), None);
     }
 
     #[test]
@@ -429,7 +480,12 @@ mod tests {
         let names = [
             ("authorization", false),
             ("x-api-key", false),
+            ("x-goog-api-key", false),
+            ("api-key", false),
             ("proxy-authorization", false),
+            ("x-goog-api-keys", true),
+            ("api-keys", true),
+            ("goog-api-key", true),
             ("authorizatio", true),
             ("authorization2", true),
             ("x-api-keys", true),
@@ -466,6 +522,8 @@ mod tests {
         for name in [
             "Authorization",
             "x-api-key",
+            "X-Goog-Api-Key",
+            "api-key",
             "Host",
             "Content-Length",
             "Transfer-Encoding",

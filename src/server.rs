@@ -833,12 +833,18 @@ impl Proxy {
         let Some(expected) = &self.config.access_token else {
             return Ok(());
         };
-        match access::presented(|name| head.header(name)) {
-            Some(given) if access::token_matches(given, expected) => Ok(()),
-            _ => Err(Reply::new(
+        let given = access::presented(|name| head.header(name), &head.target);
+        // Every form is compared, so a client's dummy key in one does not hide the token
+        // in another.
+        if given.iter().fold(false, |ok, given| {
+            ok | access::token_matches(given, expected)
+        }) {
+            Ok(())
+        } else {
+            Err(Reply::new(
                 401,
-                "this proxy needs its access token: put it where your client asks for an API key (Authorization: Bearer … or x-api-key)",
-            )),
+                "this proxy needs its access token: put it where your client asks for an API key (Authorization: Bearer …, x-api-key, x-goog-api-key, api-key or ?key=)",
+            ))
         }
     }
 

@@ -70,6 +70,26 @@ fn with_a_token_every_request_must_carry_it_and_it_never_goes_upstream() {
             .unwrap(),
     );
     assert_eq!(key_ok.status, 200);
+    for (name, value) in [("x-goog-api-key", TOKEN), ("api-key", TOKEN)] {
+        let ok = Reply::from(
+            client()
+                .post(&proxy.url("/v1/chat/completions"))
+                .header(name, value)
+                .send("{}")
+                .unwrap(),
+        );
+        assert_eq!(ok.status, 200, "{name}");
+    }
+    // Google's clients put it in the query, maybe beside a dummy key in a header.
+    let query_ok = Reply::from(
+        client()
+            .post(&proxy.url(&format!("/v1beta/models/g:generateContent?key={TOKEN}")))
+            .header("x-goog-api-key", "dummy")
+            .send("{}")
+            .unwrap(),
+    );
+    assert_eq!(query_ok.status, 200);
+    assert_eq!(mock.requests().len(), 5);
     for seen in mock.requests() {
         assert_eq!(header_of(&seen, "authorization"), Some(bearer(1)));
         assert!(
