@@ -859,6 +859,7 @@ impl Proxy {
             upstream: &self.config.upstream,
             strategy: self.config.strategy,
             uptime: self.started.elapsed(),
+            waiting: self.room.waiting(),
         };
         let json = "application/json";
         match route {

@@ -46,6 +46,8 @@ pub struct About<'a> {
     pub upstream: &'a str,
     pub strategy: Strategy,
     pub uptime: Duration,
+    /// Requests waiting for a key now (`--wait`).
+    pub waiting: usize,
 }
 
 /// `/_roo/health`: 200 while a key can serve (now or after a rest), 503 otherwise.
@@ -95,6 +97,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
         "keys_available": report.outlook.ready,
         "keys_total": report.outlook.total,
         "paused_seconds": report.paused_seconds,
+        "requests_waiting": about.waiting,
         "requests": counters.by_status.values().sum::<u64>(),
         "requests_by_status": counters.by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "upstream_attempts": counters.attempts,
@@ -115,6 +118,14 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         "Seconds since the proxy started.",
     );
     let _ = writeln!(out, "roo_proxy_uptime_seconds {}", about.uptime.as_secs());
+
+    header(
+        &mut out,
+        "roo_proxy_requests_waiting",
+        "gauge",
+        "Requests waiting for a key (--wait).",
+    );
+    let _ = writeln!(out, "roo_proxy_requests_waiting {}", about.waiting);
 
     header(
         &mut out,

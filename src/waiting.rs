@@ -115,6 +115,11 @@ impl Room {
         }
     }
 
+    /// Requests waiting now (for the status page).
+    pub fn waiting(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()

@@ -202,6 +202,72 @@ fn without_wait_or_past_it_the_client_gets_429_at_once() {
     assert_eq!(reply.status, 429, "{}", reply.text());
 }
 
+/// Waiting requests take keys in the order they came. The key's budget allows one
+/// request at a time (each answer says one is left), so the upstream sees them one by
+/// one: in the order the proxy let them go.
+#[test]
+fn waiting_requests_are_served_in_arrival_order() {
+    let mock = Mock::start();
+    mock.plan(
+        &key(1),
+        &[
+            "budget:1:600",
+            "hang:5",
+            "budget:1:600",
+            "budget:1:600",
+            "budget:1:600",
+        ],
+    );
+    let proxy = Proxy::with(&mock).keys(1).arg("--wait").arg("60s").start();
+    assert_eq!(proxy.chat().status, 200);
+    // This one holds the budget upstream while the others line up.
+    let addr = proxy.addr();
+    let holder = std::thread::spawn({
+        let addr = addr.clone();
+        move || chat_raw(&addr, "holder")
+    });
+    eventually("the holder reached the upstream", || {
+        mock.requests().len() == 2
+    });
+    let waiting = || proxy.get("/_roo/status").json()["requests_waiting"].as_u64();
+    let mut clients = Vec::new();
+    for (n, name) in ["first", "second", "third"].into_iter().enumerate() {
+        let addr = addr.clone();
+        clients.push(std::thread::spawn(move || chat_raw(&addr, name)));
+        eventually(&format!("{name} waits"), || waiting() == Some(n as u64 + 1));
+    }
+    for client in clients {
+        let response = client.join().unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    // The holder's attempt fails when the hang ends; it may be tried again in its turn.
+    let held = holder.join().unwrap();
+    assert!(
+        held.starts_with("HTTP/1.1 502") || held.starts_with("HTTP/1.1 200"),
+        "{held}"
+    );
+    let order: Vec<String> = mock.requests()[2..]
+        .iter()
+        .map(|r| r["body"].as_str().unwrap().to_string())
+        .filter(|body| !body.contains("holder"))
+        .collect();
+    assert_eq!(
+        order,
+        [r#"{"n":"first"}"#, r#"{"n":"second"}"#, r#"{"n":"third"}"#]
+    );
+    assert_eq!(waiting(), Some(0));
+}
+
+/// A chat request with body `{"n":"NAME"}` on its own connection; the whole response.
+fn chat_raw(addr: &str, name: &str) -> String {
+    let body = format!(r#"{{"n":"{name}"}}"#);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    String::from_utf8_lossy(&raw_exchange(addr, request.as_bytes(), DEADLINE)).into_owned()
+}
+
 #[test]
 fn a_client_that_leaves_while_waiting_is_let_go_at_once() {
     let mock = Mock::start();
