@@ -15,7 +15,10 @@
 //! - A rate limit rests the key and every key of its account (OpenRouter limits per
 //!   account) for the rest the upstream announced. A key refused again right after it
 //!   came back on time (no success in between) rests twice as long each time, up to the
-//!   announced longest (the end of the day). A running rest is never shortened.
+//!   announced longest (the end of the day): "right after" is the first attempt sent
+//!   with the account after its rest ended. Later attempts of a burst let go at the
+//!   reset are refused when the new window fills, which says nothing against the reset.
+//!   A running rest is never shortened.
 //! - A limit on one model (or on `:free` models) rests the key's account for that model
 //!   only; the key keeps serving other models.
 //! - Budget: a success that announces the account's remaining requests caps the attempts
@@ -23,8 +26,8 @@
 //!   the reset without waiting for a 429.
 //! - When every usable key is resting from 429s that came within [`STORM_WINDOW`] (an
 //!   IP-wide or upstream-wide limit), nothing is sent until the shortest of those rests
-//!   ends; if an attempt sent after that pause gets a 429 too, the pause doubles. A
-//!   success ends the storm.
+//!   ends; if the first attempt sent after that pause gets a 429 too, the pause doubles.
+//!   A success ends the storm.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -233,6 +236,12 @@ pub struct Slot {
     pub allowance: Option<Allowance>,
     /// Attempts under way with this key.
     pub in_flight: u32,
+    /// When the first attempt with a key of this account after its latest rest ended
+    /// was sent: only that attempt's refusal says the announced reset was too early.
+    pub first_back: Option<Instant>,
+    /// When the rest before the latest one ended: a success sent between the two says
+    /// the key came back on time.
+    pub back_at: Option<Instant>,
 }
 
 impl Slot {
@@ -246,6 +255,8 @@ impl Slot {
             model_rests: Vec::new(),
             allowance: None,
             in_flight: 0,
+            first_back: None,
+            back_at: None,
         }
     }
 
@@ -289,6 +300,8 @@ pub struct Policy {
     paused_until: Option<Instant>,
     /// Storms since the last success: each doubles the next pause.
     storms: u32,
+    /// When the first attempt after the latest pause ended was sent.
+    first_after_pause: Option<Instant>,
     /// Attempts in flight per account group (the sum of its slots' `in_flight`).
     loads: HashMap<usize, u32>,
 }
@@ -318,6 +331,7 @@ impl Policy {
             strategy,
             paused_until: None,
             storms: 0,
+            first_after_pause: None,
             loads,
         }
     }
@@ -383,6 +397,17 @@ impl Policy {
                 Strategy::RoundRobin => (id + 1) % n,
                 Strategy::Sticky => id,
             };
+            if self.paused_until.is_some() && self.first_after_pause.is_none() {
+                self.first_after_pause = Some(now);
+            }
+            let slot = &self.slots[id];
+            if slot.first_back.is_none() && slot.rest_end.is_some_and(|end| now >= end) {
+                // Once per rest: the account's first attempt since it ended.
+                let group = slot.group;
+                for s in self.slots.iter_mut().filter(|s| s.group == group) {
+                    s.first_back.get_or_insert(now);
+                }
+            }
             let slot = &mut self.slots[id];
             slot.in_flight = slot.in_flight.saturating_add(1);
             *self.loads.entry(slot.group).or_insert(0) += 1;
@@ -478,7 +503,10 @@ impl Policy {
     ) -> Option<Change> {
         let slot = &mut self.slots[id];
         let news = slot.rest_end.is_none_or(|end| sent.at >= end);
-        if news && slot.strikes > 0 {
+        // Sent after the key came back from the rest before the latest: it came back on
+        // time (the latest rest is the new window filling up).
+        let on_time = slot.back_at.is_some_and(|back| sent.at >= back);
+        if (news || on_time) && slot.strikes > 0 {
             // The account serves again: its refusals in a row are over.
             let group = slot.group;
             for s in self.slots.iter_mut().filter(|s| s.group == group) {
@@ -549,7 +577,13 @@ impl Policy {
                 others += 1;
             }
             s.state = rested;
-            s.rest_end = Some(later(s.rest_end, until));
+            if s.rest_end.is_none_or(|end| end < until) {
+                if s.rest_end.is_some_and(|end| end <= now) {
+                    s.back_at = s.rest_end;
+                }
+                s.rest_end = Some(until);
+                s.first_back = None;
+            }
         }
         let until = self.slots[id].state.until().unwrap_or(until);
         (before != self.slots[id].state || others > 0).then_some(Change::Resting {
@@ -574,9 +608,14 @@ impl Policy {
             return None;
         }
         let announced = rest;
+        // Refused again right after coming back: the first attempt since the rest ended.
+        let again = slot.first_back.is_none_or(|first| sent <= first);
         let strikes = slot.strikes;
-        let rest = escalate(rest, longest, strikes);
-        let change = self.rest_group(id, now + rest, now, Some(strikes.saturating_add(1)));
+        let (rest, strikes) = match again {
+            true => (escalate(rest, longest, strikes), strikes.saturating_add(1)),
+            false => (rest, strikes),
+        };
+        let change = self.rest_group(id, now + rest, now, Some(strikes));
         let paused = self.storm(announced, sent, now);
         match change {
             Some(Change::Resting {
@@ -661,14 +700,18 @@ impl Policy {
     /// key; `sent` is when its attempt went out.
     fn storm(&mut self, rest: Duration, sent: Instant, now: Instant) -> Option<Instant> {
         if self.storms > 0 {
-            // A storm goes on only if an attempt sent after its pause is refused too.
-            if self.paused_until.is_some_and(|p| sent < p) {
+            // A storm goes on only if the first attempt sent after its pause is refused
+            // too (later ones of the same burst find the new window full).
+            if self.paused_until.is_some_and(|p| sent < p)
+                || self.first_after_pause.is_some_and(|first| sent > first)
+            {
                 return None;
             }
             self.storms = self.storms.saturating_add(1);
             let length = rest.saturating_mul(2u32.saturating_pow((self.storms - 1).min(20)));
             let until = later(self.paused_until, now + length);
             self.paused_until = Some(until);
+            self.first_after_pause = None;
             return Some(until);
         }
         let usable: Vec<&Slot> = self.slots.iter().filter(|s| s.state.usable()).collect();
@@ -692,6 +735,7 @@ impl Policy {
             .map_or(rest, |u| u.duration_since(now));
         let until = later(self.paused_until, now + length);
         self.paused_until = Some(until);
+        self.first_after_pause = None;
         Some(until)
     }
 
@@ -1127,6 +1171,88 @@ mod tests {
         assert!(
             pick(&mut p, second, &[]).is_some(),
             "no pause after a success"
+        );
+    }
+
+    /// At the reset, waiting requests go at once: the window's first attempts are
+    /// served (slowly), the rest are refused at once as the new window fills. Those
+    /// refusals come back first, but only the first attempt's refusal would say the
+    /// reset was too early: the account rests until the new reset, not twice as long.
+    #[test]
+    fn a_burst_at_the_reset_that_fills_the_new_window_is_not_escalated() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[7, 7], Strategy::RoundRobin);
+        let _ = pick(&mut p, t0, &[]).unwrap();
+        let first = p.record(0, limited(secs(5)), at(t0), t0);
+        assert_eq!(until_of(first), t0 + secs(5));
+        let reset = t0 + secs(5);
+        // Eight attempts let go at the reset, one after the other.
+        let sent: Vec<(KeyId, Instant)> = (0..8)
+            .map(|i| (pick(&mut p, reset + ms(i), &[]).unwrap().0, reset + ms(i)))
+            .collect();
+        // The last three are refused (the new window is full) before the first five
+        // are served: the account rests until the announced reset only.
+        let refused = p.record(sent[7].0, limited(secs(5)), at(sent[7].1), reset + ms(20));
+        assert_eq!(until_of(refused), reset + ms(20) + secs(5));
+        for &(id, at_) in &sent[5..7] {
+            assert_eq!(
+                p.record(id, limited(secs(5)), at(at_), reset + ms(21)),
+                None
+            );
+        }
+        for &(id, at_) in &sent[..5] {
+            let _ = p.record(id, Outcome::SERVED, at(at_), reset + ms(100));
+        }
+        assert_eq!(p.slot(0).strikes, 0);
+        // Next time, the first attempt after the rest is refused: that escalates.
+        let back = reset + ms(20) + secs(5);
+        let (id, _) = pick(&mut p, back, &[]).unwrap();
+        let _ = pick(&mut p, back + ms(1), &[]).unwrap();
+        let again = p.record(id, limited(secs(5)), at(back), back + ms(5));
+        assert_eq!(until_of(again), back + ms(5) + secs(5));
+        let back = back + ms(5) + secs(5);
+        let (id, _) = pick(&mut p, back, &[]).unwrap();
+        let again = p.record(id, limited(secs(5)), at(back), back + ms(5));
+        assert_eq!(
+            until_of(again),
+            back + ms(5) + secs(10),
+            "refused right after coming back twice in a row"
+        );
+    }
+
+    /// The same for a pool-wide pause: a refusal of a later attempt of the burst that
+    /// follows the pause does not double it.
+    #[test]
+    fn a_burst_after_a_pause_doubles_it_only_if_its_first_attempt_is_refused() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(2);
+        let _ = p.record(0, limited(secs(5)), at(t0), t0);
+        let change = p.record(1, limited(secs(5)), at(t0), t0);
+        let Some(Change::Resting {
+            paused: Some(pause),
+            ..
+        }) = change
+        else {
+            panic!("{change:?}")
+        };
+        let (first, _) = pick(&mut p, pause, &[]).unwrap();
+        let (second, _) = pick(&mut p, pause + ms(1), &[]).unwrap();
+        let change = p.record(second, limited(secs(5)), at(pause + ms(1)), pause + ms(2));
+        assert!(
+            matches!(change, Some(Change::Resting { paused: None, .. })),
+            "{change:?}"
+        );
+        assert_eq!(p.pause().1, 1, "the storm count did not go up");
+        let change = p.record(first, limited(secs(5)), at(pause), pause + ms(3));
+        assert!(
+            matches!(
+                change,
+                Some(Change::Resting {
+                    paused: Some(_),
+                    ..
+                })
+            ),
+            "the first attempt after the pause refused: {change:?}"
         );
     }
 
