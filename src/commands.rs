@@ -111,6 +111,9 @@ fn encrypt(path: PathBuf) -> Result<u8, Error> {
         outln!("it is already encrypted; nothing changed");
         return Ok(0);
     }
+    // A file that does not parse is refused before a passphrase is asked for.
+    drop(store::load(&path)?);
+    store::create_folder(&path)?;
     let chosen = secret::choose().map_err(Error::Refused)?;
     let seal = store::Seal::new(&chosen.secret, chosen.work)
         .map_err(|e| Error::Refused(format!("cannot encrypt: {e}")))?;

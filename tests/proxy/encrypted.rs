@@ -382,3 +382,73 @@ fn the_age_command_decrypts_our_file() {
     assert_eq!(keys, [key(1), key(2), key(3)]);
     assert_eq!(opened["comment"], "team keys");
 }
+
+#[test]
+fn a_malformed_or_damaged_file_is_neither_encrypted_nor_decrypted() {
+    let dir = TempDir::new();
+    let file = dir.path().join("keys.json");
+    let bad = format!("[\"{}\",\n  oops]", key(1));
+    fs::write(&file, &bad).unwrap();
+    let ran = keys_with(dir.path(), PASSPHRASE, &["encrypt"]);
+    assert_eq!(ran.code, Some(2), "{}", ran.all());
+    assert!(
+        ran.stderr.contains("is not valid JSON at line 2"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), bad);
+
+    fs::write(&file, rich_keys_file().to_string()).unwrap();
+    ok(keys_with(dir.path(), PASSPHRASE, &["encrypt"]));
+    let mut damaged = fs::read_to_string(&file).unwrap();
+    // Change one base64 character inside the armored payload.
+    let at = damaged.len() - 40;
+    let swapped = if &damaged[at..at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    damaged.replace_range(at..at + 1, swapped);
+    fs::write(&file, &damaged).unwrap();
+    for args in [&["decrypt"][..], &["list"][..], &["add", &key(3)][..]] {
+        let ran = keys_with(dir.path(), PASSPHRASE, args);
+        assert_eq!(ran.code, Some(2), "{args:?}: {}", ran.all());
+        assert!(
+            ran.stderr
+                .contains("is encrypted and it is not a readable age file"),
+            "{}",
+            ran.stderr
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(&file).unwrap(),
+        damaged,
+        "the file was changed"
+    );
+}
+
+#[test]
+fn encrypt_makes_a_missing_file_an_encrypted_empty_one() {
+    let dir = TempDir::new();
+    let file = dir.path().join("new").join("keys.json");
+    let path = file.to_string_lossy().into_owned();
+    ok(keys_with(
+        dir.path(),
+        PASSPHRASE,
+        &["encrypt", "--keys-file", &path],
+    ));
+    assert_encrypted(&file);
+    ok(keys_with(
+        dir.path(),
+        PASSPHRASE,
+        &["add", &key(1), "--keys-file", &path],
+    ));
+    assert_encrypted(&file);
+    assert_no_key_material(&dir.path().join("new"), 1);
+    ok(keys_with(
+        dir.path(),
+        PASSPHRASE,
+        &["decrypt", "--keys-file", &path],
+    ));
+    assert_eq!(keys_in(&file), [key(1)]);
+}
