@@ -3,7 +3,7 @@
 # with curl from Linux: a plain and a streamed request, a rotation past a 429, the keys
 # commands (a UTF-16 keys file with CRLF, a key piped with CRLF), the owner-only DACL of
 # a new keys file and the warning for one others can read, ASCII output, a hot reload,
-# and a stop.
+# keys encrypt/decrypt with Credential Manager, and a stop.
 #
 # Usage: scripts/smoke-windows.sh DIR   (DIR holds roo-proxy.exe and mock-upstream.exe)
 # Needs wine64, x86_64-w64-mingw32-gcc and curl (.ci/run installs them). Headless: console
@@ -153,6 +153,18 @@ ok "rotation past a 429"
 w "$bin/roo-proxy.exe" keys add "$key3" --label three > /dev/null 2> "$work/cmd.err" || fail "keys add while running"
 wait_for "$work/proxy.log" "keys file changed: 1 added, 0 removed, 3 in the pool"
 ok "hot reload of the keys file"
+
+# 6b. keys encrypt: a generated secret in Credential Manager (Wine's); the running proxy
+#     opens the encrypted file with it, and a key added to it reaches the pool.
+w "$bin/roo-proxy.exe" keys encrypt > "$work/cmd.out" 2> "$work/cmd.err" || fail "keys encrypt: $(cat "$work/cmd.out")"
+grep -q "stored in Windows Credential Manager" "$work/cmd.out" || fail "keys encrypt: $(cat "$work/cmd.out")"
+grep -q -e "$key1" -e "$key3" "$work/keys.json" && fail "keys readable in the encrypted file"
+wait_for "$work/proxy.log" "keys file changed: 0 added, 0 removed, 3 in the pool"
+w "$bin/roo-proxy.exe" keys add "$key4" --label four > /dev/null 2> "$work/cmd.err" || fail "keys add to the encrypted file"
+wait_for "$work/proxy.log" "keys file changed: 1 added, 0 removed, 4 in the pool"
+w "$bin/roo-proxy.exe" keys decrypt > /dev/null 2> "$work/cmd.err" || fail "keys decrypt"
+grep -q "$key4" "$work/keys.json" || fail "keys decrypt did not give back the added key"
+ok "keys encrypt with Credential Manager, hot reload, keys decrypt"
 
 # 7. A stop: Wine turns SIGINT into Ctrl-C; the proxy says so and exits.
 kill -INT "$proxy"
