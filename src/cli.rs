@@ -21,7 +21,13 @@ pub struct Args {
     #[argh(option)]
     pub port: Option<u16>,
 
-    /// API base URL to forward to (default https://openrouter.ai/api/v1)
+    /// the provider the keys are for: openrouter (default), openai, anthropic, gemini,
+    /// gemini-openai, groq, mistral, deepseek, cerebras, xai, or custom (with --upstream)
+    #[argh(option)]
+    pub provider: Option<String>,
+
+    /// API base URL to forward to, instead of the provider's (default
+    /// https://openrouter.ai/api/v1)
     #[argh(option)]
     pub upstream: Option<String>,
 
@@ -238,7 +244,12 @@ pub struct ListArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "check")]
 pub struct CheckArgs {
-    /// the API base to ask (default https://openrouter.ai/api/v1)
+    /// the provider the keys are for (default openrouter; see roo-proxy --help)
+    #[argh(option)]
+    pub provider: Option<String>,
+
+    /// the API base to ask, instead of the provider's (default
+    /// https://openrouter.ai/api/v1)
     #[argh(option)]
     pub upstream: Option<String>,
 

@@ -18,6 +18,7 @@ use crate::console::{errln, outln, plain};
 use crate::error::Error;
 use crate::key::{self, ApiKey};
 use crate::pool::epoch_ms;
+use crate::provider::{Check, Provider};
 use crate::secret::{self, Origin};
 use crate::state::{self, KeyStatus, ScopedRest};
 use crate::store::{self, Edit, KeyEntry};
@@ -649,7 +650,7 @@ fn check(
     args: CheckArgs,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<u8, Error> {
-    let upstream = config::upstream(args.upstream, env)?;
+    let (provider, upstream) = config::upstream(args.provider, args.upstream, env)?;
     let file = store::load_with_env(&path, env)?;
     match file.source {
         store::Source::Env(variable) => {
@@ -669,9 +670,15 @@ fn check(
         .timeout_global(Some(CHECK_TIMEOUT))
         .build()
         .into();
-    let url = format!("{upstream}/key");
+    let url = match provider.check() {
+        Check::Credit => format!("{upstream}/key"),
+        Check::Models(path) => format!("{upstream}{path}"),
+    };
+    outln!("provider: {provider}, asking {url}");
     let keys: Vec<&ApiKey> = file.entries.iter().map(|e| &e.key).collect();
-    let results = in_parallel(&keys, CHECK_WORKERS, |key| check_one(&agent, &url, key));
+    let results = in_parallel(&keys, CHECK_WORKERS, |key| {
+        check_one(&agent, &url, key, provider)
+    });
     let mut bad = 0;
     for (entry, (valid, text)) in file.entries.iter().zip(results) {
         bad += usize::from(!valid);
@@ -725,12 +732,16 @@ fn in_parallel<T: Sync, R: Send>(
     done.into_iter().map(|(_, result)| result).collect()
 }
 
-/// Asks the key-info endpoint about one key: (valid, what to print).
-fn check_one(agent: &ureq::Agent, url: &str, key: &ApiKey) -> (bool, String) {
-    let response = agent
-        .get(url)
-        .header("Authorization", &format!("Bearer {}", key.expose()))
-        .call();
+/// Asks the provider's check endpoint about one key: (valid, what to print). Only
+/// OpenRouter's `/key` tells credit; a model list tells validity.
+fn check_one(agent: &ureq::Agent, url: &str, key: &ApiKey, provider: Provider) -> (bool, String) {
+    let auth = provider.auth();
+    let (name, value) = auth.header(key.expose());
+    let mut request = agent.get(url).header(name, &value);
+    for &(name, value) in auth.defaults() {
+        request = request.header(name, value);
+    }
+    let response = request.call();
     let mut response = match response {
         Ok(response) => response,
         Err(e) => {
@@ -756,6 +767,7 @@ fn check_one(agent: &ureq::Agent, url: &str, key: &ApiKey) -> (bool, String) {
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
     match status {
+        200..=299 if provider.check() != Check::Credit => (true, "valid".to_string()),
         200..=299 => {
             let data = serde_json::from_slice::<Value>(&body)
                 .ok()

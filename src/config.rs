@@ -11,11 +11,11 @@ use crate::cli::Args;
 use crate::error::Error;
 use crate::http1::Limits;
 use crate::policy::Strategy;
+use crate::provider::{self, Provider};
 use crate::store;
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 3002;
-pub const DEFAULT_UPSTREAM: &str = "https://openrouter.ai/api/v1";
 pub const DEFAULT_KEYS_FILE: &str = "keys.json";
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
 /// The default attempt budget is one per available key, but never more than this.
@@ -25,7 +25,9 @@ pub const MAX_DEFAULT_ATTEMPTS: usize = 8;
 pub struct Config {
     pub host: String,
     pub port: u16,
-    /// The API base, without a trailing slash.
+    /// The provider preset (`--provider`): how keys go upstream, paths, error shapes.
+    pub provider: Provider,
+    /// The API base, without a trailing slash: the provider's, or `--upstream`.
     pub upstream: String,
     /// Absolute.
     pub keys_file: PathBuf,
@@ -84,7 +86,7 @@ impl Config {
                 None => DEFAULT_PORT,
             },
         };
-        let upstream = upstream(args.upstream, env)?;
+        let (provider, upstream) = upstream(args.provider, args.upstream, env)?;
         let keys_file = keys_file(args.keys_file, env);
         let cooldown = setting(
             args.cooldown,
@@ -222,6 +224,7 @@ impl Config {
         Ok(Config {
             host: host.trim().to_string(),
             port,
+            provider,
             upstream,
             keys_file,
             cooldown,
@@ -331,19 +334,45 @@ pub fn user_keys_file(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     Some(folder.join("roo-proxy").join(DEFAULT_KEYS_FILE))
 }
 
-/// The API base: the flag, else `ROO_PROXY_UPSTREAM`, else OpenRouter; checked.
+/// The provider (`--provider`, else `ROO_PROXY_PROVIDER`, else OpenRouter) and the API
+/// base: `--upstream`, else `ROO_PROXY_UPSTREAM`, else the provider's; checked.
 pub fn upstream(
+    provider_flag: Option<String>,
     flag: Option<String>,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<String, Error> {
+) -> Result<(Provider, String), Error> {
+    let provider = match provider_flag.map(|p| (p, "--provider")).or_else(|| {
+        env("ROO_PROXY_PROVIDER")
+            .filter(|v| !v.trim().is_empty())
+            .map(|p| (p, "ROO_PROXY_PROVIDER"))
+    }) {
+        None => Provider::OpenRouter,
+        Some((name, source)) => Provider::parse(&name).ok_or_else(|| {
+            Error::Config(format!(
+                "{source} '{}' is not a provider; use one of {}",
+                name.escape_debug(),
+                provider::names()
+            ))
+        })?,
+    };
     let (url, source) = match flag {
         Some(url) => (url, "--upstream"),
         None => match env("ROO_PROXY_UPSTREAM").filter(|v| !v.trim().is_empty()) {
             Some(url) => (url, "ROO_PROXY_UPSTREAM"),
-            None => (DEFAULT_UPSTREAM.to_string(), "--upstream"),
+            None => match provider.base_url() {
+                Some(base) => (base.to_string(), "--upstream"),
+                None => {
+                    return Err(Error::Config(
+                        "--provider custom needs the API base: give it with --upstream https://…/v1"
+                            .to_string(),
+                    ));
+                }
+            },
         },
     };
-    check_upstream(&url).map_err(|why| Error::Config(format!("{source} '{url}' {why}")))
+    let url =
+        check_upstream(&url).map_err(|why| Error::Config(format!("{source} '{url}' {why}")))?;
+    Ok((provider, url))
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
@@ -610,6 +639,7 @@ mod tests {
     const FLAGS: &[FlagRow] = &[
         row("--host", "::1"),
         row("--port", "4000"),
+        row("--provider", "groq"),
         row("--upstream", "https://api.groq.com/openai/v1"),
         row("--keys-file", "/elsewhere/k.json"),
         row("--cooldown", "90s"),

@@ -2,13 +2,17 @@
 //! told when the proxy answers for itself.
 //!
 //! Invariant: every answer the proxy makes on its own goes through [`Reply`], so clients
-//! always get the OpenRouter/OpenAI shape `{"error":{"code":N,"message":"roo-proxy: …"}}`.
+//! always get their provider's error shape ([`Shape`]): OpenRouter/OpenAI
+//! `{"error":{"code":N,"message":"roo-proxy: …"}}`, Anthropic
+//! `{"type":"error","error":{"type":…,"message":…}}` or Google
+//! `{"error":{"code":N,"status":…,"message":…}}`.
 //! Messages say what happened and what to do; none holds a raw key.
 
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
+pub use crate::provider::Shape;
 use crate::store::StoreError;
 
 /// Why `roo-proxy` could not start or stopped. Printed once by `main`.
@@ -102,12 +106,64 @@ impl Reply {
 
     /// The JSON body, in OpenRouter's error shape.
     pub fn body(&self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "error": { "code": self.status, "message": format!("roo-proxy: {}", self.message) }
-        });
-        body.to_string().into_bytes()
+        self.body_in(Shape::OpenAi)
     }
 
+    /// The JSON body, in `shape`.
+    pub fn body_in(&self, shape: Shape) -> Vec<u8> {
+        error_json(self.status, &format!("roo-proxy: {}", self.message), shape)
+            .to_string()
+            .into_bytes()
+    }
+}
+
+/// An error of the proxy's own, with this status and message, in `shape`.
+pub fn error_json(status: u16, message: &str, shape: Shape) -> serde_json::Value {
+    match shape {
+        Shape::OpenAi => serde_json::json!({ "error": { "code": status, "message": message } }),
+        Shape::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": { "type": anthropic_type(status), "message": message },
+        }),
+        Shape::Google => serde_json::json!({
+            "error": { "code": status, "status": google_status(status), "message": message },
+        }),
+    }
+}
+
+/// Anthropic's error type for a status (its API reference, "Errors").
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// Google's canonical status name for an HTTP status (google.rpc.Code).
+fn google_status(status: u16) -> &'static str {
+    match status {
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        408 | 504 => "DEADLINE_EXCEEDED",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        502 | 503 => "UNAVAILABLE",
+        400..=499 => "INVALID_ARGUMENT",
+        _ => "INTERNAL",
+    }
+}
+
+impl Reply {
     /// Headers beyond Content-Type and Content-Length.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = Vec::new();
@@ -131,6 +187,21 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&reply.body()).unwrap();
         assert_eq!(json["error"]["code"], 502);
         assert_eq!(json["error"]["message"], "roo-proxy: the upstream failed");
+    }
+
+    #[test]
+    fn the_body_has_anthropics_and_googles_shapes_when_asked() {
+        let reply = Reply::new(429, "all keys rest");
+        let json: serde_json::Value =
+            serde_json::from_slice(&reply.body_in(Shape::Anthropic)).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["error"]["type"], "rate_limit_error");
+        assert_eq!(json["error"]["message"], "roo-proxy: all keys rest");
+        let json: serde_json::Value =
+            serde_json::from_slice(&reply.body_in(Shape::Google)).unwrap();
+        assert_eq!(json["error"]["code"], 429);
+        assert_eq!(json["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(json["error"]["message"], "roo-proxy: all keys rest");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod metrics;
 mod owner_only;
 mod policy;
 mod pool;
+mod provider;
 mod route;
 mod sealed;
 mod secret;

@@ -5,11 +5,6 @@
 
 use std::fmt;
 
-/// The client path prefixes that stand for the API base: Roo Code appends
-/// `/chat/completions` to whatever base URL the user typed, so `http://localhost:3002`,
-/// `…/v1` and `…/api/v1` must all work. The first that matches is stripped.
-const BASE_PREFIXES: [&str; 3] = ["/api/v1/", "/v1/", "/"];
-
 /// Why a request target was refused (answered 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BadTarget {
@@ -70,7 +65,9 @@ pub fn model_of(path: &str, body: &[u8]) -> Option<String> {
 /// Maps a client request target to the upstream URL: `base` (no trailing slash) joined
 /// with the target minus its base prefix; the query string is kept as it came, less any
 /// `key` parameter (a client's credential, which never goes upstream).
-pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
+/// `prefixes` are the client path prefixes that stand for the base (the provider's
+/// [`crate::provider::Provider::base_prefixes`]); the first that matches is stripped.
+pub fn upstream_url(base: &str, prefixes: &[&str], target: &str) -> Result<String, BadTarget> {
     if !target.starts_with('/') || target.starts_with("//") {
         return Err(BadTarget::NotAPath);
     }
@@ -87,7 +84,7 @@ pub fn upstream_url(base: &str, target: &str) -> Result<String, BadTarget> {
     if path.split('/').any(is_dot_segment) || contains_encoded_slash(path) {
         return Err(BadTarget::Escapes);
     }
-    let rest = BASE_PREFIXES
+    let rest = prefixes
         .iter()
         .find_map(|prefix| path.strip_prefix(prefix))
         .unwrap_or(path);
@@ -265,6 +262,7 @@ mod tests {
     }
 
     const BASE: &str = "https://openrouter.ai/api/v1";
+    const OPENAI: &[&str] = crate::provider::Provider::OpenRouter.base_prefixes();
 
     #[test]
     fn all_three_client_base_urls_reach_the_same_endpoint() {
@@ -274,7 +272,7 @@ mod tests {
             "/api/v1/chat/completions",
         ] {
             assert_eq!(
-                upstream_url(BASE, target).unwrap(),
+                upstream_url(BASE, OPENAI, target).unwrap(),
                 "https://openrouter.ai/api/v1/chat/completions"
             );
         }
@@ -283,13 +281,47 @@ mod tests {
     #[test]
     fn the_query_string_is_kept() {
         assert_eq!(
-            upstream_url(BASE, "/api/v1/generation?id=gen-123&x=%20y").unwrap(),
+            upstream_url(BASE, OPENAI, "/api/v1/generation?id=gen-123&x=%20y").unwrap(),
             "https://openrouter.ai/api/v1/generation?id=gen-123&x=%20y"
         );
         assert_eq!(
-            upstream_url(BASE, "/v1/models/anthropic/claude-sonnet-4/endpoints").unwrap(),
+            upstream_url(
+                BASE,
+                OPENAI,
+                "/v1/models/anthropic/claude-sonnet-4/endpoints"
+            )
+            .unwrap(),
             "https://openrouter.ai/api/v1/models/anthropic/claude-sonnet-4/endpoints"
         );
+    }
+
+    #[test]
+    fn gemini_paths_keep_their_version_once() {
+        use crate::provider::Provider;
+        let gemini = Provider::Gemini;
+        let base = gemini.base_url().unwrap();
+        assert_eq!(
+            upstream_url(
+                base,
+                gemini.base_prefixes(),
+                "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&key=x"
+            )
+            .unwrap(),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+        );
+        let compatible = Provider::GeminiOpenAi;
+        let base = compatible.base_url().unwrap();
+        for target in [
+            "/v1/chat/completions",
+            "/v1beta/openai/chat/completions",
+            "/chat/completions",
+        ] {
+            assert_eq!(
+                upstream_url(base, compatible.base_prefixes(), target).unwrap(),
+                "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+                "{target}"
+            );
+        }
     }
 
     #[test]
@@ -312,7 +344,7 @@ mod tests {
                 "https://openrouter.ai/api/v1/x?keys=1&monkey=2",
             ),
         ] {
-            assert_eq!(upstream_url(BASE, target).unwrap(), url, "{target}");
+            assert_eq!(upstream_url(BASE, OPENAI, target).unwrap(), url, "{target}");
         }
         assert_eq!(credential_param("/x?alt=sse&key=dummy"), Some("dummy"));
         assert_eq!(credential_param("/x?keys=1&monkey=2"), None);
@@ -322,15 +354,15 @@ mod tests {
     #[test]
     fn only_the_first_prefix_is_stripped() {
         assert_eq!(
-            upstream_url(BASE, "/v1/v1/x").unwrap(),
+            upstream_url(BASE, OPENAI, "/v1/v1/x").unwrap(),
             "https://openrouter.ai/api/v1/v1/x"
         );
         assert_eq!(
-            upstream_url(BASE, "/v1").unwrap(),
+            upstream_url(BASE, OPENAI, "/v1").unwrap(),
             "https://openrouter.ai/api/v1/v1"
         );
         assert_eq!(
-            upstream_url(BASE, "/").unwrap(),
+            upstream_url(BASE, OPENAI, "/").unwrap(),
             "https://openrouter.ai/api/v1/"
         );
     }
@@ -345,7 +377,7 @@ mod tests {
             "",
         ] {
             assert_eq!(
-                upstream_url(BASE, target),
+                upstream_url(BASE, OPENAI, target),
                 Err(BadTarget::NotAPath),
                 "{target}"
             );
@@ -367,21 +399,21 @@ mod tests {
             "/%2e%2e%3b/x",
         ] {
             assert_eq!(
-                upstream_url(BASE, target),
+                upstream_url(BASE, OPENAI, target),
                 Err(BadTarget::Escapes),
                 "{target}"
             );
         }
         for target in ["/a\\b", "/a b", "/a\r\nb", "/a\0", "/a#frag", "/é"] {
             assert_eq!(
-                upstream_url(BASE, target),
+                upstream_url(BASE, OPENAI, target),
                 Err(BadTarget::BadByte),
                 "{target:?}"
             );
         }
         // Dots inside a segment are ordinary.
-        assert!(upstream_url(BASE, "/models/x.y/..z").is_ok());
-        assert!(upstream_url(BASE, "/models/a;b/..x;y").is_ok());
+        assert!(upstream_url(BASE, OPENAI, "/models/x.y/..z").is_ok());
+        assert!(upstream_url(BASE, OPENAI, "/models/a;b/..x;y").is_ok());
     }
 
     /// Whatever byte a target holds, a mapped URL is one the upstream client takes.
@@ -389,13 +421,16 @@ mod tests {
     fn every_mapped_target_is_a_url_the_upstream_client_takes() {
         for b in 0u8..=255 {
             for target in [format!("/a{}b", b as char), format!("/a?x={}", b as char)] {
-                if let Ok(url) = upstream_url(BASE, &target) {
+                if let Ok(url) = upstream_url(BASE, OPENAI, &target) {
                     assert!(url.parse::<ureq::http::Uri>().is_ok(), "{target:?}");
                 }
             }
         }
-        assert_eq!(upstream_url(BASE, "/a?x=\""), Err(BadTarget::BadByte));
-        assert!(upstream_url(BASE, "/a?x={}|^").is_ok());
+        assert_eq!(
+            upstream_url(BASE, OPENAI, "/a?x=\""),
+            Err(BadTarget::BadByte)
+        );
+        assert!(upstream_url(BASE, OPENAI, "/a?x={}|^").is_ok());
     }
 
     #[test]
@@ -445,7 +480,7 @@ mod tests {
         let mut rng = crate::testing::Rng::new(7);
         for _ in 0..20_000 {
             let target = rng.text(&pieces, 12);
-            let Ok(url) = upstream_url(BASE, &target) else {
+            let Ok(url) = upstream_url(BASE, OPENAI, &target) else {
                 continue;
             };
             let rest = url

@@ -25,7 +25,7 @@ use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::connection::{self, BodyError, Conn};
 use crate::console::outln;
-use crate::error::{Error, Reply};
+use crate::error::{Error, Reply, Shape};
 use crate::held::{Claim, Held};
 use crate::http1::Head;
 use crate::key;
@@ -318,7 +318,7 @@ impl Proxy {
         let cors = browser::cors_headers(caller);
         if self.stopping.load(Ordering::SeqCst) {
             let reply = Reply::busy("roo-proxy is shutting down; send the request again");
-            let _ = stream::write_reply_with(conn, &reply, true, &cors);
+            let _ = stream::write_reply_in(conn, &reply, true, &cors, self.shape());
             conn.close_after();
             return;
         }
@@ -327,7 +327,7 @@ impl Proxy {
                 "too many requests at once (--max-requests {}); send it again in a moment",
                 self.config.max_requests
             ));
-            let _ = stream::write_reply_with(conn, &reply, false, &cors);
+            let _ = stream::write_reply_in(conn, &reply, false, &cors, self.shape());
             self.metrics
                 .request(503, 0, started.elapsed(), None, SystemTime::now());
             return;
@@ -363,7 +363,7 @@ impl Proxy {
                 claim: _held,
             }) => self.forward(conn, head.http10, &incoming, &url, &headers, &body),
             Err(reply) => {
-                let _ = stream::write_reply_with(conn, &reply, false, &cors);
+                let _ = stream::write_reply_in(conn, &reply, false, &cors, self.shape());
                 if reply.status >= 500 || reply.status == 429 {
                     debug!("{}", reply.message);
                 }
@@ -457,8 +457,12 @@ impl Proxy {
                 ),
             ));
         }
-        let url = route::upstream_url(&self.config.upstream, incoming.target)
-            .map_err(|e| Reply::new(400, e.to_string()))?;
+        let url = route::upstream_url(
+            &self.config.upstream,
+            self.config.provider.base_prefixes(),
+            incoming.target,
+        )
+        .map_err(|e| Reply::new(400, e.to_string()))?;
         // Every Connection header names headers that stop here.
         let named: Vec<String> = head
             .headers
@@ -567,7 +571,7 @@ impl Proxy {
                                 log_change(&entry, change, now, "its budget of requests is spent");
                             }
                             let first_byte = Some(incoming.started.elapsed());
-                            let (status, note) = deliver(to, http10, delivery);
+                            let (status, note) = deliver(to, http10, delivery, self.shape());
                             return Done {
                                 status,
                                 attempts: attempts.made(),
@@ -617,7 +621,7 @@ impl Proxy {
                 Next::GiveUp(reply) => {
                     drop(in_line);
                     let first_byte = Some(incoming.started.elapsed());
-                    let _ = stream::write_reply_with(to, &reply, false, incoming.cors);
+                    let _ = stream::write_reply_in(to, &reply, false, incoming.cors, self.shape());
                     return Done {
                         status: reply.status,
                         attempts: attempts.made(),
@@ -694,7 +698,7 @@ impl Proxy {
             incoming.method,
             url,
             headers,
-            &entry.key,
+            (&entry.key, self.config.provider.auth()),
             body,
         );
         let response = match sent {
@@ -828,6 +832,11 @@ impl Proxy {
         )
     }
 
+    /// The error shape of the proxy's own answers: the provider's.
+    fn shape(&self) -> Shape {
+        self.config.provider.shape()
+    }
+
     /// With an access token configured, the request must carry it.
     fn check_access(&self, head: &Head) -> Result<(), Reply> {
         let Some(expected) = &self.config.access_token else {
@@ -955,7 +964,8 @@ impl Drop for InFlight<'_> {
 
 /// Writes an upstream response to the client; returns the status and, when the body did
 /// not end cleanly, why.
-fn deliver(to: &mut Conn, http10: bool, delivery: Delivery) -> (u16, Option<String>) {
+/// A broken event stream ends with an error event in `shape`.
+fn deliver(to: &mut Conn, http10: bool, delivery: Delivery, shape: Shape) -> (u16, Option<String>) {
     let gone = |e: std::io::Error| Some(format!("client went away: {e}"));
     match delivery {
         Delivery::Whole {
@@ -983,11 +993,18 @@ fn deliver(to: &mut Conn, http10: bool, delivery: Delivery) -> (u16, Option<Stri
             sse,
         } => {
             let framing = length.map_or(Framing::streaming(http10), Framing::Length);
-            let (end, bytes) =
-                match stream::write_stream(to, status, &headers, framing, held, &mut body, sse) {
-                    Ok(relayed) => relayed,
-                    Err(e) => return (status, gone(e)),
-                };
+            let (end, bytes) = match stream::write_stream(
+                to,
+                status,
+                &headers,
+                framing,
+                held,
+                &mut body,
+                sse.then_some(shape),
+            ) {
+                Ok(relayed) => relayed,
+                Err(e) => return (status, gone(e)),
+            };
             let note = match end {
                 End::Complete => None,
                 End::UpstreamFailed(e) => {

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 
 use ureq::http::StatusCode;
 
-use crate::error::Reply;
+use crate::error::{Reply, Shape};
 use crate::spare;
 
 /// How a response body is delimited on the client connection.
@@ -116,6 +116,17 @@ pub fn write_reply_with(
     close: bool,
     more: &[(String, String)],
 ) -> io::Result<()> {
+    write_reply_in(to, reply, close, more, Shape::OpenAi)
+}
+
+/// [`write_reply_with`] in the error shape of the client's provider.
+pub fn write_reply_in(
+    to: &mut dyn Write,
+    reply: &Reply,
+    close: bool,
+    more: &[(String, String)],
+    shape: Shape,
+) -> io::Result<()> {
     let mut headers: Vec<(String, String)> =
         vec![("Content-Type".into(), "application/json".into())];
     if close {
@@ -123,7 +134,7 @@ pub fn write_reply_with(
     }
     headers.extend(reply.headers().into_iter().map(|(n, v)| (n.to_string(), v)));
     headers.extend_from_slice(more);
-    write_full(to, reply.status, &headers, &reply.body())
+    write_full(to, reply.status, &headers, &reply.body_in(shape))
 }
 
 /// Size of one read from the upstream: the relay buffer (with the chunk framing around
@@ -142,7 +153,7 @@ pub fn write_stream(
     framing: Framing,
     held: Vec<u8>,
     body: &mut dyn Read,
-    sse: bool,
+    sse: Option<Shape>,
 ) -> io::Result<(End, u64)> {
     if held.is_empty() {
         write_head(to, status, headers, framing)?;
@@ -183,7 +194,13 @@ impl Write for HeadFirst<'_> {
 /// in OpenRouter's in-stream shape and is ended, so SDKs raise an error; any other body
 /// is left unfinished (no terminating chunk, short of its length), and the caller closes
 /// the connection, so the client can tell it is incomplete.
-pub fn relay(from: &mut dyn Read, to: &mut dyn Write, framing: Framing, sse: bool) -> (End, u64) {
+/// The error event is in `shape` (Anthropic's `event: error`, Google's error object).
+pub fn relay(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    framing: Framing,
+    sse: Option<Shape>,
+) -> (End, u64) {
     // One buffer per stream, the thread's spare: each read lands after room for its
     // chunk-size line.
     let mut buf = spare::take();
@@ -197,7 +214,7 @@ fn relay_in(
     from: &mut dyn Read,
     to: &mut dyn Write,
     framing: Framing,
-    sse: bool,
+    sse: Option<Shape>,
 ) -> (End, u64) {
     let chunked = framing == Framing::Chunked;
     let mut sent: u64 = 0;
@@ -208,17 +225,17 @@ fn relay_in(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                if !sse {
+                let Some(shape) = sse else {
                     let _ = to.flush();
                     return (End::UpstreamFailed(e), sent);
-                }
+                };
                 let separator: &[u8] = match tail {
                     [b'\n', b'\n'] => b"",
                     [_, b'\n'] => b"\n",
                     _ => b"\n\n",
                 };
                 let mut end = separator.to_vec();
-                end.extend_from_slice(&sse_error_event(&e));
+                end.extend_from_slice(&sse_error_event(&e, shape));
                 let ended = end
                     .chunks(READ_SIZE)
                     .try_for_each(|piece| {
@@ -277,16 +294,22 @@ fn finish(to: &mut dyn Write, chunked: bool) -> io::Result<()> {
     to.flush()
 }
 
-/// The event OpenRouter itself sends when a stream fails after it began.
-fn sse_error_event(cause: &io::Error) -> Vec<u8> {
-    let event = serde_json::json!({
-        "error": {
-            "code": 502,
-            "message": format!("roo-proxy: the upstream stream broke off ({cause}); the answer is incomplete, send the request again"),
-        },
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "error" }],
-    });
-    format!("data: {event}\n\n").into_bytes()
+/// The event the provider itself sends when a stream fails after it began: OpenRouter's
+/// error chunk, Anthropic's `event: error`, or Google's error object.
+fn sse_error_event(cause: &io::Error, shape: Shape) -> Vec<u8> {
+    let message = format!(
+        "roo-proxy: the upstream stream broke off ({cause}); the answer is incomplete, send the request again"
+    );
+    let mut event = crate::error::error_json(502, &message, shape);
+    match shape {
+        Shape::OpenAi => {
+            event["choices"] =
+                serde_json::json!([{ "index": 0, "delta": {}, "finish_reason": "error" }]);
+            format!("data: {event}\n\n").into_bytes()
+        }
+        Shape::Anthropic => format!("event: error\ndata: {event}\n\n").into_bytes(),
+        Shape::Google => format!("data: {event}\n\n").into_bytes(),
+    }
 }
 
 /// Reads the start of an event stream up to its first event that carries data, holding
@@ -402,7 +425,15 @@ mod tests {
         let mut wire = Wire::default();
         let mut rest = Pieces(vec![b"data: 2\n\n"], false);
         let held = b"data: 1\n\n".to_vec();
-        let relayed = write_stream(&mut wire, 200, &[], Framing::Chunked, held, &mut rest, true);
+        let relayed = write_stream(
+            &mut wire,
+            200,
+            &[],
+            Framing::Chunked,
+            held,
+            &mut rest,
+            Some(Shape::OpenAi),
+        );
         let (end, sent) = relayed.unwrap();
         assert!(matches!(end, End::Complete));
         assert_eq!(sent, 18);
@@ -423,7 +454,7 @@ mod tests {
             Framing::Close,
             Vec::new(),
             &mut body,
-            true,
+            Some(Shape::OpenAi),
         );
         assert!(matches!(relayed.unwrap().0, End::Complete));
         assert!(
@@ -445,7 +476,7 @@ mod tests {
             &mut Pieces(vec![b"data: 1\n\n", b"data: 2\n\n"], false),
             &mut wire,
             Framing::Chunked,
-            true,
+            Some(Shape::OpenAi),
         );
         assert!(matches!(end, End::Complete));
         assert_eq!(sent, 18);
@@ -463,7 +494,7 @@ mod tests {
             &mut Pieces(vec![b"data: {\"a\":1}\n\ndata: {\"b\""], true),
             &mut wire,
             Framing::Chunked,
-            true,
+            Some(Shape::OpenAi),
         );
         assert!(matches!(end, End::UpstreamFailed(_)));
         let text = String::from_utf8(wire.bytes).unwrap();
@@ -480,13 +511,40 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_stream_ends_with_the_error_event_of_its_provider() {
+        let mut wire = Wire::default();
+        relay(
+            &mut Pieces(vec![b"event: ping\ndata: {}\n\n"], true),
+            &mut wire,
+            Framing::Close,
+            Some(Shape::Anthropic),
+        );
+        let text = String::from_utf8(wire.bytes).unwrap();
+        let (_, event) = text.split_once("event: error\ndata: ").expect(&text);
+        let json: serde_json::Value = serde_json::from_str(event.trim_end()).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["error"]["type"], "api_error");
+        let mut wire = Wire::default();
+        relay(
+            &mut Pieces(vec![b"data: {}\n\n"], true),
+            &mut wire,
+            Framing::Close,
+            Some(Shape::Google),
+        );
+        let text = String::from_utf8(wire.bytes).unwrap();
+        let (_, event) = text.split_once("\n\ndata: ").expect(&text);
+        let json: serde_json::Value = serde_json::from_str(event.trim_end()).unwrap();
+        assert_eq!(json["error"]["status"], "UNAVAILABLE");
+    }
+
+    #[test]
     fn a_broken_plain_body_never_gets_a_terminating_chunk() {
         let mut wire = Wire::default();
         let (end, _) = relay(
             &mut Pieces(vec![b"{\"par"], true),
             &mut wire,
             Framing::Chunked,
-            false,
+            None,
         );
         assert!(matches!(end, End::UpstreamFailed(_)));
         assert_eq!(wire.bytes, b"5\r\n{\"par\r\n");
@@ -495,7 +553,7 @@ mod tests {
             &mut Pieces(vec![b"{\"par"], true),
             &mut wire,
             Framing::Length(100),
-            false,
+            None,
         );
         assert!(matches!(end, End::UpstreamFailed(_)));
         assert_eq!((wire.bytes.as_slice(), sent), (&b"{\"par"[..], 5));
@@ -508,7 +566,7 @@ mod tests {
             &mut Pieces(vec![b"abc", b"def"], false),
             &mut wire,
             Framing::Close,
-            false,
+            None,
         );
         assert!(matches!(end, End::Complete));
         assert_eq!(wire.bytes, b"abcdef");

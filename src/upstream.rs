@@ -16,6 +16,7 @@ use ureq::{Agent, Body, SendBody};
 
 use crate::config::UpstreamTimeouts;
 use crate::key::ApiKey;
+use crate::provider::Auth;
 use crate::transport::Connect;
 
 /// Time to send the request (head and body). One value for both, so the socket's send
@@ -86,21 +87,28 @@ fn agent(timeouts: UpstreamTimeouts, idle: usize, tls: TlsConfig) -> Agent {
     Agent::with_parts(config, Connect::default(), DefaultResolver::default())
 }
 
-/// Sends one attempt: `headers` are the client's end-to-end headers (already filtered),
-/// to which the pool key is added as `Authorization: Bearer`.
+/// Sends one attempt: `headers` are the client's end-to-end headers (already filtered,
+/// so no credential of the client's is among them), to which the pool key is added in
+/// the provider's form (`auth`), with the headers it needs that the client did not send.
 pub fn send(
     agent: &Agent,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
-    key: &ApiKey,
+    (key, auth): (&ApiKey, Auth),
     body: &[u8],
 ) -> Result<Response<Body>, ureq::Error> {
     let mut request = http::Request::builder().method(method).uri(url);
     for &(name, value) in headers {
         request = request.header(name, value);
     }
-    request = request.header("authorization", format!("Bearer {}", key.expose()));
+    for &(name, value) in auth.defaults() {
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            request = request.header(name, value);
+        }
+    }
+    let (name, value) = auth.header(key.expose());
+    request = request.header(name, value);
     // No body at all (rather than an empty one) keeps GETs free of `Content-Length: 0`.
     if body.is_empty() {
         agent.run(request.body(SendBody::none())?)
@@ -207,7 +215,7 @@ mod tests {
             .unwrap();
             let url = format!("http://127.0.0.1:{port}/api/v1/models");
             for round in 1..=2 {
-                let response = send(&agent, "GET", &url, &[], &key, b"");
+                let response = send(&agent, "GET", &url, &[], (&key, Auth::Bearer), b"");
                 let answer = response.and_then(|r| r.into_body().read_to_string());
                 assert_eq!(answer.unwrap(), "ok", "case {case}, request {round}");
                 finished
@@ -291,7 +299,8 @@ mod tests {
         let bodies: [&[u8]; 3] = [b"{\"stream\":false}", b"", &[b'x'; 20_000]];
         for body in bodies {
             let method = if body.is_empty() { "GET" } else { "POST" };
-            let response = send(&agent, method, &url, &headers, &key, body).unwrap();
+            let response =
+                send(&agent, method, &url, &headers, (&key, Auth::Bearer), body).unwrap();
             assert_eq!(response.status(), 200);
             let answer = response.into_body().read_to_string().unwrap();
             assert_eq!(answer, body.len().to_string());

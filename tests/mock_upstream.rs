@@ -6,7 +6,7 @@
 //! `mock-upstream listening on http://127.0.0.1:PORT`, then serves until killed.
 //!
 //! What it answers is chosen per request: first from the plan of the request's key
-//! (`Authorization: Bearer KEY`), else from the `x-mock-reply` request header, else `ok`.
+//! (`Authorization: Bearer KEY`, `x-api-key: KEY` or `x-goog-api-key: KEY`), else from the `x-mock-reply` request header, else `ok`.
 //!
 //! Control endpoints (never forwarded by the proxy's tests as API calls):
 //! - `POST /_mock/plan` `{"key":"KEY","replies":["429:30","ok"]}`: queue replies for a key.
@@ -92,9 +92,16 @@ impl Incoming {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The key, in any provider's form: `Authorization: Bearer`, `x-api-key`
+    /// (Anthropic), `x-goog-api-key` (Gemini).
     fn key(&self) -> Option<String> {
-        let auth = self.header("authorization")?;
-        auth.strip_prefix("Bearer ").map(str::to_string)
+        let bearer = self
+            .header("authorization")
+            .and_then(|auth| auth.strip_prefix("Bearer "));
+        bearer
+            .or_else(|| self.header("x-api-key"))
+            .or_else(|| self.header("x-goog-api-key"))
+            .map(str::to_string)
     }
 }
 

@@ -1,0 +1,302 @@
+//! Provider presets end to end (issue 16): for each preset, against the mock taught
+//! that provider's auth form, paths and 429 shape, the upstream sees exactly one key in
+//! the provider's form and none of the client's; a 429 in its dialect rests the key for
+//! the announced time; the proxy's own errors have its shape; `keys check` works.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// One preset as the tests drive it.
+struct Case {
+    provider: &'static str,
+    /// The client's request path, as that provider's SDK sends it.
+    path: &'static str,
+    body: &'static str,
+    /// The path the mock must see (its base is `/api/v1`, or none for Gemini's own API).
+    seen: &'static str,
+    /// The header the key goes in, and its value for key `n`.
+    auth: (&'static str, fn(usize) -> String),
+    /// A 429 in the provider's dialect, the rest it announces, and whether the rest is
+    /// for the request's model only.
+    limit: (&'static str, u64, bool),
+    /// Where `keys check` asks.
+    check: &'static str,
+}
+
+const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn cases() -> Vec<Case> {
+    let chat = |provider, limit| Case {
+        provider,
+        path: "/v1/chat/completions",
+        body: CHAT,
+        seen: "/api/v1/chat/completions",
+        auth: ("authorization", bearer),
+        limit,
+        check: "/api/v1/models",
+    };
+    vec![
+        Case {
+            check: "/api/v1/key",
+            ..chat("openrouter", ("429:600", 600, false))
+        },
+        chat("openai", ("openai429:7m30s", 450, false)),
+        Case {
+            path: "/v1/messages?beta=true",
+            body: r#"{"model":"claude-sonnet-4","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#,
+            seen: "/api/v1/messages?beta=true",
+            auth: ("x-api-key", key),
+            ..chat("anthropic", ("anthropic429:900", 900, false))
+        },
+        Case {
+            path: "/v1beta/models/gemini-2.5-flash:generateContent?key=client-query-token",
+            body: r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+            seen: "/v1beta/models/gemini-2.5-flash:generateContent",
+            auth: ("x-goog-api-key", key),
+            check: "/v1beta/models",
+            ..chat("gemini", ("gemini429:1234", 1234, true))
+        },
+        chat("gemini-openai", ("gemini429:1234", 1234, true)),
+        chat("groq", ("groq429:2m59.56s", 180, false)),
+        chat("mistral", ("429retry:600", 600, false)),
+        chat("deepseek", ("429retry:600", 600, false)),
+        chat("cerebras", ("cerebras429:33011.38", 33_012, false)),
+        chat("xai", ("openai429:7m30s", 450, false)),
+        chat("custom", ("429retry:600", 600, false)),
+    ]
+}
+
+/// The base a preset's pool is pointed at: the mock, as that provider's base.
+fn base_for(mock: &Mock, case: &Case) -> String {
+    match case.provider {
+        "gemini" => format!("http://127.0.0.1:{}", mock.port),
+        _ => mock.base(),
+    }
+}
+
+const CLIENT_TOKENS: [&str; 5] = [
+    "client-dummy-token",
+    "client-anthropic-style-token",
+    "client-google-style-token",
+    "client-azure-style-token",
+    "client-query-token",
+];
+
+const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+
+/// The credential headers a request the mock saw carried: (name, value).
+fn credentials(seen: &Value) -> Vec<(String, String)> {
+    seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_ascii_lowercase(),
+                pair[1].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(name, _)| CREDENTIAL_HEADERS.contains(&name.as_str()))
+        .collect()
+}
+
+fn send(proxy: &Proxy, case: &Case) -> Reply {
+    Reply::from(
+        client()
+            .post(&proxy.url(case.path))
+            .header("Authorization", "Bearer client-dummy-token")
+            .header("x-api-key", "client-anthropic-style-token")
+            .header("x-goog-api-key", "client-google-style-token")
+            .header("api-key", "client-azure-style-token")
+            .send(case.body)
+            .unwrap(),
+    )
+}
+
+/// `/_roo/status`'s entry for key `n` (masked).
+fn key_status(proxy: &Proxy, n: usize) -> Value {
+    let status = proxy.get("/_roo/status").json();
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == masked(n))
+        .cloned()
+        .unwrap_or_else(|| panic!("key {n} not in {status}"))
+}
+
+#[test]
+fn each_preset_sends_one_key_in_its_form_and_rests_on_its_dialect() {
+    for case in cases() {
+        let p = case.provider;
+        let mock = Mock::start();
+        mock.plan(&key(1), &[case.limit.0]);
+        let proxy = Proxy::bare()
+            .keys(2)
+            .arg("--provider")
+            .arg(p)
+            .arg("--upstream")
+            .arg(&base_for(&mock, &case))
+            .start();
+        let reply = send(&proxy, &case);
+        assert_eq!(reply.status, 200, "{p}: {}", reply.text());
+
+        let seen = mock.requests();
+        assert_eq!(seen.len(), 2, "{p}: one 429, then the next key");
+        for (n, request) in [1, 2].into_iter().zip(&seen) {
+            assert_eq!(request["target"], case.seen, "{p}");
+            let (name, value) = case.auth;
+            assert_eq!(
+                credentials(request),
+                [(name.to_string(), value(n))],
+                "{p}: exactly one key, in the provider's form"
+            );
+            for token in CLIENT_TOKENS {
+                assert!(
+                    !request.to_string().contains(token),
+                    "{p}: {token} went upstream"
+                );
+            }
+            let version = header_of(request, "anthropic-version");
+            let expected = (p == "anthropic").then(|| "2023-06-01".to_string());
+            assert_eq!(version, expected, "{p}");
+        }
+
+        let (reply, announced, per_model) = case.limit;
+        let k = key_status(&proxy, 1);
+        let left = match per_model {
+            true => k["model_rests"][0]["seconds_left"].as_u64(),
+            false => k["seconds_left"].as_u64(),
+        };
+        let left = left.unwrap_or_else(|| panic!("{p} {reply}: not resting: {k}"));
+        assert!(
+            left <= announced && left + 60 >= announced,
+            "{p} {reply}: rests {left} s, announced {announced} s"
+        );
+    }
+}
+
+#[test]
+fn a_clients_own_anthropic_version_is_kept() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock)
+        .keys(1)
+        .arg("--provider")
+        .arg("anthropic")
+        .start();
+    let reply = client()
+        .post(&proxy.url("/v1/messages"))
+        .header("anthropic-version", "2099-01-01")
+        .send("{}")
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let seen = &mock.requests()[0];
+    let versions: Vec<&Value> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .unwrap()
+                .eq_ignore_ascii_case("anthropic-version")
+        })
+        .collect();
+    assert_eq!(versions.len(), 1, "{seen}");
+    assert_eq!(versions[0][1], "2099-01-01");
+}
+
+#[test]
+fn the_proxys_own_errors_have_the_providers_shape() {
+    let mock = Mock::start();
+    for (provider, check) in [
+        (
+            "openrouter",
+            (|v: &Value| v["error"]["code"] == 404) as fn(&Value) -> bool,
+        ),
+        ("anthropic", |v: &Value| {
+            v["type"] == "error" && v["error"]["type"] == "not_found_error"
+        }),
+        ("gemini", |v: &Value| {
+            v["error"]["code"] == 404 && v["error"]["status"] == "NOT_FOUND"
+        }),
+    ] {
+        let proxy = Proxy::with(&mock)
+            .keys(1)
+            .arg("--provider")
+            .arg(provider)
+            .start();
+        let reply = proxy.get("/favicon.ico");
+        assert_eq!(reply.status, 404);
+        let json = reply.json();
+        assert!(check(&json), "{provider}: {json}");
+        assert!(
+            json.to_string().contains("roo-proxy: not an API path"),
+            "{provider}: {json}"
+        );
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn keys_check_works_for_every_preset() {
+    for case in cases() {
+        let p = case.provider;
+        let mock = Mock::start();
+        mock.plan(&key(2), &["401"]);
+        let dir = TempDir::new();
+        for n in 1..=2 {
+            assert_eq!(keys_cmd(dir.path(), &["add", &key(n)], "").code, Some(0));
+        }
+        let base = base_for(&mock, &case);
+        let ran = keys_cmd(
+            dir.path(),
+            &["check", "--provider", p, "--upstream", &base],
+            "",
+        );
+        assert_eq!(ran.code, Some(1), "{p}: one key is invalid: {}", ran.all());
+        assert!(
+            ran.stdout.contains(&format!("{}  valid", masked(1))),
+            "{p}: {}",
+            ran.stdout
+        );
+        assert!(
+            ran.stdout.contains(&format!("{}  invalid (401", masked(2))),
+            "{p}: {}",
+            ran.stdout
+        );
+        // Keys are checked in parallel: the mock sees them in any order.
+        let (name, value) = case.auth;
+        let mut sent: Vec<Vec<(String, String)>> = mock
+            .requests()
+            .iter()
+            .map(|request| {
+                assert_eq!(request["method"], "GET", "{p}");
+                assert_eq!(request["target"], case.check, "{p}");
+                credentials(request)
+            })
+            .collect();
+        sent.sort();
+        let expected: Vec<Vec<(String, String)>> = (1..=2)
+            .map(|n| vec![(name.to_string(), value(n))])
+            .collect();
+        assert_eq!(sent, expected, "{p}");
+    }
+}
+
+#[test]
+fn custom_needs_an_upstream_and_unknown_providers_are_named() {
+    let (status, _, err) = Proxy::bare().arg("--provider").arg("custom").run();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--provider custom needs the API base"),
+        "{err}"
+    );
+    let (status, _, err) = Proxy::bare().arg("--provider").arg("gemeni").run();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--provider 'gemeni' is not a provider; use one of openrouter, openai"),
+        "{err}"
+    );
+}
