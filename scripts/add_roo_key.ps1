@@ -5,6 +5,14 @@ Adds an API key to roo-proxy's keys file (replaces the old add_roo_key.ps1).
 .EXAMPLE
 .\add_roo_key.ps1 -Key sk-or-v1-... -Label work
 .\add_roo_key.ps1            # asks for the key without showing it
+.NOTES
+Windows' default execution policy blocks scripts. Run it as
+    powershell -ExecutionPolicy Bypass -File .\add_roo_key.ps1 -Label work
+or allow local scripts once (Set-ExecutionPolicy -Scope CurrentUser RemoteSigned) and,
+for a downloaded copy, Unblock-File .\add_roo_key.ps1. See README, "On Windows".
+When Windows PowerShell 5.1 captures roo-proxy's output on a console whose code page is
+not UTF-8, roo-proxy prints plain ASCII ("..." in masked keys); ROO_PROXY_ASCII=0 or 1
+chooses.
 #>
 param(
     [Parameter(Position = 0)] [string] $Key,

@@ -5,6 +5,14 @@ Removes API keys from roo-proxy's keys file (replaces the old remove_roo_key.ps1
 .EXAMPLE
 .\remove_roo_key.ps1 -Prefix sk-or-v1-ab12
 .\remove_roo_key.ps1 -Prefix work          # by label
+.NOTES
+Windows' default execution policy blocks scripts. Run it as
+    powershell -ExecutionPolicy Bypass -File .\remove_roo_key.ps1 -Prefix work
+or allow local scripts once (Set-ExecutionPolicy -Scope CurrentUser RemoteSigned) and,
+for a downloaded copy, Unblock-File .\remove_roo_key.ps1. See README, "On Windows".
+When Windows PowerShell 5.1 captures roo-proxy's output on a console whose code page is
+not UTF-8, roo-proxy prints plain ASCII ("..." in masked keys); ROO_PROXY_ASCII=0 or 1
+chooses.
 #>
 param(
     [Parameter(Mandatory = $true, Position = 0)] [string] $Prefix,
