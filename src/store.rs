@@ -818,6 +818,35 @@ fn syntax_detail(e: &serde_json::Error) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_created_for_the_owner_alone_and_existing_ones_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("roo-proxy-private-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        let new = dir.join("new");
+        create_private(&new, Create::New).unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let err = create_private(&new, Create::New).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+
+        let lock = dir.join("lock");
+        create_private(&lock, Create::OpenOrNew).unwrap();
+        assert_eq!(mode(&lock), 0o600);
+        // An existing file is opened as it is: its mode and its bytes stay.
+        fs::write(&lock, b"kept").unwrap();
+        fs::set_permissions(&lock, fs::Permissions::from_mode(0o640)).unwrap();
+        create_private(&lock, Create::OpenOrNew).unwrap();
+        assert_eq!(
+            (mode(&lock), fs::read(&lock).unwrap()),
+            (0o640, b"kept".to_vec())
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn keys(text: &str) -> Vec<String> {
         parse(text)
             .unwrap()
