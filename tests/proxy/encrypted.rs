@@ -452,3 +452,46 @@ fn encrypt_makes_a_missing_file_an_encrypted_empty_one() {
     ));
     assert_eq!(keys_in(&file), [key(1)]);
 }
+
+/// After a reboot the kernel keyring is empty: the first command at a terminal asks for
+/// the passphrase once, and keeps it there for the ones after.
+#[test]
+fn a_passphrase_typed_when_opening_is_kept_for_the_next_command() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let dir = TempDir::new();
+    let file = dir.path().join("keys.json");
+    fs::write(&file, rich_keys_file().to_string()).unwrap();
+    ok(keys_with(dir.path(), PASSPHRASE, &["encrypt"]));
+    let before = keys_cmd(dir.path(), &["list"], "");
+    assert_eq!(before.code, Some(2), "nothing kept yet: {}", before.all());
+
+    let proxy = format!("'{PROXY}' keys list");
+    let wrong = at_terminal(dir.path(), &proxy, "wrong horse\n");
+    assert_ne!(wrong.code, Some(0), "{}", wrong.all());
+    assert!(
+        wrong
+            .stdout
+            .contains("the passphrase typed does not open it"),
+        "{}",
+        wrong.stdout
+    );
+    let typed = at_terminal(dir.path(), &proxy, &format!("{PASSPHRASE}\n"));
+    assert_eq!(typed.code, Some(0), "{}", typed.all());
+    assert!(typed.stdout.contains("Passphrase for"), "{}", typed.stdout);
+    assert!(typed.stdout.contains(&masked(1)), "{}", typed.stdout);
+
+    let after = keys_cmd(dir.path(), &["list"], "");
+    if after.code != Some(0) {
+        assert!(
+            std::env::var("ROO_PROXY_REQUIRE_KEYRING").is_err(),
+            "not kept in the kernel keyring: {}",
+            after.all()
+        );
+        return;
+    }
+    assert!(after.stdout.contains(&masked(2)), "{}", after.stdout);
+    ok(keys_cmd(dir.path(), &["decrypt"], ""));
+    assert_eq!(keys_in(&file), [key(1), key(2)]);
+}
