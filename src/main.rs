@@ -13,6 +13,7 @@ mod commands;
 mod config;
 mod connection;
 mod console;
+mod credit;
 mod error;
 mod held;
 mod http1;

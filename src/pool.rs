@@ -365,6 +365,11 @@ impl Pool {
         reloaded
     }
 
+    /// The keys, in the pool's order.
+    pub fn entries(&self) -> Vec<Arc<KeyEntry>> {
+        self.lock().entries.iter().map(Arc::clone).collect()
+    }
+
     /// Every key's state and history, for the status endpoints.
     pub fn report(&self, now: Now) -> PoolReport {
         let inner = self.lock();

@@ -25,6 +25,7 @@ use crate::classify::{self, Verdict};
 use crate::config::{Config, MAX_DEFAULT_ATTEMPTS};
 use crate::connection::{self, BodyError, Conn};
 use crate::console::outln;
+use crate::credit;
 use crate::error::{Error, Reply, Shape};
 use crate::held::{Claim, Held};
 use crate::http1::Head;
@@ -32,6 +33,7 @@ use crate::key;
 use crate::metrics::Metrics;
 use crate::policy::{Budget, Change, Outcome, Scope};
 use crate::pool::{Now, Pool};
+use crate::provider::Provider;
 use crate::route;
 use crate::state;
 use crate::status::{self, About, Route};
@@ -67,6 +69,8 @@ struct Proxy {
     stopping: AtomicBool,
     /// Requests waiting for a key (`--wait`), in arrival order.
     room: Room,
+    /// Each key's credit, for the pool's answer to `GET /key`.
+    credits: credit::Cache,
 }
 
 /// Binds, prints the start line, and serves until accepting fails.
@@ -142,6 +146,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         room: Room::default(),
+        credits: credit::Cache::default(),
     });
     on_shutdown(Arc::clone(&proxy), keys_file);
     let settings = connection::Settings {
@@ -344,6 +349,16 @@ impl Proxy {
                 let _ = stream::write_head(conn, 204, &headers, Framing::NoBody);
                 Done::local(204)
             }
+            Ok(Prepared::Credit) => {
+                let body = self.credit();
+                let mut headers = vec![
+                    ("Content-Type".to_string(), "application/json".to_string()),
+                    ("Cache-Control".to_string(), "no-store".to_string()),
+                ];
+                headers.extend_from_slice(&cors);
+                let _ = stream::write_full(conn, 200, &headers, &body);
+                Done::local(200)
+            }
             Ok(Prepared::Local(route)) => {
                 let (status, content_type, body) = self.answer_local(route, incoming.method);
                 let mut headers = vec![
@@ -489,6 +504,14 @@ impl Proxy {
         }
         if self.pool.len() == 0 {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
+        }
+        // Roo's credit display asks OpenRouter's `/key`: the pool's credit, not whichever
+        // key would come next.
+        if self.config.provider == Provider::OpenRouter
+            && incoming.method == "GET"
+            && url.split('?').next() == Some(&format!("{}/key", self.config.upstream))
+        {
+            return Ok(Prepared::Credit);
         }
         let limit = self.config.max_body;
         let mut claim = self.held.claim();
@@ -832,6 +855,51 @@ impl Proxy {
         )
     }
 
+    /// The pool's credit in OpenRouter's `/key` shape: each key's own answer, asked for
+    /// (at most [`credit::MOST_ASKED`] per request) or remembered, summed.
+    fn credit(&self) -> Vec<u8> {
+        let entries = self.pool.entries();
+        let url = format!("{}/key", self.config.upstream);
+        let mut credits = Vec::new();
+        let mut asked = 0;
+        for entry in entries.iter().filter(|e| !e.disabled) {
+            let print = state::fingerprint(&entry.key);
+            let known = match self.credits.fresh(&print, Instant::now()) {
+                Some(known) => known,
+                None if asked < credit::MOST_ASKED => {
+                    asked += 1;
+                    let credit = self.fetch_credit(&url, entry);
+                    self.credits.store(print, credit, Instant::now());
+                    credit
+                }
+                None => None,
+            };
+            credits.extend(known);
+        }
+        credit::sum(&credits, entries.len())
+            .to_string()
+            .into_bytes()
+    }
+
+    /// One key's own `/key` answer; `None` when it is not a credit (an error, a refusal).
+    fn fetch_credit(&self, url: &str, entry: &KeyEntry) -> Option<credit::Credit> {
+        let response = upstream::send(
+            self.upstream.agent(),
+            "GET",
+            url,
+            &[],
+            (&entry.key, self.config.provider.auth()),
+            b"",
+        )
+        .ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let bytes =
+            stream::read_bounded(&mut response.into_body().into_reader(), 64 * 1024).ok()?;
+        credit::parse(&bytes)
+    }
+
     /// The error shape of the proxy's own answers: the provider's.
     fn shape(&self) -> Shape {
         self.config.provider.shape()
@@ -941,6 +1009,8 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
 
 enum Prepared<'a> {
     Preflight(Vec<(String, String)>),
+    /// `GET /key` on OpenRouter: the pool's credit.
+    Credit,
     /// One of the proxy's own status paths.
     Local(Route),
     Forward {

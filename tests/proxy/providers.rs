@@ -300,3 +300,32 @@ fn custom_needs_an_upstream_and_unknown_providers_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn roos_credit_display_shows_the_pools_sum() {
+    let mock = Mock::start();
+    mock.plan(&key(3), &["401"]);
+    let proxy = Proxy::with(&mock).keys(3).start();
+    // The mock says of each key: limit $10, $8.50 remaining, $1.50 used. Key 3 is refused.
+    let first = proxy.get("/key");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let data = &first.json()["data"];
+    assert_eq!(data["limit"], 20.0, "{data}");
+    assert_eq!(data["limit_remaining"], 17.0, "{data}");
+    assert_eq!(data["usage"], 3.0, "{data}");
+    assert_eq!(data["is_free_tier"], false, "{data}");
+    assert_eq!(data["keys"], 3, "{data}");
+    assert_eq!(data["keys_counted"], 2, "{data}");
+    let asked: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(asked, ["/api/v1/key"; 3], "each key asked once");
+    // Asked again, by every base form: the same sum, from what the proxy remembers.
+    for path in ["/v1/key", "/api/v1/key", "/key"] {
+        let again = proxy.get(path);
+        assert_eq!(again.json()["data"], *data, "{path}");
+    }
+    assert_eq!(mock.requests().len(), 3, "answers are remembered");
+}
