@@ -303,6 +303,15 @@ const BUDGETS: [(&str, &str, Reset); 5] = [
     ("x-ratelimit-remaining", "x-ratelimit-reset", Reset::Epoch),
 ];
 
+/// The whole budget of each of [`BUDGETS`]' families, in the same order.
+const BUDGET_LIMITS: [&str; 5] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-requests-day",
+    "x-ratelimit-limit-req-minute",
+    "anthropic-ratelimit-requests-limit",
+    "x-ratelimit-limit",
+];
+
 /// The other spent-budget families a 429 may name: tokens run out too.
 const TOKEN_RESETS: [(&str, &str, Reset); 4] = [
     (
@@ -375,11 +384,20 @@ fn spent_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// dialect: the tightest of the families it carries (the fewest requests left; among
 /// spent ones, the latest reset). A family without a reset says too little to act on.
 pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
-    families(headers, &BUDGETS, now)
-        .filter_map(|(remaining, reset)| {
+    BUDGETS
+        .iter()
+        .zip(BUDGET_LIMITS)
+        .filter_map(|((remaining, reset, how), limit)| {
+            let left = header(headers, remaining)?.trim().parse::<f64>().ok()?;
+            let reset = header(headers, reset).and_then(|v| reset_of(v, *how, now))?;
+            let limit = header(headers, limit)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|l| *l >= 1.0)
+                .map(|l| l.min(u32::MAX as f64) as u32);
             Some(Budget {
-                remaining,
-                reset: reset?.min(LONGEST_REST),
+                remaining: left.clamp(0.0, u32::MAX as f64) as u32,
+                reset: reset.min(LONGEST_REST),
+                limit,
             })
         })
         .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset)))
@@ -1007,12 +1025,35 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_carries_the_windows_limit_when_the_answer_says_it() {
+        let b = budget(
+            &headers(&[
+                ("x-ratelimit-limit-requests", "30"),
+                ("x-ratelimit-remaining-requests", "29"),
+                ("x-ratelimit-reset-requests", "2s"),
+            ]),
+            now(),
+        );
+        assert_eq!(b.and_then(|b| b.limit), Some(30));
+        let b = budget(
+            &headers(&[
+                ("x-ratelimit-limit", "junk"),
+                ("x-ratelimit-remaining", "3"),
+                ("x-ratelimit-reset", "1779321600000"),
+            ]),
+            now(),
+        );
+        assert_eq!(b.map(|b| (b.remaining, b.limit)), Some((3, None)));
+    }
+
+    #[test]
     fn successes_announce_the_budget_in_every_dialect() {
         let b = |pairs: &[(&'static str, &str)]| budget(&headers(pairs), now());
         let budget_of = |remaining, ms| {
             Some(Budget {
                 remaining,
                 reset: Duration::from_millis(ms),
+                limit: None,
             })
         };
         assert_eq!(

@@ -23,7 +23,9 @@
 //!   only; the key keeps serving other models.
 //! - Budget: a success that announces the account's remaining requests caps the attempts
 //!   in flight with its keys at that number until the reset; at 0 the account rests until
-//!   the reset without waiting for a 429.
+//!   the reset without waiting for a 429. After the reset, the window's whole budget
+//!   (when answers say it) caps them until an answer says what is left: requests let go
+//!   at the reset do not overfill the new window.
 //! - When every usable key is resting from 429s that came within [`STORM_WINDOW`] (an
 //!   IP-wide or upstream-wide limit), nothing is sent until the shortest of those rests
 //!   ends; if the first attempt sent after that pause gets a 429 too, the pause doubles.
@@ -144,6 +146,8 @@ pub struct Budget {
     pub remaining: u32,
     /// How long until the budget is full again.
     pub reset: Duration,
+    /// The whole budget of a window, when the answer says it.
+    pub limit: Option<u32>,
 }
 
 /// What one upstream attempt taught us about the key it used.
@@ -214,6 +218,9 @@ pub struct Allowance {
     pub reset: Instant,
     /// When the attempt that announced it was sent: older news never overrides newer.
     pub sent: Instant,
+    /// The whole budget of a window: after the reset, no more attempts than this are
+    /// let go at once (a new window holds no more), until an answer says what is left.
+    pub limit: Option<u32>,
 }
 
 /// One key as the policy sees it.
@@ -267,11 +274,6 @@ impl Slot {
 
     fn rested_for(&self, model: Option<&str>, now: Instant) -> bool {
         model.is_some() && self.model_rests_at(now).any(|r| r.models.covers(model))
-    }
-
-    /// The allowance still running at `now`.
-    fn allowance_at(&self, now: Instant) -> Option<Allowance> {
-        self.allowance.filter(|a| now < a.reset)
     }
 }
 
@@ -364,8 +366,12 @@ impl Policy {
 
     /// Whether the key's account has as many attempts in flight as its budget allows.
     fn booked(&self, slot: &Slot, now: Instant) -> bool {
-        slot.allowance_at(now)
-            .is_some_and(|a| self.load(slot.group) >= a.remaining)
+        let cap = match slot.allowance {
+            Some(a) if now < a.reset => Some(a.remaining),
+            Some(a) => a.limit,
+            None => None,
+        };
+        cap.is_some_and(|cap| self.load(slot.group) >= cap)
     }
 
     /// Whether key `id` could take an attempt for `model` at `now`.
@@ -527,6 +533,7 @@ impl Policy {
             remaining: budget.remaining,
             reset: now + budget.reset,
             sent: sent.at,
+            limit: budget.limit,
         };
         let group = self.slots[id].group;
         let mut newest = false;
@@ -1256,6 +1263,41 @@ mod tests {
         );
     }
 
+    /// After the reset, no more attempts go at once than the window's whole budget,
+    /// until an answer says what is left of it.
+    #[test]
+    fn after_the_reset_the_windows_limit_caps_attempts_in_flight() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[7, 7], Strategy::RoundRobin);
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let spent = Outcome::Served {
+            budget: Some(Budget {
+                remaining: 0,
+                reset: secs(5),
+                limit: Some(3),
+            }),
+        };
+        assert!(p.record(id, spent, at(t0), t0).is_some(), "spent: rests");
+        let reset = t0 + secs(5);
+        let sent: Vec<KeyId> = (0..3)
+            .map(|_| pick(&mut p, reset, &[]).unwrap().0)
+            .collect();
+        assert_eq!(pick(&mut p, reset, &[]), None, "three in flight: the limit");
+        assert_eq!(p.outlook(reset, None).booked, 2);
+        // An answer says two are left (the three took one): two more may go.
+        let left = Outcome::Served {
+            budget: Some(Budget {
+                remaining: 4,
+                reset: secs(5),
+                limit: Some(3),
+            }),
+        };
+        let _ = p.record(sent[0], left, at(reset), reset + ms(100));
+        assert!(pick(&mut p, reset + ms(100), &[]).is_some());
+        assert!(pick(&mut p, reset + ms(100), &[]).is_some());
+        assert_eq!(pick(&mut p, reset + ms(100), &[]), None);
+    }
+
     #[test]
     fn a_single_usable_key_makes_no_storm() {
         let t0 = Instant::now();
@@ -1350,7 +1392,11 @@ mod tests {
 
     fn served_with(remaining: u32, reset: Duration) -> Outcome {
         Outcome::Served {
-            budget: Some(Budget { remaining, reset }),
+            budget: Some(Budget {
+                remaining,
+                reset,
+                limit: None,
+            }),
         }
     }
 

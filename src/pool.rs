@@ -775,6 +775,7 @@ mod tests {
             budget: Some(crate::policy::Budget {
                 remaining: 1,
                 reset: Duration::from_secs(30),
+                limit: None,
             }),
         };
         let (second, _) = pool.pick(t, &[], None).unwrap();
