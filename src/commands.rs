@@ -531,8 +531,9 @@ pub fn status(
         other => other.to_string(),
     };
     outln!(
-        "roo-proxy {} at {base} → {} · {} · up {}",
+        "roo-proxy {} at {base} → {} {} · {} · up {}",
         field(&status, "version"),
+        field(&status, "provider"),
         field(&status, "upstream"),
         field(&status, "strategy"),
         short_duration(Duration::from_secs(

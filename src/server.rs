@@ -933,6 +933,7 @@ impl Proxy {
         }
         let report = self.pool.report(Now::read());
         let about = About {
+            provider: self.config.provider.name(),
             upstream: &self.config.upstream,
             strategy: self.config.strategy,
             uptime: self.started.elapsed(),

@@ -43,6 +43,8 @@ impl Route {
 
 /// Facts about this proxy that do not change while it runs.
 pub struct About<'a> {
+    /// The provider preset's name (`--provider`).
+    pub provider: &'a str,
     pub upstream: &'a str,
     pub strategy: Strategy,
     pub uptime: Duration,
@@ -92,6 +94,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": about.uptime.as_secs(),
+        "provider": about.provider,
         "upstream": about.upstream,
         "strategy": match about.strategy { Strategy::RoundRobin => "round-robin", Strategy::Sticky => "sticky" },
         "keys_available": report.outlook.ready,
@@ -118,6 +121,18 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         "Seconds since the proxy started.",
     );
     let _ = writeln!(out, "roo_proxy_uptime_seconds {}", about.uptime.as_secs());
+
+    header(
+        &mut out,
+        "roo_proxy_provider_info",
+        "gauge",
+        "The provider preset the pool's keys are for (--provider), as a label.",
+    );
+    let _ = writeln!(
+        out,
+        "roo_proxy_provider_info{{provider=\"{}\"}} 1",
+        about.provider
+    );
 
     header(
         &mut out,

@@ -66,6 +66,7 @@ fn status_tells_each_keys_state_counters_and_masked_last_error() {
     let s = reply.json();
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["upstream"], mock.base());
+    assert_eq!(s["provider"], "openrouter");
     assert_eq!(s["strategy"], "round-robin");
     assert!(s["uptime_seconds"].is_u64());
     assert_eq!(
@@ -232,6 +233,7 @@ fn metrics_are_valid_prometheus_text_with_the_promised_series() {
     assert_eq!(m["roo_proxy_requests_total{status=\"200\"}"], 2.0);
     assert_eq!(m["roo_proxy_upstream_attempts_total"], 3.0);
     assert_eq!(m["roo_proxy_retries_total"], 1.0);
+    assert_eq!(m["roo_proxy_provider_info{provider=\"openrouter\"}"], 1.0);
     assert_eq!(m["roo_proxy_keys{state=\"cooling\"}"], 1.0);
     assert_eq!(m["roo_proxy_keys{state=\"ready\"}"], 1.0);
     let k1 = format!("key=\"{}\",label=\"\",account=\"\"", masked(1));
@@ -369,7 +371,8 @@ fn roo_proxy_status_prints_the_pool_of_a_running_proxy() {
     assert_no_key(&ran.all(), 2);
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert!(
-        lines[0].contains(&mock.base()) && lines[0].contains("round-robin"),
+        lines[0].contains(&format!("→ openrouter {}", mock.base()))
+            && lines[0].contains("round-robin"),
         "{}",
         ran.stdout
     );

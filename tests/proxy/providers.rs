@@ -141,6 +141,7 @@ fn each_preset_sends_one_key_in_its_form_and_rests_on_its_dialect() {
             .start();
         let reply = send(&proxy, &case);
         assert_eq!(reply.status, 200, "{p}: {}", reply.text());
+        assert_eq!(proxy.get("/_roo/status").json()["provider"], p);
 
         let seen = mock.requests();
         assert_eq!(seen.len(), 2, "{p}: one 429, then the next key");
