@@ -122,6 +122,11 @@ pub struct Args {
     #[argh(option)]
     pub allow_host: Vec<String>,
 
+    /// share key states (rests, invalid marks, budgets) with other roo-proxy instances
+    /// through Redis or Valkey: redis://host:6379, rediss://… (TLS), unix:///path.sock
+    #[argh(option)]
+    pub redis: Option<String>,
+
     /// allow an http:// upstream on another machine (keys then travel in clear text)
     #[argh(switch)]
     pub allow_insecure_upstream: bool,

@@ -594,7 +594,65 @@ pub fn status(
         ]);
     }
     print_table(&table);
+    print_instances(&status["shared"], now);
     Ok(0)
+}
+
+/// With `--redis`: the link, and the instances sharing the pool.
+fn print_instances(shared: &Value, now: SystemTime) {
+    if shared.is_null() {
+        return;
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let me = text(&shared["instance"]);
+    let instances = shared["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let error = match shared["error"].as_str() {
+        Some(why) => format!(" ({why}); serving on this instance's own key states"),
+        None => String::new(),
+    };
+    println!(
+        "\nkey states shared through redis {}: {}{error} · {} instance{}",
+        text(&shared["redis"]),
+        text(&shared["link"]),
+        instances.len(),
+        if instances.len() == 1 { "" } else { "s" },
+    );
+    if instances.is_empty() {
+        return;
+    }
+    let mut table = vec![
+        [
+            "INSTANCE",
+            "LISTENS ON",
+            "PID",
+            "ATTEMPTS",
+            "429S",
+            "UP SINCE",
+            "HEARTBEAT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in instances {
+        let id = text(&i["id"]);
+        table.push(vec![
+            if id == me {
+                format!("{id} (this one)")
+            } else {
+                id
+            },
+            text(&i["listen"]),
+            i["pid"].to_string(),
+            i["requests"].to_string(),
+            i["rate_limited"].to_string(),
+            used_ago(i["started_ms"].as_u64(), now),
+            used_ago(i["seen_ms"].as_u64(), now),
+        ]);
+    }
+    print_table(&table);
 }
 
 /// The `model_rests` of a key in `/_roo/status`.

@@ -60,6 +60,8 @@ pub struct Config {
     pub allow_origins: Vec<OriginRule>,
     /// Host names answered besides loopback names and `host` (`--allow-host`).
     pub allow_hosts: Vec<String>,
+    /// The Redis that instances sharing the pool meet at (`--redis`), checked.
+    pub redis: Option<String>,
 }
 
 impl Config {
@@ -221,6 +223,19 @@ impl Config {
         }
         let (allow_origins, allow_hosts) =
             browser_settings(&args.allow_origin, &args.allow_host, env)?;
+        let redis = match args.redis {
+            Some(url) => Some((url, "--redis")),
+            None => env("ROO_PROXY_REDIS").map(|url| (url, "ROO_PROXY_REDIS")),
+        };
+        let redis = match redis {
+            Some((url, source)) => Some(check_redis(url.trim()).map_err(|why| {
+                Error::Config(format!(
+                    "{source} '{}' {why}",
+                    crate::shared::masked_url(url.trim())
+                ))
+            })?),
+            None => None,
+        };
         Ok(Config {
             host: host.trim().to_string(),
             port,
@@ -246,8 +261,36 @@ impl Config {
             access_token,
             allow_origins,
             allow_hosts,
+            redis,
         })
     }
+}
+
+/// A Redis URL the client can use, or why not (without echoing the URL, which may hold
+/// a password).
+fn check_redis(url: &str) -> Result<String, String> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("redis" | "rediss" | "valkey" | "valkeys") => {}
+        Some("unix" | "redis+unix") if cfg!(unix) => {}
+        Some("unix" | "redis+unix") => {
+            return Err(
+                "is a Unix socket, which this system does not have; use redis://host:port".into(),
+            );
+        }
+        _ => {
+            return Err(
+                "is not a Redis URL; use redis://host:6379, rediss://host:6380 (TLS) or unix:///path/redis.sock".into(),
+            );
+        }
+    }
+    #[cfg(feature = "redis")]
+    return match redis::Client::open(url) {
+        Ok(_) => Ok(url.to_string()),
+        Err(_) => Err("does not parse as a Redis URL; e.g. redis://:password@host:6379/0".into()),
+    };
+    #[cfg(not(feature = "redis"))]
+    Err("needs a roo-proxy built with Redis support: cargo install --locked --path . --features redis".into())
 }
 
 /// `--allow-origin` and `--allow-host` (else their variables, comma-separated): the
@@ -661,6 +704,7 @@ mod tests {
         row("--access-token", "a-long-token"),
         row("--allow-origin", "https://app.example"),
         row("--allow-host", "proxy.lan"),
+        row("--redis", "redis://127.0.0.1:6379"),
         FlagRow {
             flag: "--allow-insecure-upstream",
             value: None,

@@ -3,6 +3,8 @@
 
 // Unsafe code only in owner_only.rs, for the Windows calls (it allows it there).
 #![deny(unsafe_code)]
+// Built without the `redis` feature (the default), the pool's sharing side has no caller.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 mod access;
 mod attempts;
@@ -29,11 +31,14 @@ mod route;
 mod sealed;
 mod secret;
 mod server;
+mod shared;
 mod spare;
 mod state;
 mod status;
 mod store;
 mod stream;
+#[cfg(feature = "redis")]
+mod team;
 #[cfg(test)]
 mod testing;
 mod transport;

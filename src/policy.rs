@@ -819,6 +819,138 @@ impl Policy {
     }
 }
 
+/// What other instances sharing the pool learned (`shared.rs`), merged in. Each merge
+/// keeps the later end of a rest and the higher count of refusals, so merging one fact
+/// twice, or two in either order, ends in the same state, and no rest is ever shortened.
+/// A merge is never news for this instance's storms or log.
+impl Policy {
+    /// Another instance rests key `id` until `until` (a 429 or a spent budget, or with
+    /// `credits` a 402) after `strikes` refusals in a row. Returns whether anything
+    /// changed.
+    pub fn merge_rest(
+        &mut self,
+        id: KeyId,
+        until: Instant,
+        strikes: u32,
+        credits: bool,
+        now: Instant,
+    ) -> bool {
+        let slot = &mut self.slots[id];
+        if !slot.state.usable() || until <= now {
+            return false;
+        }
+        let before = slot.clone();
+        let end = later(slot.state.until().filter(|u| *u > now), until);
+        slot.state = match slot.state {
+            KeyState::OutOfCredits { .. } => KeyState::OutOfCredits { until: end },
+            _ if credits => KeyState::OutOfCredits { until: end },
+            _ => KeyState::Cooling { until: end },
+        };
+        slot.rest_end = Some(later(slot.rest_end, until));
+        slot.strikes = slot.strikes.max(strikes);
+        if !credits && before.state.until().is_none_or(|u| u < until) {
+            slot.limited_at = Some(now);
+        }
+        *slot != before
+    }
+
+    /// Another instance rests key `id` for `models` until `until`.
+    pub fn merge_model_rest(
+        &mut self,
+        id: KeyId,
+        models: Models,
+        until: Instant,
+        strikes: u32,
+        now: Instant,
+    ) -> bool {
+        let slot = &mut self.slots[id];
+        if !slot.state.usable() || until <= now {
+            return false;
+        }
+        match slot.model_rests.iter_mut().find(|r| r.models == models) {
+            Some(r) if r.until >= until && r.strikes >= strikes => false,
+            Some(r) => {
+                r.until = r.until.max(until);
+                r.strikes = r.strikes.max(strikes);
+                true
+            }
+            None => {
+                // Bounded like this instance's own: the one that ends first makes room.
+                if slot.model_rests.len() >= MOST_MODEL_RESTS
+                    && let Some(first) =
+                        (0..slot.model_rests.len()).min_by_key(|i| slot.model_rests[*i].until)
+                {
+                    slot.model_rests.swap_remove(first);
+                }
+                slot.model_rests.push(ModelRest {
+                    models,
+                    until,
+                    strikes,
+                });
+                true
+            }
+        }
+    }
+
+    /// Another instance found key `id` invalid (`true`), or a keys-file change there
+    /// cleared the mark (`false`). A disabled key stays disabled.
+    pub fn merge_invalid(&mut self, id: KeyId, invalid: bool) -> bool {
+        let slot = &mut self.slots[id];
+        let next = match (slot.state, invalid) {
+            (KeyState::Disabled, _) => return false,
+            (_, true) => KeyState::Invalid,
+            (KeyState::Invalid, false) => KeyState::Ready,
+            (state, false) => state,
+        };
+        let changed = slot.state != next;
+        slot.state = next;
+        changed
+    }
+
+    /// The user disabled key `id` elsewhere (`true`), or enabled it (`false`: a
+    /// disabled key is ready again).
+    pub fn merge_disabled(&mut self, id: KeyId, disabled: bool) -> bool {
+        let slot = &mut self.slots[id];
+        let next = match (slot.state, disabled) {
+            (_, true) => KeyState::Disabled,
+            (KeyState::Disabled, false) => KeyState::Ready,
+            (state, false) => state,
+        };
+        let changed = slot.state != next;
+        slot.state = next;
+        changed
+    }
+
+    /// Another instance paused the pool until `until` after `storms` storms in a row.
+    pub fn merge_pause(&mut self, until: Instant, storms: u32) -> bool {
+        let before = (self.paused_until, self.storms);
+        self.paused_until = Some(later(self.paused_until, until));
+        self.storms = self.storms.max(storms);
+        before != (self.paused_until, self.storms)
+    }
+
+    /// Another instance heard the budget of key `id`'s account; the latest-sent word
+    /// wins, as with this instance's own answers.
+    pub fn merge_allowance(&mut self, id: KeyId, allowance: Allowance, now: Instant) -> bool {
+        let slot = &mut self.slots[id];
+        let stale = slot
+            .allowance
+            .is_none_or(|a| a.sent < allowance.sent || now >= a.reset);
+        let news = stale && now < allowance.reset && slot.allowance != Some(allowance);
+        if news {
+            slot.allowance = Some(allowance);
+        }
+        news
+    }
+
+    /// The pool-wide pause, if one runs at `now`, with its storm count.
+    pub fn pause_at(&self, now: Instant) -> Option<(Instant, u32)> {
+        self.paused_until
+            .filter(|p| *p > now)
+            .map(|p| (p, self.storms))
+    }
+}
+
 /// The rest after `strikes` refusals in a row: doubled for each, up to `longest` (but
 /// never below what was announced).
 fn escalate(rest: Duration, longest: Duration, strikes: u32) -> Duration {
@@ -878,6 +1010,41 @@ mod tests {
             0,
             strategy,
         )
+    }
+
+    #[test]
+    fn a_rest_merged_from_elsewhere_is_kept_and_its_echoes_here_are_not_news() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(2);
+        // An attempt with key 0 is under way here when another instance rests the key.
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        assert_eq!(id, 0);
+        assert!(p.merge_rest(0, t0 + secs(60), 1, false, t0 + ms(10)));
+        assert!(
+            !p.merge_rest(0, t0 + secs(30), 0, false, t0 + ms(10)),
+            "never shorter"
+        );
+        assert_eq!(
+            p.state(0),
+            KeyState::Cooling {
+                until: t0 + secs(60)
+            }
+        );
+        // Its 429 comes back: an echo of the shared rest, no escalation, no longer rest.
+        let change = p.record(0, limited(secs(60)), at(t0), t0 + ms(20));
+        assert_eq!(change, None);
+        assert_eq!(
+            p.state(0),
+            KeyState::Cooling {
+                until: t0 + secs(60)
+            }
+        );
+        assert_eq!(pick(&mut p, t0 + ms(30), &[]).map(|(id, _)| id), Some(1));
+        // An invalid or disabled key takes no rest; enabling brings it back ready.
+        assert!(p.merge_disabled(1, true));
+        assert!(!p.merge_rest(1, t0 + secs(60), 1, false, t0));
+        assert!(p.merge_disabled(1, false));
+        assert_eq!(p.state(1), KeyState::Ready);
     }
 
     #[test]

@@ -8,13 +8,15 @@
 //! keys file changes, keys that stay keep their state, except that an `invalid` mark is
 //! cleared (the user may have fixed the key).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::ApiKey;
+use crate::policy::{Allowance, ModelRest, Models};
 use crate::policy::{Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy};
-use crate::policy::{ModelRest, Models};
+use crate::shared::{Fact, Reason};
 use crate::state::{self, KeyStatus, Saved, SavedModelRest, SavedState, ScopedRest, StateFile};
 use crate::store::KeyEntry;
 
@@ -172,6 +174,13 @@ struct Inner {
     dirty: bool,
     /// Only "last used" changed since the last snapshot.
     used: bool,
+    /// Where facts worth sharing with other instances go (`--redis`): a bounded channel
+    /// to the thread that writes them, never waited on.
+    outbox: Option<SyncSender<Fact>>,
+    /// Facts the outbox had no room for.
+    dropped: u64,
+    /// Fingerprints of keys another instance's user disabled.
+    peer_off: HashSet<String>,
 }
 
 impl Pool {
@@ -213,6 +222,9 @@ impl Pool {
                 prints,
                 dirty: false,
                 used: false,
+                outbox: None,
+                dropped: 0,
+                peer_off: HashSet::new(),
             }),
         }
     }
@@ -283,6 +295,22 @@ impl Pool {
         };
         let change = inner.policy.record(id, outcome, sent, now.mono);
         inner.dirty |= change.is_some();
+        if inner.outbox.is_some() {
+            let mut facts = Vec::new();
+            if change.is_some() {
+                let group = inner.policy.slot(id).group;
+                for other in 0..inner.entries.len() {
+                    if inner.policy.slot(other).group == group {
+                        facts.extend(key_facts(&inner, other, now));
+                    }
+                }
+                facts.extend(pause_fact(&inner, now));
+            }
+            if matches!(outcome, Outcome::Served { budget: Some(_) }) {
+                facts.extend(budget_fact(&inner, id, now));
+            }
+            inner.send(facts);
+        }
         change
     }
 
@@ -320,12 +348,34 @@ impl Pool {
         let mut stats = Vec::with_capacity(entries.len());
         let mut kept = 0;
         let mut enabled = 0;
+        let mut facts = Vec::new();
         for (entry, group) in entries.iter().zip(groups) {
             let old = inner.index.get(&entry.key).copied();
             kept += usize::from(old.is_some());
             enabled += usize::from(
                 old.is_some_and(|old| inner.entries[old].enabled_at != entry.enabled_at),
             );
+            let print = state::fingerprint(&entry.key);
+            let was = old.map(|old| {
+                let e = &inner.entries[old];
+                (
+                    e.disabled,
+                    e.enabled_at != entry.enabled_at,
+                    inner.policy.state(old),
+                )
+            });
+            // What other instances should hear of the user's change.
+            if entry.disabled && !was.is_some_and(|(off, _, _)| off) {
+                facts.push(Fact::Off { k: print.clone() });
+            }
+            let turned_on = was.is_some_and(|(off, enabled, _)| off || enabled);
+            if !entry.disabled && turned_on {
+                inner.peer_off.remove(&print);
+                facts.push(Fact::On { k: print.clone() });
+            }
+            if was.is_some_and(|(_, _, state)| state == KeyState::Invalid) {
+                facts.push(Fact::Valid { k: print.clone() });
+            }
             let mut slot = match old {
                 Some(old) if inner.entries[old].enabled_at == entry.enabled_at => {
                     let mut slot = inner.policy.slot(old).clone();
@@ -337,7 +387,7 @@ impl Pool {
                 _ => Slot::new(KeyState::Ready, group),
             };
             slot.group = group;
-            if entry.disabled {
+            if entry.disabled || inner.peer_off.contains(&print) {
                 slot.state = KeyState::Disabled;
             }
             slots.push(slot);
@@ -362,12 +412,135 @@ impl Pool {
         inner.last_used = last_used;
         inner.stats = stats;
         inner.dirty = true;
+        inner.send(facts);
         reloaded
     }
 
     /// The keys, in the pool's order.
     pub fn entries(&self) -> Vec<Arc<KeyEntry>> {
         self.lock().entries.iter().map(Arc::clone).collect()
+    }
+
+    /// Shares what this pool learns from now on through `outbox` (`--redis`).
+    pub fn share(&self, outbox: SyncSender<Fact>) {
+        self.lock().outbox = Some(outbox);
+    }
+
+    /// Upstream attempts and 429s since the start, over every key.
+    pub fn totals(&self) -> (u64, u64) {
+        let inner = self.lock();
+        inner.stats.iter().fold((0, 0), |(attempts, limited), s| {
+            (attempts + s.requests, limited + s.rate_limited)
+        })
+    }
+
+    /// Facts the outbox had no room for, since the start.
+    pub fn dropped_facts(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    /// Everything this pool knows that others should: every running rest, mark and
+    /// budget, the pause, and the keys this instance's keys file disables. Sent when
+    /// Redis (re)appears, so state learned while it was away is merged back.
+    pub fn facts(&self, now: Now) -> Vec<Fact> {
+        let inner = self.lock();
+        let mut facts = Vec::new();
+        for id in 0..inner.entries.len() {
+            facts.extend(key_facts(&inner, id, now));
+            facts.extend(budget_fact(&inner, id, now));
+            if inner.entries[id].disabled {
+                facts.push(Fact::Off {
+                    k: inner.prints[id].clone(),
+                });
+            }
+        }
+        facts.extend(pause_fact(&inner, now));
+        facts
+    }
+
+    /// Merges what another instance learned. Keys this pool does not have are ignored.
+    /// Returns whether anything changed.
+    pub fn apply(&self, fact: &Fact, now: Now) -> bool {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let find = |k: &str| inner.prints.iter().position(|p| p == k);
+        // Another instance's word is cut to the longest rest this one gives (a day), like
+        // a remembered one: a wrong clock or a damaged fact never locks a key out for long.
+        let until = |ms: u64| clamp_remembered(now.to_mono(ms), now).filter(|u| *u > now.mono);
+        let changed = match fact {
+            Fact::Rest {
+                k,
+                until_ms,
+                strikes,
+                reason,
+            } => match (find(k), until(*until_ms)) {
+                (Some(id), Some(until)) => inner.policy.merge_rest(
+                    id,
+                    until,
+                    *strikes,
+                    *reason == Reason::OutOfCredits,
+                    now.mono,
+                ),
+                _ => false,
+            },
+            Fact::ModelRest {
+                k,
+                models,
+                until_ms,
+                strikes,
+            } => match (find(k), until(*until_ms)) {
+                (Some(id), Some(until)) => {
+                    let models = models_of(models);
+                    inner
+                        .policy
+                        .merge_model_rest(id, models, until, *strikes, now.mono)
+                }
+                _ => false,
+            },
+            Fact::Invalid { k } | Fact::Valid { k } => match find(k) {
+                Some(id) => inner
+                    .policy
+                    .merge_invalid(id, matches!(fact, Fact::Invalid { .. })),
+                None => false,
+            },
+            Fact::Off { k } => {
+                inner.peer_off.insert(k.clone());
+                find(k).is_some_and(|id| inner.policy.merge_disabled(id, true))
+            }
+            Fact::On { k } => {
+                inner.peer_off.remove(k);
+                match find(k) {
+                    Some(id) if !inner.entries[id].disabled => {
+                        inner.policy.merge_disabled(id, false)
+                    }
+                    _ => false,
+                }
+            }
+            Fact::Pause { until_ms, storms } => match until(*until_ms) {
+                Some(until) => inner.policy.merge_pause(until, *storms),
+                None => false,
+            },
+            Fact::Budget {
+                k,
+                remaining,
+                reset_ms,
+                sent_ms,
+                limit,
+            } => match (find(k), until(*reset_ms)) {
+                (Some(id), Some(reset)) => {
+                    let allowance = Allowance {
+                        remaining: *remaining,
+                        reset,
+                        sent: now.to_mono(*sent_ms).unwrap_or(now.mono),
+                        limit: *limit,
+                    };
+                    inner.policy.merge_allowance(id, allowance, now.mono)
+                }
+                _ => false,
+            },
+        };
+        inner.dirty |= changed;
+        changed
     }
 
     /// Every key's state and history, for the status endpoints.
@@ -443,6 +616,92 @@ impl Pool {
     }
 }
 
+impl Inner {
+    /// Hands facts to the outbox without waiting; those it has no room for are counted
+    /// and lost (the merge when Redis returns sends the whole state again).
+    fn send(&mut self, facts: Vec<Fact>) {
+        let Some(outbox) = &self.outbox else { return };
+        for fact in facts {
+            if outbox.try_send(fact).is_err() {
+                self.dropped += 1;
+            }
+        }
+    }
+}
+
+/// What other instances should know of key `id`'s state: its rests and its invalid mark.
+fn key_facts(inner: &Inner, id: KeyId, now: Now) -> Vec<Fact> {
+    let slot = inner.policy.slot(id);
+    let k = &inner.prints[id];
+    let mut facts = Vec::new();
+    match slot.state {
+        KeyState::Cooling { until } | KeyState::OutOfCredits { until } if until > now.mono => {
+            facts.push(Fact::Rest {
+                k: k.clone(),
+                until_ms: now.to_wall_ms(until),
+                strikes: slot.strikes,
+                reason: match slot.state {
+                    KeyState::OutOfCredits { .. } => Reason::OutOfCredits,
+                    _ => Reason::RateLimited,
+                },
+            });
+        }
+        KeyState::Invalid => facts.push(Fact::Invalid { k: k.clone() }),
+        _ => {}
+    }
+    if slot.state.usable() {
+        for rest in slot.model_rests_at(now.mono) {
+            facts.push(Fact::ModelRest {
+                k: k.clone(),
+                models: models_name(&rest.models),
+                until_ms: now.to_wall_ms(rest.until),
+                strikes: rest.strikes,
+            });
+        }
+    }
+    facts
+}
+
+/// The budget key `id`'s account announced last, while it runs.
+fn budget_fact(inner: &Inner, id: KeyId, now: Now) -> Option<Fact> {
+    let a = inner
+        .policy
+        .slot(id)
+        .allowance
+        .filter(|a| a.reset > now.mono)?;
+    Some(Fact::Budget {
+        k: inner.prints[id].clone(),
+        remaining: a.remaining,
+        reset_ms: now.to_wall_ms(a.reset),
+        sent_ms: now.to_wall_ms(a.sent),
+        limit: a.limit,
+    })
+}
+
+fn pause_fact(inner: &Inner, now: Now) -> Option<Fact> {
+    let (until, storms) = inner.policy.pause_at(now.mono)?;
+    Some(Fact::Pause {
+        until_ms: now.to_wall_ms(until),
+        storms,
+    })
+}
+
+/// Models as the state file and other instances name them.
+fn models_name(models: &Models) -> String {
+    match models {
+        Models::Named(name) => name.to_string(),
+        Models::Free => state::FREE_MODELS.to_string(),
+    }
+}
+
+fn models_of(name: &str) -> Models {
+    if name == state::FREE_MODELS {
+        Models::Free
+    } else {
+        Models::Named(name.into())
+    }
+}
+
 /// Account groups: keys of one account share a number; keys without one get their own.
 fn groups_of(entries: &[KeyEntry]) -> Vec<usize> {
     let mut accounts: HashMap<&str, usize> = HashMap::new();
@@ -478,10 +737,7 @@ fn snapshot(inner: &Inner, now: Now) -> StateFile {
             saved.model_rests = slot
                 .model_rests_at(now.mono)
                 .map(|r| SavedModelRest {
-                    models: match &r.models {
-                        Models::Named(name) => name.to_string(),
-                        Models::Free => state::FREE_MODELS.to_string(),
-                    },
+                    models: models_name(&r.models),
                     until_ms: now.to_wall_ms(r.until),
                 })
                 .collect();
@@ -520,13 +776,8 @@ fn restore_model_rests(saved: &Saved, now: Now) -> Vec<ModelRest> {
         .take(crate::policy::MOST_MODEL_RESTS)
         .filter_map(|r| {
             let until = clamp_remembered(now.to_mono(r.until_ms), now).filter(|u| *u > now.mono)?;
-            let models = if r.models == state::FREE_MODELS {
-                Models::Free
-            } else {
-                Models::Named(r.models.as_str().into())
-            };
             Some(ModelRest {
-                models,
+                models: models_of(&r.models),
                 until,
                 strikes: 0,
             })
@@ -826,6 +1077,143 @@ mod tests {
             restarted.report(later).keys[0].model_rests[0].seconds_left,
             200
         );
+    }
+
+    /// Every fact a pool sends, as another instance would get it.
+    fn shared_facts(pool: &Pool) -> std::sync::mpsc::Receiver<Fact> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        pool.share(tx);
+        rx
+    }
+
+    #[test]
+    fn a_rest_learned_by_one_pool_holds_in_another_and_is_never_shortened() {
+        let t = now();
+        let a = fresh(vec![entry(0), entry(1)], t);
+        let b = fresh(vec![entry(1), entry(0)], t);
+        let sent = shared_facts(&a);
+        let _ = record(&a, &entry(0), rest(300), t);
+        let facts: Vec<Fact> = sent.try_iter().collect();
+        assert!(
+            matches!(&facts[..], [Fact::Rest { until_ms, strikes: 1, reason: Reason::RateLimited, .. }]
+                if *until_ms == epoch_ms(t.wall) + 300_000),
+            "{facts:?}"
+        );
+        for fact in &facts {
+            assert!(b.apply(fact, t));
+            assert!(!b.apply(fact, t), "the same fact twice changes nothing");
+        }
+        // B picks only key 1 now, whatever its order.
+        let (ticket, _) = b.pick(t, &[], None).unwrap();
+        assert_eq!(**ticket.entry(), entry(1));
+        drop(ticket);
+        assert_eq!(b.report(t).keys[1].seconds_left, Some(300));
+        // A shorter rest from elsewhere does not shorten it; a longer one lengthens it.
+        let k = state::fingerprint(&entry(0).key);
+        let shorter = Fact::Rest {
+            k: k.clone(),
+            until_ms: epoch_ms(t.wall) + 10_000,
+            strikes: 0,
+            reason: Reason::RateLimited,
+        };
+        assert!(!b.apply(&shorter, t));
+        assert_eq!(b.report(t).keys[1].seconds_left, Some(300));
+        let longer = Fact::Rest {
+            k,
+            until_ms: epoch_ms(t.wall) + 900_000,
+            strikes: 2,
+            reason: Reason::RateLimited,
+        };
+        assert!(b.apply(&longer, t));
+        assert_eq!(b.report(t).keys[1].seconds_left, Some(900));
+        // What B sends when Redis (re)appears holds the merged rest.
+        assert!(b.facts(t).iter().any(|f| matches!(f,
+            Fact::Rest { until_ms, strikes: 2, .. } if *until_ms == epoch_ms(t.wall) + 900_000)));
+        // A fact for a key B does not have is ignored.
+        let other = Fact::Invalid {
+            k: state::fingerprint(&entry(5).key),
+        };
+        assert!(!b.apply(&other, t));
+    }
+
+    #[test]
+    fn marks_and_pauses_from_elsewhere_merge_in_either_order() {
+        let t = now();
+        let k = state::fingerprint(&entry(0).key);
+        let facts = [
+            Fact::Invalid { k: k.clone() },
+            Fact::Pause {
+                until_ms: epoch_ms(t.wall) + 5_000,
+                storms: 1,
+            },
+            Fact::ModelRest {
+                k: k.clone(),
+                models: state::FREE_MODELS.into(),
+                until_ms: epoch_ms(t.wall) + 60_000,
+                strikes: 1,
+            },
+        ];
+        let forward = fresh(vec![entry(0), entry(1)], t);
+        let backward = fresh(vec![entry(0), entry(1)], t);
+        for fact in &facts {
+            let _ = forward.apply(fact, t);
+        }
+        for fact in facts.iter().rev() {
+            let _ = backward.apply(fact, t);
+        }
+        for pool in [&forward, &backward] {
+            let report = pool.report(t);
+            assert_eq!(report.paused_seconds, Some(5));
+            assert!(pool.pick(t, &[], None).is_none(), "paused");
+            let later = Now {
+                mono: t.mono + Duration::from_secs(6),
+                wall: t.wall + Duration::from_secs(6),
+            };
+            let (ticket, _) = pool.pick(later, &[], Some("a/b:free")).unwrap();
+            assert_eq!(**ticket.entry(), entry(1), "key 0 is invalid");
+        }
+        // The invalid key's model rest was not taken (an invalid key serves nothing).
+        assert_eq!(forward.report(t).keys[0].state, KeyStatus::Invalid);
+        forward.apply(&Fact::Valid { k }, t);
+        assert_eq!(forward.report(t).keys[0].state, KeyStatus::Ready);
+    }
+
+    #[test]
+    fn disabling_is_shared_and_survives_a_reload_until_enabled() {
+        let t = now();
+        let a = fresh(vec![entry(0), entry(1)], t);
+        let sent = shared_facts(&a);
+        let mut off = entry(1);
+        off.disabled = true;
+        a.replace(vec![entry(0), off.clone()]);
+        let facts: Vec<Fact> = sent.try_iter().collect();
+        let k = state::fingerprint(&entry(1).key);
+        assert_eq!(facts, [Fact::Off { k: k.clone() }]);
+
+        let b = fresh(vec![entry(0), entry(1)], t);
+        assert!(b.apply(&facts[0], t));
+        assert_eq!(b.report(t).keys[1].state, KeyStatus::Disabled);
+        // B's own keys file changes: the key stays disabled.
+        b.replace(vec![entry(0), entry(1), entry(2)]);
+        assert_eq!(b.report(t).keys[1].state, KeyStatus::Disabled);
+        // Enabled on A (a new `enabled_at`): A says so, and B takes the key back.
+        let mut on = entry(1);
+        on.enabled_at = Some(1_900_000_000_000);
+        a.replace(vec![entry(0), on]);
+        let facts: Vec<Fact> = sent.try_iter().collect();
+        assert_eq!(facts, [Fact::On { k }]);
+        assert!(b.apply(&facts[0], t));
+        assert_eq!(b.report(t).keys[1].state, KeyStatus::Ready);
+    }
+
+    #[test]
+    fn a_full_outbox_never_blocks_and_counts_what_it_lost() {
+        let t = now();
+        let pool = fresh(vec![entry(0), entry(1)], t);
+        let (tx, _rx) = std::sync::mpsc::sync_channel(0);
+        pool.share(tx);
+        let _ = record(&pool, &entry(0), rest(60), t);
+        assert_eq!(pool.dropped_facts(), 1);
     }
 
     #[test]

@@ -35,10 +35,13 @@ use crate::policy::{Budget, Change, Outcome, Scope};
 use crate::pool::{Now, Pool};
 use crate::provider::Provider;
 use crate::route;
+use crate::shared::TeamReport;
 use crate::state;
 use crate::status::{self, About, Route};
 use crate::store::{self, KeyEntry, KeysFile, Source};
 use crate::stream::{self, End, Framing};
+#[cfg(feature = "redis")]
+use crate::team::{Announce, Team};
 use crate::upstream::{self, Upstream};
 use crate::waiting::{Room, Seen};
 use crate::watch::{self, EnvKeys, Watch};
@@ -63,6 +66,9 @@ struct Proxy {
     /// The memory request bodies hold, all requests together (`--max-body-memory`).
     held: Arc<Held>,
     started: Instant,
+    /// The link to the other instances sharing the pool (`--redis`).
+    #[cfg(feature = "redis")]
+    team: Option<Arc<Team>>,
     /// Requests being handled now (for --max-requests and a graceful stop).
     in_flight: AtomicUsize,
     /// A stop signal came: new requests get 503.
@@ -120,6 +126,17 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         config.strategy,
         Now::read(),
     ));
+    #[cfg(feature = "redis")]
+    let team = match &config.redis {
+        Some(url) => {
+            let announce = Announce {
+                listen: local.to_string(),
+                started_ms: crate::pool::epoch_ms(SystemTime::now()),
+            };
+            Some(Team::start(url, Arc::clone(&pool), announce).map_err(Error::Serve)?)
+        }
+        None => None,
+    };
     let keys_file = keys.path;
     let watch = Watch {
         pool: Arc::clone(&pool),
@@ -143,6 +160,8 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         config,
         metrics: Metrics::default(),
         started: Instant::now(),
+        #[cfg(feature = "redis")]
+        team,
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         room: Room::default(),
@@ -925,6 +944,14 @@ impl Proxy {
         }
     }
 
+    /// The link to the other instances, with `--redis`.
+    fn team_report(&self) -> Option<TeamReport> {
+        #[cfg(feature = "redis")]
+        return self.team.as_ref().map(|t| t.report(&self.pool));
+        #[cfg(not(feature = "redis"))]
+        None
+    }
+
     /// The proxy's own status paths: (status, content type, body).
     fn answer_local(&self, route: Route, method: &str) -> (u16, &'static str, Vec<u8>) {
         if method != "GET" && method != "HEAD" {
@@ -938,11 +965,12 @@ impl Proxy {
             strategy: self.config.strategy,
             uptime: self.started.elapsed(),
             waiting: self.room.waiting(),
+            team: self.team_report(),
         };
         let json = "application/json";
         match route {
             Route::Health => {
-                let (code, body) = status::health(&report);
+                let (code, body) = status::health(&report, &about);
                 (code, json, body.to_string().into_bytes())
             }
             Route::Status => {

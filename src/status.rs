@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::metrics::{BUCKETS, Counters, Histogram, SLICE};
 use crate::policy::Strategy;
 use crate::pool::{KeyReport, KeyStats, PoolReport};
+use crate::shared::TeamReport;
 use crate::state::KeyStatus;
 
 /// The paths the proxy answers itself. Everything else goes upstream.
@@ -50,18 +51,43 @@ pub struct About<'a> {
     pub uptime: Duration,
     /// Requests waiting for a key now (`--wait`).
     pub waiting: usize,
+    /// The instances sharing the pool, with `--redis`.
+    pub team: Option<TeamReport>,
 }
 
 /// `/_roo/health`: 200 while a key can serve (now or after a rest), 503 otherwise.
-pub fn health(report: &PoolReport) -> (u16, Value) {
+/// With `--redis`, it says whether Redis is reachable; an instance without it still
+/// serves (on its own key states), so that does not change the status code.
+pub fn health(report: &PoolReport, about: &About) -> (u16, Value) {
     let o = &report.outlook;
     let ok = o.ready > 0;
-    let body = json!({
+    let mut body = json!({
         "status": if ok { "ok" } else { "unavailable" },
         "keys_available": o.ready,
         "keys_total": o.total,
     });
+    if let Some(team) = &about.team {
+        body["redis"] = json!(team.link.as_str());
+        if let Some(error) = &team.error {
+            body["redis_error"] = json!(error);
+        }
+    }
     (if ok { 200 } else { 503 }, body)
+}
+
+/// The shared state's part of `/_roo/status`: `null` without `--redis`.
+fn team_json(team: Option<&TeamReport>) -> Value {
+    let Some(team) = team else {
+        return Value::Null;
+    };
+    json!({
+        "redis": team.url,
+        "link": team.link.as_str(),
+        "error": team.error,
+        "instance": team.id,
+        "dropped_facts": team.dropped,
+        "instances": team.instances,
+    })
 }
 
 /// `/_roo/status`: the pool and the counters as JSON.
@@ -101,6 +127,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
         "keys_total": report.outlook.total,
         "paused_seconds": report.paused_seconds,
         "requests_waiting": about.waiting,
+        "shared": team_json(about.team.as_ref()),
         "requests": counters.by_status.values().sum::<u64>(),
         "requests_by_status": counters.by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "upstream_attempts": counters.attempts,
@@ -191,6 +218,30 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         "roo_proxy_paused_seconds {}",
         report.paused_seconds.unwrap_or(0)
     );
+    if let Some(team) = &about.team {
+        header(
+            &mut out,
+            "roo_proxy_redis_up",
+            "gauge",
+            "1 while the Redis shared by the instances is reachable.",
+        );
+        let up = u8::from(team.link == crate::shared::Link::Up);
+        let _ = writeln!(out, "roo_proxy_redis_up {up}");
+        header(
+            &mut out,
+            "roo_proxy_instances",
+            "gauge",
+            "Instances sharing the key pool whose heartbeat is alive.",
+        );
+        let _ = writeln!(out, "roo_proxy_instances {}", team.instances.len());
+        header(
+            &mut out,
+            "roo_proxy_shared_facts_dropped_total",
+            "counter",
+            "Key-state changes not shared because the queue to Redis was full.",
+        );
+        let _ = writeln!(out, "roo_proxy_shared_facts_dropped_total {}", team.dropped);
+    }
 
     let labels = |k: &KeyReport| {
         format!(

@@ -16,6 +16,8 @@ mod providers;
 mod reload;
 mod rotation;
 mod secrets;
+#[cfg(feature = "redis")]
+mod shared;
 mod startup;
 mod streaming;
 mod tidy;

@@ -199,3 +199,33 @@ fn durations_past_a_day_stop_the_start_with_a_clear_message() {
         variable.2
     );
 }
+
+#[test]
+fn bad_redis_urls_are_refused_without_echoing_the_password() {
+    let (status, _, err) = Proxy::bare()
+        .keys(1)
+        .arg("--redis")
+        .arg("http://:hunter2@localhost")
+        .run();
+    assert!(!status.success());
+    assert!(err.contains("--redis"), "{err}");
+    assert!(err.contains("redis://"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let (status, _, err) = Proxy::bare()
+        .keys(1)
+        .env("ROO_PROXY_REDIS", "redis://:hunter2@[::1")
+        .run();
+    assert!(!status.success());
+    assert!(err.contains("ROO_PROXY_REDIS"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // A build without the feature says how to get one, for a good URL too.
+    if cfg!(not(feature = "redis")) {
+        let (status, _, err) = Proxy::bare()
+            .keys(1)
+            .arg("--redis")
+            .arg("redis://127.0.0.1:6379")
+            .run();
+        assert!(!status.success());
+        assert!(err.contains("--features redis"), "{err}");
+    }
+}

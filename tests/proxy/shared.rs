@@ -1,0 +1,531 @@
+//! Several real `roo-proxy` processes sharing one key pool through a real `redis-server`
+//! (`--redis`). Each test starts its own Redis on a free loopback port (so it can kill
+//! and restart it), except the one that uses the Redis CI starts (`ROO_PROXY_TEST_REDIS`,
+//! a Unix socket). The tests skip when `redis-server` is missing, and fail instead when
+//! `ROO_PROXY_REQUIRE_REDIS` is set (CI sets it, and installs Redis).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{DEADLINE, Mock, Proxy, TempDir, key};
+
+const SERVER: &str = "redis-server";
+const CLI: &str = "redis-cli";
+
+/// Whether Redis can run here; panics when CI requires it and it cannot.
+fn redis_available() -> bool {
+    let found = [SERVER, CLI].iter().all(|program| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !found {
+        assert!(
+            std::env::var_os("ROO_PROXY_REQUIRE_REDIS").is_none(),
+            "ROO_PROXY_REQUIRE_REDIS is set but {SERVER} or {CLI} is missing (apt-get install redis-server)"
+        );
+        eprintln!("skipped: {SERVER} is not installed");
+    }
+    found
+}
+
+/// A `redis-server` of this test's own, on a loopback port, persisting nothing.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = TempDir::new();
+        let port = free_port();
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir,
+        };
+        redis.run();
+        redis
+    }
+
+    /// Starts the server (again) on its port.
+    fn run(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let child = Command::new(SERVER)
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            self.child = Some(child);
+            if self.wait_ready() {
+                return;
+            }
+            // The port may still be held by the previous server's closing sockets.
+            self.kill();
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(child) = &mut self.child
+                && child.try_wait().unwrap().is_some()
+            {
+                return false;
+            }
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` with `args`, its output.
+    fn cli(&self, args: &[&str]) -> String {
+        cli_at(&["-p", &self.port.to_string()], args)
+    }
+
+    /// Every key and value stored now, as text.
+    fn dump(&self) -> String {
+        dump_with(|args| self.cli(args))
+    }
+
+    /// Starts `MONITOR` (every command the server runs, scripts' included), into a file.
+    fn monitor(&self) -> Monitor {
+        let path = self.dir.path().join("monitor.txt");
+        let child = Command::new(CLI)
+            .args(["-p", &self.port.to_string(), "MONITOR"])
+            .stdout(fs::File::create(&path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        // MONITOR prints OK once it runs.
+        while !fs::read_to_string(&path).unwrap_or_default().contains("OK") {
+            assert!(Instant::now() < deadline, "MONITOR did not start");
+            thread::sleep(Duration::from_millis(10));
+        }
+        Monitor { child, path }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Monitor {
+    child: Child,
+    path: std::path::PathBuf,
+}
+
+impl Monitor {
+    fn text(&self) -> String {
+        fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli_at(target: &[&str], args: &[&str]) -> String {
+    let out = Command::new(CLI)
+        .args(target)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dump_with(cli: impl Fn(&[&str]) -> String) -> String {
+    let mut text = String::new();
+    for name in cli(&["--scan"]).lines().filter(|l| !l.is_empty()) {
+        let value = match cli(&["TYPE", name]).trim() {
+            "hash" => cli(&["HGETALL", name]),
+            "string" => cli(&["GET", name]),
+            other => format!("(type {other})"),
+        };
+        text.push_str(&format!("{name} => {value}\n"));
+    }
+    text
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A keys file of keys `1..=n`, in a folder of its own (instances share no files).
+fn proxy_on(mock: &Mock, redis: &str, n: usize) -> Proxy {
+    Proxy::with(mock).keys(n).arg("--redis").arg(redis).start()
+}
+
+/// `/_roo/status` of a proxy.
+fn status(proxy: &Proxy) -> Value {
+    proxy.get("/_roo/status").json()
+}
+
+fn key_state(proxy: &Proxy, n: usize) -> String {
+    let masked = crate::support::masked(n);
+    status(proxy)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == masked.as_str())
+        .map(|k| k["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it holds; panics with `what` at the deadline.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn linked(proxy: &Proxy) -> bool {
+    proxy.get("/_roo/health").json()["redis"] == "up"
+}
+
+/// How many requests the mock saw with key `n`.
+fn uses_of(mock: &Mock, n: usize) -> usize {
+    let wanted = format!("Bearer {}", key(n));
+    mock.keys_used().iter().filter(|k| **k == wanted).count()
+}
+
+#[test]
+fn a_429_seen_by_one_instance_rests_the_key_for_the_other() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 2);
+    let b = proxy_on(&mock, &redis.url(), 2);
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+
+    mock.plan(&key(1), &["429:120"]);
+    // A's round-robin starts at key 1: its 429 rests it, and key 2 serves.
+    assert_eq!(a.chat().status, 200);
+    assert_eq!(uses_of(&mock, 1), 1);
+    eventually("B sees key 1 resting", || key_state(&b, 1) == "cooling");
+    for _ in 0..6 {
+        assert_eq!(b.chat().status, 200);
+    }
+    assert_eq!(uses_of(&mock, 1), 1, "B never sent key 1 while it rests");
+    assert_eq!(status(&b)["shared"]["link"], "up");
+}
+
+#[test]
+fn a_key_found_invalid_by_one_is_skipped_by_all_three() {
+    if !redis_available() {
+        return;
+    }
+    // The Redis CI started, over its Unix socket (a local one otherwise).
+    let local;
+    let url = match std::env::var("ROO_PROXY_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            local = Redis::start();
+            local.url()
+        }
+    };
+    let mock = Mock::start();
+    // Keys of their own, so other tests on the same Redis cannot meet them.
+    let keys: Vec<String> = (71..=73).map(key).collect();
+    let file = serde_json::to_string(&keys).unwrap();
+    let start = || {
+        Proxy::with(&mock)
+            .keys_file(&file)
+            .arg("--redis")
+            .arg(&url)
+            .start()
+    };
+    let proxies = [start(), start(), start()];
+    eventually("all three reach Redis", || proxies.iter().all(linked));
+    mock.plan(&key(71), &["401"]);
+    assert_eq!(proxies[0].chat().status, 200);
+    assert_eq!(uses_of(&mock, 71), 1);
+    for p in &proxies[1..] {
+        eventually("the others mark key 71 invalid", || {
+            key_state(p, 71) == "invalid"
+        });
+    }
+    for p in &proxies {
+        for _ in 0..4 {
+            assert_eq!(p.chat().status, 200);
+        }
+    }
+    assert_eq!(uses_of(&mock, 71), 1, "nobody tried the invalid key again");
+    // Each sees the three of them.
+    eventually("three instances listed", || {
+        proxies
+            .iter()
+            .all(|p| status(p)["shared"]["instances"].as_array().map(Vec::len) == Some(3))
+    });
+    // `roo-proxy status` lists them too.
+    let out = Command::new(crate::support::PROXY)
+        .args(["status", "--port", &proxies[1].port.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(": up · 3 instances"), "{text}");
+    assert_eq!(text.matches("(this one)").count(), 1, "{text}");
+    for p in &proxies {
+        assert!(text.contains(&p.addr()), "{text}");
+    }
+}
+
+#[test]
+fn keys_disable_on_one_machine_applies_everywhere_and_enable_undoes_it() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 3);
+    let b = proxy_on(&mock, &redis.url(), 3);
+    eventually("both reach Redis", || linked(&a) && linked(&b));
+    let keys = |args: &[&str], proxy: &Proxy| {
+        let out = Command::new(crate::support::PROXY)
+            .arg("keys")
+            .args(args)
+            .arg("--keys-file")
+            .arg(proxy.keys_file())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    keys(&["disable", "sk-or-v1-02"], &a);
+    eventually("B sees key 2 disabled", || key_state(&b, 2) == "disabled");
+    for _ in 0..6 {
+        assert_eq!(b.chat().status, 200);
+    }
+    assert_eq!(uses_of(&mock, 2), 0);
+    // B's own keys file changes (another key added): key 2 stays disabled there.
+    let mut file: Vec<String> =
+        serde_json::from_str(&fs::read_to_string(b.keys_file()).unwrap()).unwrap();
+    file.push(key(4));
+    fs::write(b.keys_file(), serde_json::to_string(&file).unwrap()).unwrap();
+    eventually("B reloads", || {
+        status(&b)["keys"].as_array().map(Vec::len) == Some(4)
+    });
+    assert_eq!(key_state(&b, 2), "disabled");
+    keys(&["enable", "sk-or-v1-02"], &a);
+    eventually("B sees key 2 back", || key_state(&b, 2) == "ready");
+}
+
+#[test]
+fn killing_redis_mid_load_loses_no_request_and_a_restart_merges_state() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 3);
+    let b = proxy_on(&mock, &redis.url(), 3);
+    eventually("both reach Redis", || linked(&a) && linked(&b));
+
+    // Load on both while Redis dies.
+    let load = |p: &Proxy| {
+        let addr = p.addr();
+        thread::spawn(move || {
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                statuses.push(raw_chat(&addr));
+            }
+            statuses
+        })
+    };
+    let (la, lb) = (load(&a), load(&b));
+    redis.kill();
+    let (sa, sb) = (la.join().unwrap(), lb.join().unwrap());
+    assert!(sa.iter().chain(&sb).all(|s| *s == 200), "{sa:?} {sb:?}");
+    eventually("both say Redis is down", || {
+        [&a, &b]
+            .iter()
+            .all(|p| p.get("/_roo/health").json()["redis"] == "down")
+    });
+    // Still serving, with one warning each.
+    for p in [&a, &b] {
+        assert_eq!(p.chat().status, 200);
+        let logs = p.logs();
+        assert_eq!(logs.matches("is unreachable").count(), 1, "{logs}");
+    }
+    // While Redis is away, A learns that key 1 is limited; B cannot know yet.
+    mock.plan(&key(1), &["429:300", "429:300"]);
+    let mut tries = 0;
+    while key_state(&a, 1) != "cooling" {
+        assert_eq!(a.chat().status, 200);
+        tries += 1;
+        assert!(tries < 10, "A never used key 1");
+    }
+    assert_eq!(key_state(&b, 1), "ready");
+
+    redis.run();
+    eventually("both are back", || linked(&a) && linked(&b));
+    eventually("B got A's rest in the merge", || {
+        key_state(&b, 1) == "cooling"
+    });
+    for p in [&a, &b] {
+        p.wait_for_log("is back");
+    }
+    // The later end wins: B's rest ends where A's does.
+    let left = |p: &Proxy| -> u64 {
+        let masked = crate::support::masked(1);
+        status(p)["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key"] == masked.as_str())
+            .and_then(|k| k["seconds_left"].as_u64())
+            .unwrap()
+    };
+    assert!(left(&b) + 2 >= left(&a), "{} vs {}", left(&b), left(&a));
+}
+
+#[test]
+fn nothing_stored_or_published_in_redis_holds_key_material() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let monitor = redis.monitor();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 4);
+    let b = proxy_on(&mock, &redis.url(), 4);
+    eventually("both reach Redis", || linked(&a) && linked(&b));
+    // Facts of every kind a user causes here: a rest, an invalid key, a disabled key,
+    // and the heartbeats.
+    mock.plan(&key(1), &["429:120"]);
+    mock.plan(&key(2), &["401"]);
+    for _ in 0..4 {
+        assert_eq!(a.chat().status, 200);
+    }
+    eventually("B sees both", || {
+        key_state(&b, 1) == "cooling" && key_state(&b, 2) == "invalid"
+    });
+    let out = Command::new(crate::support::PROXY)
+        .args(["keys", "disable", "sk-or-v1-03", "--keys-file"])
+        .arg(a.keys_file())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually("B sees key 3 disabled", || key_state(&b, 3) == "disabled");
+
+    let stored = redis.dump();
+    let seen = monitor.text();
+    assert!(stored.contains("roo-proxy:rest:"), "{stored}");
+    assert!(stored.contains("roo-proxy:instance:"), "{stored}");
+    assert!(
+        seen.contains("PUBLISH") || seen.contains("publish"),
+        "{seen}"
+    );
+    for n in 1..=4 {
+        let raw = key(n);
+        let chars: Vec<char> = raw.chars().collect();
+        for window in chars.windows(16) {
+            let piece: String = window.iter().collect();
+            assert!(
+                !stored.contains(&piece),
+                "key {n} piece {piece} stored:\n{stored}"
+            );
+            assert!(
+                !seen.contains(&piece),
+                "key {n} piece {piece} sent:\n{seen}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_redis_at_start_an_instance_serves_and_says_so_once() {
+    if !redis_available() {
+        return;
+    }
+    let mock = Mock::start();
+    let port = free_port();
+    let a = proxy_on(&mock, &format!("redis://127.0.0.1:{port}"), 2);
+    for _ in 0..5 {
+        assert_eq!(a.chat().status, 200);
+    }
+    eventually("health says down", || {
+        a.get("/_roo/health").json()["redis"] == "down"
+    });
+    let health = a.get("/_roo/health");
+    assert_eq!(health.status, 200);
+    for _ in 0..5 {
+        assert_eq!(a.chat().status, 200);
+    }
+    let logs = a.logs();
+    assert_eq!(logs.matches("is unreachable").count(), 1, "{logs}");
+    let page = a.get("/_roo/");
+    assert!(page.text().contains("redis"), "the page shows the link");
+}
+
+/// One chat completion on a fresh connection: the status code (0 if the connection
+/// failed).
+fn raw_chat(addr: &str) -> u16 {
+    let body = r#"{"model":"mock/model","messages":[{"role":"user","content":"hi"}]}"#;
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(DEADLINE));
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(&mut s);
+    let _ = reader.read_line(&mut line);
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
