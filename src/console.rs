@@ -9,6 +9,7 @@
 //! its lines by [`outln!`]/[`errln!`], its logs by [`Ascii`].
 
 use std::borrow::Cow;
+use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -90,15 +91,26 @@ pub fn ascii() -> bool {
 /// `println!` through [`plain`].
 macro_rules! outln {
     ($($arg:tt)*) => {
-        println!("{}", $crate::console::plain(&format!($($arg)*)))
+        $crate::console::out(format_args!($($arg)*))
     };
 }
 
 /// `eprintln!` through [`plain`].
 macro_rules! errln {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::console::plain(&format!($($arg)*)))
+        $crate::console::err(format_args!($($arg)*))
     };
+}
+
+/// One line to standard output, through [`plain`]. A function, not macro code, so each
+/// of the many call sites stays as small as a `println!`.
+pub fn out(line: fmt::Arguments<'_>) {
+    println!("{}", plain(&line.to_string()));
+}
+
+/// One line to standard error, through [`plain`].
+pub fn err(line: fmt::Arguments<'_>) {
+    eprintln!("{}", plain(&line.to_string()));
 }
 
 pub(crate) use {errln, outln};
