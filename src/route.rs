@@ -62,6 +62,19 @@ pub fn model_of(path: &str, body: &[u8]) -> Option<String> {
         .filter(|m| !m.is_empty() && m.len() <= LONGEST_MODEL)
 }
 
+/// A pool named by the target's first path segment (`/gemini/v1beta/…`,
+/// `/anthropic/v1/messages`): the preset of that name and the target after it. The bare
+/// base URL names no pool (it is the default one).
+pub fn pool_prefix(target: &str) -> Option<(crate::provider::Provider, &str)> {
+    let rest = target.strip_prefix('/')?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let provider = crate::provider::ALL
+        .into_iter()
+        .find(|p| p.name() == &rest[..end])?;
+    let after = &rest[end..];
+    Some((provider, if after.starts_with('/') { after } else { "/" }))
+}
+
 /// Maps a client request target to the upstream URL: `base` (no trailing slash) joined
 /// with the target minus its base prefix; the query string is kept as it came, less any
 /// `key` parameter (a client's credential, which never goes upstream).
@@ -321,6 +334,30 @@ mod tests {
                 "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
                 "{target}"
             );
+        }
+    }
+
+    #[test]
+    fn a_pool_is_named_by_the_first_segment_only() {
+        use crate::provider::Provider;
+        assert_eq!(
+            pool_prefix("/gemini/v1beta/models/g:generateContent"),
+            Some((Provider::Gemini, "/v1beta/models/g:generateContent"))
+        );
+        assert_eq!(
+            pool_prefix("/gemini-openai/v1/chat/completions"),
+            Some((Provider::GeminiOpenAi, "/v1/chat/completions"))
+        );
+        assert_eq!(pool_prefix("/anthropic"), Some((Provider::Anthropic, "/")));
+        for target in [
+            "/v1/chat/completions",
+            "/geminis/x",
+            "/Gemini/x",
+            "/v1/gemini/x",
+            "/",
+            "*",
+        ] {
+            assert_eq!(pool_prefix(target), None, "{target}");
         }
     }
 

@@ -491,10 +491,25 @@ impl Proxy {
                 ),
             ));
         }
+        // A pool named in the path (`/anthropic/v1/messages`) must be this proxy's; the
+        // bare base URL serves it too.
+        let mut target = incoming.target;
+        if let Some((named, rest)) = route::pool_prefix(target) {
+            if named != self.config.provider {
+                return Err(Reply::new(
+                    404,
+                    format!(
+                        "no pool '{named}' here; pools: {} (at /{}/ or the bare base URL)",
+                        self.config.provider, self.config.provider
+                    ),
+                ));
+            }
+            target = rest;
+        }
         let url = route::upstream_url(
             &self.config.upstream,
             self.config.provider.base_prefixes(),
-            incoming.target,
+            target,
         )
         .map_err(|e| Reply::new(400, e.to_string()))?;
         // Every Connection header names headers that stop here.

@@ -330,3 +330,38 @@ fn roos_credit_display_shows_the_pools_sum() {
     }
     assert_eq!(mock.requests().len(), 3, "answers are remembered");
 }
+
+#[test]
+fn a_pool_is_picked_by_its_name_in_the_path_and_another_name_gets_404() {
+    let mock = Mock::start();
+    let proxy = Proxy::bare()
+        .keys(1)
+        .arg("--provider")
+        .arg("gemini")
+        .arg("--upstream")
+        .arg(&format!("http://127.0.0.1:{}", mock.port))
+        .start();
+    for path in [
+        "/gemini/v1beta/models/g:generateContent",
+        "/v1beta/models/g:generateContent",
+    ] {
+        let reply = proxy.post(path, "{}");
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    }
+    let missing = proxy.post("/anthropic/v1/messages", "{}");
+    assert_eq!(missing.status, 404);
+    let json = missing.json();
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no pool 'anthropic' here; pools: gemini"),
+        "{json}"
+    );
+    let targets: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(targets, ["/v1beta/models/g:generateContent"; 2]);
+}
