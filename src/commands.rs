@@ -108,7 +108,7 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
 /// first (a generated one must be there before the file needs it), then seals the file.
 fn encrypt(path: PathBuf) -> Result<u8, Error> {
     outln!("keys file: {}", path.display());
-    if std::fs::read(&path).is_ok_and(|bytes| crate::sealed::is_sealed(&bytes)) {
+    if crate::store::read_bounded(&path).is_ok_and(|bytes| crate::sealed::is_sealed(&bytes)) {
         outln!("it is already encrypted; nothing changed");
         return Ok(0);
     }

@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -200,10 +200,33 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The largest keys file read: 10,000 keys take about 1 MiB. Anything larger is not a
+/// keys file (a device such as /dev/zero, a log), and reading it whole could exhaust
+/// memory.
+pub const LARGEST_KEYS_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads the keys file's bytes, refusing one larger than [`LARGEST_KEYS_FILE`].
+pub fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(LARGEST_KEYS_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > LARGEST_KEYS_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is larger than {} MiB, far more than any keys file; check the path",
+                LARGEST_KEYS_FILE / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Reads the keys file at `path`. A missing file gives an empty pool, not an error.
 pub fn load(path: &Path) -> Result<KeysFile, StoreError> {
     let path = absolute(path);
-    let bytes = match fs::read(&path) {
+    let bytes = match read_bounded(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(KeysFile {
@@ -313,7 +336,7 @@ pub fn edit<T, E: From<StoreError>>(
     let _lock = lock(&path)?;
     remove_stale_temporaries(&path);
     let mut seal = None;
-    let mut document = match fs::read(&path) {
+    let mut document = match read_bounded(&path) {
         Ok(bytes) => parse_file(&path, &bytes, &mut seal, Ask::Terminal)?.0,
         Err(e) if e.kind() == io::ErrorKind::NotFound => empty_document(),
         Err(source) => return Err(StoreError::Read { path, source }.into()),
@@ -407,7 +430,7 @@ pub fn reseal<E: From<StoreError>>(
     let path = absolute(path);
     let _lock = lock(&path)?;
     remove_stale_temporaries(&path);
-    let bytes = match fs::read(&path) {
+    let bytes = match read_bounded(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(source) => return Err(StoreError::Read { path, source }.into()),

@@ -80,7 +80,7 @@ impl Watch {
     }
 
     fn check_keys_file(&mut self) {
-        let now = match std::fs::read(&self.keys_file) {
+        let now = match crate::store::read_bounded(&self.keys_file) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(_) => return, // Unreadable for a moment (being replaced on Windows): look again.

@@ -229,3 +229,14 @@ fn bad_redis_urls_are_refused_without_echoing_the_password() {
         assert!(err.contains("--features redis"), "{err}");
     }
 }
+
+#[test]
+fn a_keys_file_larger_than_any_keys_file_stops_the_start_instead_of_filling_memory() {
+    // Valid JSON behind 16 MiB of spaces: read whole, it would load. A path such as
+    // /dev/zero would be read forever, until the memory runs out.
+    let big = format!("{}[\"{}\"]", " ".repeat(16 * 1024 * 1024 + 1), key(1));
+    let (status, out, err) = Proxy::bare().keys_file(&big).run();
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("cannot read keys file"), "{err}");
+    assert!(err.contains("larger than 16 MiB"), "{err}");
+}
