@@ -106,13 +106,23 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
         fields.push((h.name.to_string(), trim_ows(value).to_string()));
     }
     let body = body_length(&fields, http10)?;
-    let hosts = fields
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
-        .count();
-    if hosts > 1 {
-        return Err(Reply::new(400, "the request has more than one Host header"));
+    let count = |name: &str| {
+        fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    };
+    // What decides who may use the proxy comes once: with two, one check could read
+    // the first and a later one the other (browser.rs reads the first Origin).
+    for name in ["Host", "Origin", "Sec-Fetch-Site"] {
+        if count(name) > 1 {
+            return Err(Reply::new(
+                400,
+                format!("the request has more than one {name} header"),
+            ));
+        }
     }
+    let hosts = count("host");
     if hosts == 0 && !http10 {
         return Err(Reply::new(
             400,

@@ -299,6 +299,28 @@ fn text_with_head(head: String, text: &str) -> String {
 }
 
 #[test]
+fn two_origin_or_fetch_site_headers_get_400_and_no_key_is_touched() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(2).start();
+    let host = format!("127.0.0.1:{}", proxy.port);
+    for twice in [
+        "Origin: http://localhost:5173\r\nOrigin: https://evil.example\r\n",
+        "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Site: cross-site\r\n",
+    ] {
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{twice}Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let (status, text) = raw_head(&proxy, &request);
+        assert_eq!(status, 400, "{request}\n{text}");
+        assert!(text.contains("more than one"), "{text}");
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a request with two went upstream"
+    );
+}
+
+#[test]
 fn pages_of_other_origins_get_403_and_no_key_is_touched() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(2).start();
