@@ -413,8 +413,8 @@ pub fn upstream(
             },
         },
     };
-    let url =
-        check_upstream(&url).map_err(|why| Error::Config(format!("{source} '{url}' {why}")))?;
+    let url = check_upstream(&url)
+        .map_err(|why| Error::Config(format!("{source} '{}' {why}", without_userinfo(&url))))?;
     Ok((provider, url))
 }
 
@@ -545,7 +545,24 @@ fn check_upstream(url: &str) -> Result<String, &'static str> {
     if uri.query().is_some() {
         return Err("must not have a query string");
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "must not carry a user name or password (user:password@): the proxy signs in with the pool's keys, and the URL is shown on the start line and the status page",
+        );
+    }
     Ok(url.trim().trim_end_matches('/').to_string())
+}
+
+/// `url` with any `user:password@` cut out, for messages.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 fn parse_strategy(text: &str) -> Result<Strategy, &'static str> {
@@ -862,6 +879,18 @@ mod tests {
             ),
             "--upstream 'https://x/v1?a=b' must not have a query string"
         );
+        let message = err(
+            Args {
+                upstream: Some("http://me:hunter2@127.0.0.1:9/v1".into()),
+                ..Args::default()
+            },
+            no_env,
+        );
+        assert!(
+            message.starts_with("--upstream 'http://…@127.0.0.1:9/v1' must not carry a user name"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
     }
 
     #[test]
