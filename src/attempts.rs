@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::MAX_DEFAULT_ATTEMPTS;
 use crate::error::Reply;
+use crate::policy::Outlook;
 
 /// Upstream attempts one request makes at most, across all its rounds.
 pub const MOST_ATTEMPTS: usize = 32;
@@ -46,16 +47,9 @@ pub struct Rules<'c> {
 /// The pool and the waiting room as this request sees them now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct View {
-    pub total: usize,
-    /// Keys that could serve this request now.
-    pub ready: usize,
-    pub invalid: usize,
-    pub disabled: usize,
-    /// When the first key that could serve this request is back (or a pause ends).
-    pub next_free: Option<Instant>,
-    /// Keys that could serve but have as many attempts in flight as their account's
-    /// remaining budget allows: one is free when such an attempt ends.
-    pub booked: usize,
+    /// The pool as this request's model sees it (`ready`: keys that could serve it now;
+    /// `next_free`: when the first that could is back, or a pause ends).
+    pub pool: Outlook,
     /// Requests waiting that arrived before this one.
     pub ahead: usize,
 }
@@ -129,20 +123,20 @@ impl<'r, K: Clone> Attempts<'r, K> {
 
     /// The decision.
     pub fn next(&self, now: Instant, view: &View) -> Next {
-        if view.total == 0 {
+        if view.pool.total == 0 {
             return Next::GiveUp(Reply::new(503, no_keys_hint(self.rules.keys_file)));
         }
         let may_wait = now < self.deadline;
         let budget_left = self.tried.is_empty() || self.tried.len() < self.round_budget;
         let round_open = !self.spent && self.made < MOST_ATTEMPTS && budget_left;
-        if round_open && view.ready > 0 {
+        if round_open && view.pool.ready > 0 {
             if view.ahead == 0 || !may_wait {
                 return Next::Try;
             }
             // Others waited longer: they go first; the room wakes us as they do.
             return Next::Wait(self.deadline);
         }
-        if view.ready > 0 {
+        if view.pool.ready > 0 {
             if let Some(why) = &self.last_failure {
                 return Next::GiveUp(self.upstream_failed(why));
             }
@@ -161,12 +155,12 @@ impl<'r, K: Clone> Attempts<'r, K> {
                 ),
             ));
         }
-        match view.next_free {
+        match view.pool.next_free {
             Some(at) if at <= self.deadline => Next::Wait(at),
             Some(at) => Next::GiveUp(self.resting(view, at.saturating_duration_since(now))),
             // Keys busy with as many attempts as their budget allows: one ends soon (and
             // wakes the waiting room).
-            None if view.booked > 0 => {
+            None if view.pool.booked > 0 => {
                 if may_wait {
                     return Next::Wait(self.deadline.min(now + RECHECK));
                 }
@@ -174,7 +168,7 @@ impl<'r, K: Clone> Attempts<'r, K> {
                     Duration::from_secs(1),
                     format!(
                         "the {} key(s) that could serve have as many requests under way as their remaining budget allows; send it again in a moment",
-                        view.booked
+                        view.pool.booked
                     ),
                 ))
             }
@@ -224,7 +218,7 @@ impl<'r, K: Clone> Attempts<'r, K> {
     }
 
     fn resting(&self, view: &View, wait: Duration) -> Reply {
-        let (invalid, disabled) = (view.invalid, view.disabled);
+        let (invalid, disabled) = (view.pool.invalid, view.pool.disabled);
         let mut more = Vec::new();
         if invalid > 0 {
             more.push(format!("{invalid} more are invalid"));
@@ -241,7 +235,7 @@ impl<'r, K: Clone> Attempts<'r, K> {
             wait,
             format!(
                 "all {} keys are resting after rate limits or spent credits{more}; the first is free again in {} s. Wait, or add keys to '{}'",
-                view.total - invalid - disabled,
+                view.pool.total - invalid - disabled,
                 wait.as_secs_f64().ceil() as u64,
                 self.rules.keys_file.display()
             ),
@@ -250,12 +244,12 @@ impl<'r, K: Clone> Attempts<'r, K> {
 
     fn unusable(&self, view: &View) -> Reply {
         let file = self.rules.keys_file.display();
-        if view.disabled == 0 {
+        if view.pool.disabled == 0 {
             return Reply::new(
                 503,
                 format!(
                     "none of the {} keys can serve: the upstream rejected them as invalid (401). Check or replace them in '{file}'; the proxy picks up the change within a second",
-                    view.total
+                    view.pool.total
                 ),
             );
         }
@@ -263,12 +257,12 @@ impl<'r, K: Clone> Attempts<'r, K> {
             503,
             format!(
                 "none of the {} keys can serve: {} are disabled (enable one with `roo-proxy keys enable PREFIX`){}",
-                view.total,
-                view.disabled,
-                if view.invalid > 0 {
+                view.pool.total,
+                view.pool.disabled,
+                if view.pool.invalid > 0 {
                     format!(
                         " and {} were rejected by the upstream as invalid (401)",
-                        view.invalid
+                        view.pool.invalid
                     )
                 } else {
                     String::new()
@@ -301,21 +295,25 @@ mod tests {
         }
     }
 
+    fn of(pool: Outlook) -> View {
+        View { pool, ahead: 0 }
+    }
+
     fn ready(n: usize) -> View {
-        View {
+        of(Outlook {
             total: 4,
             ready: n,
-            ..View::default()
-        }
+            ..Outlook::default()
+        })
     }
 
     fn resting(until: Instant) -> View {
-        View {
+        of(Outlook {
             total: 4,
             ready: 0,
             next_free: Some(until),
-            ..View::default()
-        }
+            ..Outlook::default()
+        })
     }
 
     fn gave_up(next: Next) -> Reply {
@@ -379,10 +377,8 @@ mod tests {
         let rules = rules(Duration::ZERO, None);
         let mut a: Attempts<u8> = Attempts::new(&rules, t);
         a.sent(1, 1);
-        let view = View {
-            invalid: 1,
-            ..resting(t + 7 * SEC + Duration::from_millis(200))
-        };
+        let mut view = resting(t + 7 * SEC + Duration::from_millis(200));
+        view.pool.invalid = 1;
         let reply = gave_up(a.next(t, &view));
         assert_eq!((reply.status, reply.retry_after), (429, Some(8)));
         assert!(
@@ -482,12 +478,12 @@ mod tests {
     #[test]
     fn keys_busy_up_to_their_budget_are_waited_for_or_answered_429() {
         let t = Instant::now();
-        let busy = View {
+        let busy = of(Outlook {
             total: 2,
             invalid: 1,
             booked: 1,
-            ..View::default()
-        };
+            ..Outlook::default()
+        });
         let rules = rules(10 * SEC, None);
         let a: Attempts<u8> = Attempts::new(&rules, t);
         assert_eq!(a.next(t, &busy), Next::Wait(t + RECHECK));
@@ -506,20 +502,20 @@ mod tests {
         let t = Instant::now();
         let rules = rules(10 * SEC, None);
         let a: Attempts<u8> = Attempts::new(&rules, t);
-        let invalid = View {
+        let invalid = of(Outlook {
             total: 2,
             invalid: 2,
-            ..View::default()
-        };
+            ..Outlook::default()
+        });
         let reply = gave_up(a.next(t, &invalid));
         assert_eq!(reply.status, 503);
         assert!(reply.message.contains("invalid (401)"));
-        let disabled = View {
+        let disabled = of(Outlook {
             total: 2,
             invalid: 1,
             disabled: 1,
-            ..View::default()
-        };
+            ..Outlook::default()
+        });
         let reply = gave_up(a.next(t, &disabled));
         assert!(
             reply.message.contains("1 are disabled"),

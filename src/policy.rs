@@ -278,7 +278,7 @@ impl Slot {
 }
 
 /// A summary of the pool, for the error a client gets when no key could serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Outlook {
     pub total: usize,
     pub ready: usize,

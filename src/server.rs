@@ -31,7 +31,7 @@ use crate::held::{Claim, Held};
 use crate::http1::Head;
 use crate::key;
 use crate::metrics::Metrics;
-use crate::policy::{Budget, Change, Outcome, Scope};
+use crate::policy::{Budget, Change, Outcome, Outlook, Scope};
 use crate::pool::{Now, Pool};
 use crate::provider::Provider;
 use crate::route;
@@ -617,7 +617,7 @@ impl Proxy {
                     if let Some(change) = change {
                         log_change(&entry, change, now, "its rest is over");
                     }
-                    attempts.sent(Arc::clone(&entry), view.ready);
+                    attempts.sent(Arc::clone(&entry), view.pool.ready);
                     let sent = self.attempt(incoming, url, headers, &entry, body);
                     match sent {
                         Attempt::Deliver(delivery, budget) => {
@@ -702,24 +702,16 @@ impl Proxy {
         } else {
             self.pool.ready_up_to(now, MAX_DEFAULT_ATTEMPTS)
         };
-        if ready > 0 {
-            return View {
+        let pool = if ready > 0 {
+            Outlook {
                 total: ready,
                 ready,
-                ahead,
-                ..View::default()
-            };
-        }
-        let outlook = self.pool.outlook(now, model);
-        View {
-            total: outlook.total,
-            ready: outlook.ready,
-            invalid: outlook.invalid,
-            disabled: outlook.disabled,
-            next_free: outlook.next_free,
-            booked: outlook.booked,
-            ahead,
-        }
+                ..Outlook::default()
+            }
+        } else {
+            self.pool.outlook(now, model)
+        };
+        View { pool, ahead }
     }
 
     /// Waits in line until `until` (at most [`attempts::RECHECK`]) or until the room or
