@@ -6,52 +6,24 @@
 // Built without the `redis` feature (the default), the pool's sharing side has no caller.
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
-mod access;
-mod attempts;
-mod browser;
-mod classify;
-mod cli;
-mod commands;
-mod config;
-mod connection;
-mod console;
-mod credit;
-mod error;
-mod held;
-mod http1;
-mod key;
-mod logging;
-mod metrics;
-#[cfg(any(windows, test))]
-mod owner_only;
-mod policy;
-mod pool;
-mod provider;
-mod route;
-mod sealed;
-mod secret;
-mod server;
-mod shared;
-mod spare;
-mod state;
-mod status;
-mod store;
-mod stream;
-#[cfg(feature = "redis")]
-mod team;
+mod front;
+mod keys;
+mod outbound;
+mod persist;
+mod rotation;
+mod serve;
 #[cfg(test)]
 mod testing;
-mod transport;
-mod upstream;
-mod waiting;
-mod watch;
-mod workers;
 
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::console::errln;
-use crate::error::Error;
+use crate::front::{cli, commands, console, logging};
+use crate::keys::store;
+use crate::serve::server;
+
+use crate::front::config::Config;
+use crate::front::console::errln;
+use crate::serve::error::Error;
 
 fn main() -> ExitCode {
     let args = parse_args(std::env::args().collect());

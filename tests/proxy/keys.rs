@@ -342,7 +342,7 @@ fn a_kill_between_write_and_rename_leaves_the_old_file() {
             .collect()
     };
     for round in 0..3 {
-        // A debug build waits before the rename with this variable set (src/store.rs),
+        // A debug build waits before the rename with this variable set (src/keys/store.rs),
         // and says so: the kill provably lands after the new text is written in full and
         // before it replaces the file.
         let mut child = Command::new(PROXY)

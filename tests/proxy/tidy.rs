@@ -11,21 +11,27 @@ use std::path::Path;
 /// Modules that may call `ApiKey::expose()`, each with the reason. Everywhere else a key
 /// stays masked.
 const MAY_EXPOSE_KEYS: &[(&str, &str)] = &[
-    ("key.rs", "defines it"),
-    ("upstream.rs", "puts the key on the wire to the upstream"),
+    ("keys/key.rs", "defines it"),
     (
-        "commands.rs",
+        "outbound/upstream.rs",
+        "puts the key on the wire to the upstream",
+    ),
+    (
+        "front/commands.rs",
         "`keys add` writes the key to the file, `keys remove|enable|disable` match a prefix, `keys check` sends it",
     ),
-    ("state.rs", "fingerprints it for the state file"),
+    ("persist/state.rs", "fingerprints it for the state file"),
 ];
 
 /// Modules that may write, create, rename or remove files. Everything else only reads.
 const MAY_WRITE_FILES: &[(&str, &str)] = &[
-    ("store.rs", "the keys file: locked, atomic replaces"),
-    ("state.rs", "the state file, through store's atomic write"),
+    ("keys/store.rs", "the keys file: locked, atomic replaces"),
     (
-        "owner_only.rs",
+        "persist/state.rs",
+        "the state file, through store's atomic write",
+    ),
+    (
+        "keys/owner_only.rs",
         "creates store's files with an owner-only DACL (Windows)",
     ),
 ];
@@ -53,17 +59,23 @@ fn src() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))
 }
 
-/// Every `src/*.rs` file: (name, lines outside comments and the unit-test module).
+/// Every `.rs` file under `src/`: (path from `src/` with `/`, lines outside comments and
+/// the unit-test module).
 fn sources() -> Vec<(String, Vec<(usize, String)>)> {
-    let mut files: Vec<_> = fs::read_dir(src())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, code_lines(&fs::read_to_string(&path).unwrap()))
-        })
-        .collect();
+    let mut files = Vec::new();
+    let mut folders = vec![src().to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let name = path.strip_prefix(src()).unwrap();
+                let name = name.to_string_lossy().replace('\\', "/");
+                files.push((name, code_lines(&fs::read_to_string(&path).unwrap())));
+            }
+        }
+    }
     files.sort();
     assert!(files.len() > 10, "found only {} files in src/", files.len());
     files
@@ -157,11 +169,11 @@ fn keys_are_exposed_only_in_the_listed_modules() {
 fn the_pure_modules_read_no_clock() {
     let pure = pure_modules();
     for expected in [
-        "policy.rs",
-        "classify.rs",
-        "route.rs",
-        "http1.rs",
-        "access.rs",
+        "rotation/policy.rs",
+        "rotation/classify.rs",
+        "serve/route.rs",
+        "serve/http1.rs",
+        "serve/access.rs",
     ] {
         assert!(
             pure.iter().any(|p| p == expected),
