@@ -6,13 +6,15 @@
 //! request has begun, `--idle-timeout` between requests), and no write waits longer than
 //! [`WRITE_TIMEOUT`]; a request body is held only up to the size the handler allows; a
 //! connection whose request body was not read whole is closed, never reused, so leftover
-//! body bytes are never taken for a request. Every refusal is in the error shape.
+//! body bytes are never taken for a request. Every refusal is in the error shape of the
+//! provider the request is for (`error::shape_for`), even when its head is refused.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::serve::error::Reply;
+use crate::rotation::provider::Provider;
+use crate::serve::error::{self, Reply};
 use crate::serve::http1::{self, BodyLength, Chunked, Head, Limits};
 use crate::serve::{spare, stream};
 
@@ -33,6 +35,9 @@ pub struct Settings {
     pub client_timeout: Duration,
     /// Time a connection may sit between requests.
     pub idle_timeout: Duration,
+    /// The default provider (`--provider`): its error shape answers a request whose
+    /// path names no preset ([`error::shape_for`]).
+    pub provider: Provider,
 }
 
 /// Why reading a request body failed.
@@ -88,7 +93,10 @@ pub fn serve(socket: TcpStream, settings: &Settings, handler: &dyn Fn(&Head, &mu
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(reply) => {
-                let _ = stream::write_reply(&mut conn, &reply, true);
+                // The head is refused, but its request line may name a preset.
+                let target = http1::request_target(&conn.buf[conn.at..conn.end]);
+                let shape = error::shape_for(target, settings.provider);
+                let _ = stream::write_reply(&mut conn, &reply, true, shape);
                 conn.linger();
                 return;
             }
@@ -101,7 +109,8 @@ pub fn serve(socket: TcpStream, settings: &Settings, handler: &dyn Fn(&Head, &mu
             log::error!("a request handler panicked; the proxy goes on");
             if !conn.wrote {
                 let reply = Reply::new(500, "internal error while handling this request");
-                let _ = stream::write_reply(&mut conn, &reply, true);
+                let shape = error::shape_for(Some(&head.target), settings.provider);
+                let _ = stream::write_reply(&mut conn, &reply, true, shape);
             }
             return;
         }
@@ -407,14 +416,15 @@ impl Write for Conn {
     }
 }
 
-/// Turns away a connection over `--max-connections`: a 503 in the error shape, then close.
-pub fn refuse(socket: TcpStream, limit: usize) {
+/// Turns away a connection over `--max-connections`: a 503 in the error shape of the
+/// default provider (the request is not read), then close.
+pub fn refuse(socket: TcpStream, limit: usize, provider: Provider) {
     let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
     let mut conn = Conn::new(socket);
     let reply = Reply::busy(format!(
         "too many connections at once (--max-connections {limit}); try again in a moment"
     ));
-    let _ = stream::write_reply(&mut conn, &reply, true);
+    let _ = stream::write_reply(&mut conn, &reply, true, provider.shape());
     conn.linger();
 }
 

@@ -13,7 +13,9 @@ use std::io;
 use std::time::Duration;
 
 use crate::keys::store::StoreError;
+use crate::rotation::provider::Provider;
 pub use crate::rotation::provider::Shape;
+use crate::serve::route;
 
 /// Why `roo-proxy` could not start or stopped. Printed once by `main`.
 #[derive(Debug)]
@@ -104,17 +106,22 @@ impl Reply {
         }
     }
 
-    /// The JSON body, in OpenRouter's error shape.
-    pub fn body(&self) -> Vec<u8> {
-        self.body_in(Shape::OpenAi)
-    }
-
     /// The JSON body, in `shape`.
     pub fn body_in(&self, shape: Shape) -> Vec<u8> {
         error_json(self.status, &format!("roo-proxy: {}", self.message), shape)
             .to_string()
             .into_bytes()
     }
+}
+
+/// The error shape of the proxy's own answer to a request for `target`: that of the
+/// preset its path names (`/anthropic/v1/messages`), else `default`'s (`--provider`).
+/// `None`: the request line is unknown (a connection refused before it arrived).
+pub fn shape_for(target: Option<&str>, default: Provider) -> Shape {
+    target
+        .and_then(route::pool_prefix)
+        .map_or(default, |(named, _)| named)
+        .shape()
 }
 
 /// An error of the proxy's own, with this status and message, in `shape`.
@@ -184,7 +191,8 @@ mod tests {
     #[test]
     fn the_body_has_openrouters_error_shape() {
         let reply = Reply::new(502, "the upstream failed");
-        let json: serde_json::Value = serde_json::from_slice(&reply.body()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&reply.body_in(Shape::OpenAi)).unwrap();
         assert_eq!(json["error"]["code"], 502);
         assert_eq!(json["error"]["message"], "roo-proxy: the upstream failed");
     }
@@ -202,6 +210,33 @@ mod tests {
         assert_eq!(json["error"]["code"], 429);
         assert_eq!(json["error"]["status"], "RESOURCE_EXHAUSTED");
         assert_eq!(json["error"]["message"], "roo-proxy: all keys rest");
+    }
+
+    #[test]
+    fn the_shape_is_the_named_presets_else_the_default_providers() {
+        let openrouter = Provider::OpenRouter;
+        let shape = |target| shape_for(target, openrouter);
+        assert_eq!(shape(Some("/anthropic/v1/messages")), Shape::Anthropic);
+        assert_eq!(
+            shape(Some("/gemini/v1beta/models/g:generateContent")),
+            Shape::Google
+        );
+        assert_eq!(
+            shape(Some("/gemini-openai/v1/chat/completions")),
+            Shape::OpenAi
+        );
+        assert_eq!(shape(Some("/v1/messages")), Shape::OpenAi);
+        assert_eq!(shape(Some("/anthropicx/v1/messages")), Shape::OpenAi);
+        assert_eq!(shape(None), Shape::OpenAi);
+        assert_eq!(shape_for(None, Provider::Gemini), Shape::Google);
+        assert_eq!(
+            shape_for(Some("/v1/messages"), Provider::Anthropic),
+            Shape::Anthropic
+        );
+        assert_eq!(
+            shape_for(Some("/openai/v1/models"), Provider::Anthropic),
+            Shape::OpenAi
+        );
     }
 
     #[test]

@@ -159,6 +159,19 @@ pub fn trim_ows(value: &str) -> &str {
     value.trim_matches([' ', '\t'])
 }
 
+/// The target of the request line at the start of `buf`, when that line arrived whole,
+/// even if the head around it is refused: it picks the error shape of the refusal
+/// (`/anthropic/…` gets Anthropic's). `None` when there is no such line.
+pub fn request_target(buf: &[u8]) -> Option<&str> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&buf[..end])
+        .ok()?
+        .trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (_method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    (version.starts_with("HTTP/") && parts.next().is_none()).then_some(target)
+}
+
 fn too_large_head(limits: Limits) -> Reply {
     Reply::new(
         431,
@@ -366,6 +379,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<Option<(Head, usize)>, Reply> {
         parse_head(text.as_bytes(), LIMITS)
+    }
+
+    #[test]
+    fn the_target_of_a_whole_request_line_is_found_in_a_refused_head() {
+        let found = |text: &str| request_target(text.as_bytes()).map(str::to_string);
+        let anthropic = "POST /anthropic/v1/messages HTTP/1.1\r\nX: \x01bad\r\n";
+        assert_eq!(found(anthropic).as_deref(), Some("/anthropic/v1/messages"));
+        assert_eq!(found("GET /gemini HTTP/1.0\n").as_deref(), Some("/gemini"));
+        // The line has not arrived whole, or is not a request line.
+        assert_eq!(found("POST /anthropic/v1/messages HTTP/1.1"), None);
+        assert_eq!(found("POST /anthropic/v1/messages\r\n"), None);
+        assert_eq!(found("POST /a b HTTP/1.1\r\n"), None);
+        assert_eq!(found("SSH-2.0-OpenSSH_9.6\r\n"), None);
+        assert_eq!(request_target(b"GET /\xff HTTP/1.1\r\n"), None);
     }
 
     fn status(text: &str) -> u16 {

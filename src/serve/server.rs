@@ -38,7 +38,7 @@ use crate::rotation::waiting::{Room, Seen};
 use crate::serve::access;
 use crate::serve::browser::{self, Caller};
 use crate::serve::connection::{self, BodyError, Conn};
-use crate::serve::error::{Error, Reply, Shape};
+use crate::serve::error::{self, Error, Reply, Shape};
 use crate::serve::held::{Claim, Held};
 use crate::serve::http1::Head;
 use crate::serve::metrics::Metrics;
@@ -172,6 +172,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         limits: proxy.config.limits,
         client_timeout: proxy.config.client_timeout,
         idle_timeout: proxy.config.idle_timeout,
+        provider: proxy.config.provider,
     };
     let max_connections = proxy.config.max_connections;
     Err(Error::Serve(workers::run(
@@ -260,6 +261,8 @@ struct Incoming<'a> {
     started: Instant,
     /// What a browser learns of the caller's origin: on every answer (`browser.rs`).
     cors: &'a [(String, String)],
+    /// The error shape of every answer the proxy makes itself: the provider's.
+    shape: Shape,
 }
 
 impl Incoming<'_> {
@@ -340,9 +343,10 @@ impl Proxy {
             &self.config.allow_origins,
         );
         let cors = browser::cors_headers(caller);
+        let shape = error::shape_for(Some(&head.target), self.config.provider);
         if self.stopping.load(Ordering::SeqCst) {
             let reply = Reply::busy("roo-proxy is shutting down; send the request again");
-            let _ = stream::write_reply_in(conn, &reply, true, &cors, self.shape());
+            let _ = stream::write_reply_in(conn, &reply, true, &cors, shape);
             conn.close_after();
             return;
         }
@@ -351,7 +355,7 @@ impl Proxy {
                 "too many requests at once (--max-requests {}); send it again in a moment",
                 self.config.max_requests
             ));
-            let _ = stream::write_reply_in(conn, &reply, false, &cors, self.shape());
+            let _ = stream::write_reply_in(conn, &reply, false, &cors, shape);
             self.metrics
                 .request(503, 0, started.elapsed(), None, SystemTime::now());
             return;
@@ -361,6 +365,7 @@ impl Proxy {
             target: &head.target,
             started,
             cors: &cors,
+            shape,
         };
         let done = match self.prepare(head, conn, &incoming, caller) {
             Ok(Prepared::Preflight(mut headers)) => {
@@ -379,7 +384,7 @@ impl Proxy {
                 Done::local(200)
             }
             Ok(Prepared::Local(route)) => {
-                let (status, content_type, body) = self.answer_local(route, incoming.method);
+                let (status, content_type, body) = self.answer_local(route, &incoming);
                 let mut headers = vec![
                     ("Content-Type".to_string(), content_type.to_string()),
                     ("Cache-Control".to_string(), "no-store".to_string()),
@@ -397,7 +402,7 @@ impl Proxy {
                 claim: _held,
             }) => self.forward(conn, head.http10, &incoming, &url, &headers, &body),
             Err(reply) => {
-                let _ = stream::write_reply_in(conn, &reply, false, &cors, self.shape());
+                let _ = stream::write_reply_in(conn, &reply, false, &cors, shape);
                 if reply.status >= 500 || reply.status == 429 {
                     debug!("{}", reply.message);
                 }
@@ -628,7 +633,7 @@ impl Proxy {
                                 log_change(&entry, change, now, "its budget of requests is spent");
                             }
                             let first_byte = Some(incoming.started.elapsed());
-                            let (status, note) = deliver(to, http10, delivery, self.shape());
+                            let (status, note) = deliver(to, http10, delivery, incoming.shape);
                             return Done {
                                 status,
                                 attempts: attempts.made(),
@@ -678,7 +683,8 @@ impl Proxy {
                 Next::GiveUp(reply) => {
                     drop(in_line);
                     let first_byte = Some(incoming.started.elapsed());
-                    let _ = stream::write_reply_in(to, &reply, false, incoming.cors, self.shape());
+                    let _ =
+                        stream::write_reply_in(to, &reply, false, incoming.cors, incoming.shape);
                     return Done {
                         status: reply.status,
                         attempts: attempts.made(),
@@ -926,11 +932,6 @@ impl Proxy {
         credit::parse(&bytes)
     }
 
-    /// The error shape of the proxy's own answers: the provider's.
-    fn shape(&self) -> Shape {
-        self.config.provider.shape()
-    }
-
     /// With an access token configured, the request must carry it.
     fn check_access(&self, head: &Head) -> Result<(), Reply> {
         let Some(expected) = &self.config.access_token else {
@@ -960,10 +961,10 @@ impl Proxy {
     }
 
     /// The proxy's own status paths: (status, content type, body).
-    fn answer_local(&self, route: Route, method: &str) -> (u16, &'static str, Vec<u8>) {
-        if method != "GET" && method != "HEAD" {
+    fn answer_local(&self, route: Route, incoming: &Incoming) -> (u16, &'static str, Vec<u8>) {
+        if incoming.method != "GET" && incoming.method != "HEAD" {
             let reply = Reply::new(405, "the status paths answer GET only");
-            return (405, "application/json", reply.body());
+            return (405, "application/json", reply.body_in(incoming.shape));
         }
         let report = self.pool.report(Now::read());
         let about = About {

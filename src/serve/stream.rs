@@ -103,23 +103,13 @@ pub fn write_full(
     to.flush()
 }
 
-/// Writes one of the proxy's own answers (JSON error shape).
+/// Writes one of the proxy's own answers, in the error shape of the client's provider.
 /// With `close`, the client is told the connection ends after it.
-pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool) -> io::Result<()> {
-    write_reply_with(to, reply, close, &[])
+pub fn write_reply(to: &mut dyn Write, reply: &Reply, close: bool, shape: Shape) -> io::Result<()> {
+    write_reply_in(to, reply, close, &[], shape)
 }
 
 /// [`write_reply`] with more headers (CORS).
-pub fn write_reply_with(
-    to: &mut dyn Write,
-    reply: &Reply,
-    close: bool,
-    more: &[(String, String)],
-) -> io::Result<()> {
-    write_reply_in(to, reply, close, more, Shape::OpenAi)
-}
-
-/// [`write_reply_with`] in the error shape of the client's provider.
 pub fn write_reply_in(
     to: &mut dyn Write,
     reply: &Reply,
@@ -591,10 +581,13 @@ mod tests {
             &mut wire,
             &Reply::wait(std::time::Duration::from_secs(30), "all keys rest"),
             false,
+            Shape::Anthropic,
         )
         .unwrap();
         let text = String::from_utf8(wire.bytes).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["type"], "rate_limit_error", "{json}");
         assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(head.contains("\r\nRetry-After: 30\r\nx-should-retry: false\r\n"));
         assert!(head.ends_with(&format!("\r\nContent-Length: {}", body.len())));

@@ -119,7 +119,7 @@ fn work(shared: &Arc<Shared>) {
         }
         let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
         if open > shared.max_connections {
-            connection::refuse(socket, shared.max_connections);
+            connection::refuse(socket, shared.max_connections, shared.settings.provider);
         } else {
             connection::serve(socket, &shared.settings, &*shared.handler);
         }
@@ -261,6 +261,7 @@ mod tests {
             },
             client_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
+            provider: crate::rotation::provider::Provider::OpenRouter,
         }
     }
 

@@ -365,3 +365,155 @@ fn a_pool_is_picked_by_its_name_in_the_path_and_another_name_gets_404() {
         .collect();
     assert_eq!(targets, ["/v1beta/models/g:generateContent"; 2]);
 }
+
+/// Whether `json` is the proxy's own error for `status` in the error shape of
+/// `provider`'s SDKs (and in no other).
+fn in_shape_of(provider: &str, status: u16, json: &Value) -> bool {
+    let error = &json["error"];
+    let ours = error["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("roo-proxy: "));
+    let shaped = match provider {
+        "anthropic" => {
+            json["type"] == "error" && error["type"].is_string() && error.get("code").is_none()
+        }
+        "gemini" => {
+            json.get("type").is_none() && error["code"] == status && error["status"].is_string()
+        }
+        _ => json.get("type").is_none() && error["code"] == status && error.get("status").is_none(),
+    };
+    ours && shaped
+}
+
+/// A raw answer: its status, its headers' text and its body as JSON.
+fn raw_answer(addr: &str, request: &str) -> (u16, String, Value) {
+    let answer = raw_exchange(addr, request.as_bytes(), std::time::Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {text:?}"));
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    (raw_status(&answer), head.to_string(), json)
+}
+
+#[test]
+fn every_answer_the_proxy_makes_itself_has_the_shape_of_the_provider_it_is_for() {
+    const TOKEN: &str = "a-long-enough-access-token-1234";
+    let mock = Mock::start();
+    for default in ["openrouter", "anthropic", "gemini"] {
+        let proxy = Proxy::with(&mock)
+            .keys(1)
+            .arg("--provider")
+            .arg(default)
+            .arg("--access-token")
+            .arg(TOKEN)
+            .arg("--max-body")
+            .arg("100")
+            .start();
+        let addr = proxy.addr();
+        let check = |request: &str, status: u16, shape: &str, what: &str| {
+            let (got, _, json) = raw_answer(&addr, request);
+            assert_eq!(got, status, "{default}: {what}: {json}");
+            assert!(
+                in_shape_of(shape, status, &json),
+                "{default}: {what}: not in {shape}'s shape: {json}"
+            );
+        };
+        // A request whose path names a preset gets that preset's shape, whether or not
+        // the proxy serves it; the bare base URL the default provider's.
+        for prefix in ["", "/openrouter", "/anthropic", "/gemini"] {
+            let shape = prefix.strip_prefix('/').unwrap_or(default);
+            let path = format!("{prefix}/v1/chat/completions");
+            let head = |more: &str| {
+                format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{more}")
+            };
+            let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+            // Refused by the HTTP layer, before the head is whole.
+            check(
+                &head("Transfer-Encoding: gzip\r\n\r\n"),
+                501,
+                shape,
+                &format!("{path}: an unknown transfer coding"),
+            );
+            check(
+                &head("Bad\u{1}Header: x\r\n\r\n"),
+                400,
+                shape,
+                &format!("{path}: a malformed header"),
+            );
+            // Refused before routing.
+            check(
+                &head(&format!(
+                    "Origin: https://evil.example\r\n{auth}Content-Length: 0\r\n\r\n"
+                )),
+                403,
+                shape,
+                &format!("{path}: a page of another origin"),
+            );
+            check(
+                &head("Content-Length: 0\r\n\r\n"),
+                401,
+                shape,
+                &format!("{path}: no access token"),
+            );
+            let body = "x".repeat(200);
+            let (status, what) = if prefix.is_empty() || shape == default {
+                (413, "a body over --max-body")
+            } else {
+                (404, "a pool this proxy does not have")
+            };
+            check(
+                &head(&format!("{auth}Content-Length: 200\r\n\r\n{body}")),
+                status,
+                shape,
+                &format!("{path}: {what}"),
+            );
+        }
+        // Requests that name no preset: the default provider's shape.
+        check(
+            "SSH-2.0-OpenSSH_9.6\r\n\r\n",
+            400,
+            default,
+            "not an HTTP request",
+        );
+        check(
+            "GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            404,
+            default,
+            "browser noise",
+        );
+        check(
+            &format!(
+                "POST /_roo/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+            ),
+            405,
+            default,
+            "a status path with POST",
+        );
+        // Over --max-connections: refused before the request is read, with its Retry-After.
+        let proxy = Proxy::with(&mock)
+            .keys(1)
+            .arg("--provider")
+            .arg(default)
+            .arg("--max-connections")
+            .arg("1")
+            .start();
+        let addr = proxy.addr();
+        let held = std::net::TcpStream::connect(&addr).unwrap();
+        let mut refused = None;
+        eventually("a second connection is refused", || {
+            let (status, head, json) = raw_answer(
+                &addr,
+                "GET /_roo/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            );
+            refused = Some((head, json));
+            status == 503
+        });
+        let (head, json) = refused.unwrap();
+        assert!(in_shape_of(default, 503, &json), "{default}: {json}");
+        assert!(json.to_string().contains("--max-connections 1"), "{json}");
+        assert!(head.contains("\r\nRetry-After: 1\r\n"), "{default}: {head}");
+        drop(held);
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+}
