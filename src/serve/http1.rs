@@ -4,7 +4,10 @@
 //! Invariants: a head larger than the size limit or with more headers than the count
 //! limit is refused with 431 before it is held whole; a request whose body length is
 //! ambiguous (`Content-Length` beside `Transfer-Encoding`, or two different lengths) is
-//! refused with 400, never guessed, so no request can be smuggled past the proxy.
+//! refused with 400, never guessed, so no request can be smuggled past the proxy. Lines
+//! end in CRLF only, in the head and in the chunked framing; chunk extensions follow
+//! RFC 9112's grammar, within a bound. A well-formed version other than HTTP/1.0 and
+//! HTTP/1.1 gets 505.
 
 use std::mem::MaybeUninit;
 
@@ -72,7 +75,20 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
         &mut on_heap[..]
     };
     let mut request = httparse::Request::new(&mut []);
-    let used = match request.parse_with_uninit_headers(buf, slots) {
+    let parsed = request.parse_with_uninit_headers(buf, slots);
+    // httparse takes a bare LF for a line end; a front proxy that does not could read
+    // other requests out of the same bytes. The head is all of `buf` until it is complete.
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => buf.len(),
+    };
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(Reply::new(
+            400,
+            "a line of the request head ends in a bare LF; HTTP/1.1 lines end in CRLF",
+        ));
+    }
+    let used = match parsed {
         Ok(httparse::Status::Complete(n)) if n <= limits.max_head => n,
         Ok(_) if buf.len() > limits.max_head => return Err(too_large_head(limits)),
         Ok(httparse::Status::Complete(_)) => return Err(too_large_head(limits)),
@@ -86,6 +102,7 @@ pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, R
                 ),
             ));
         }
+        Err(httparse::Error::Version) => return refused_version(buf, limits),
         Err(e) => return Err(Reply::new(400, format!("malformed HTTP request: {e}"))),
     };
     // Complete, so every field is set.
@@ -172,6 +189,51 @@ pub fn request_target(buf: &[u8]) -> Option<&str> {
     (version.starts_with("HTTP/") && parts.next().is_none()).then_some(target)
 }
 
+/// Whether a LF comes without the CR before it.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(at, b)| *b == b'\n' && (at == 0 || bytes[at - 1] != b'\r'))
+}
+
+/// The answer to a request line whose version httparse refused (it takes `HTTP/1.0` and
+/// `HTTP/1.1` only): 505 for a well-formed `HTTP/DIGIT.DIGIT` (RFC 9112 §2.3) such as
+/// `HTTP/1.2` or `HTTP/2.0`, 400 for anything else. The method and target before it
+/// were valid. `Ok(None)`: the line has not ended yet.
+fn refused_version(buf: &[u8], limits: Limits) -> Result<Option<(Head, usize)>, Reply> {
+    // Empty lines before the request line are CRLFs (a bare LF was refused already).
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let Some(end) = buf[start..].iter().position(|b| *b == b'\n') else {
+        return match buf.len() > limits.max_head {
+            true => Err(too_large_head(limits)),
+            false => Ok(None),
+        };
+    };
+    let line = buf[start..start + end]
+        .strip_suffix(b"\r")
+        .unwrap_or_default();
+    let version = line.rsplit(|b| *b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            let version = String::from_utf8_lossy(version);
+            Err(Reply::new(
+                505,
+                format!("{version} is not supported; send the request as HTTP/1.1"),
+            ))
+        }
+        _ => Err(Reply::new(
+            400,
+            "malformed HTTP request: the request line does not end in a version such as HTTP/1.1",
+        )),
+    }
+}
+
 fn too_large_head(limits: Limits) -> Reply {
     Reply::new(
         431,
@@ -245,6 +307,8 @@ pub struct Chunked {
     line: Vec<u8>,
     /// Trailer bytes seen so far.
     trailers: usize,
+    /// Chunk-extension bytes seen so far.
+    extensions: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +326,10 @@ enum ChunkState {
 const MAX_CHUNK_LINE: usize = 4096;
 /// Most bytes of trailer lines accepted (they are read and dropped).
 const MAX_TRAILERS: usize = 64 * 1024;
+/// Most bytes of chunk extensions accepted in one body, all chunks together (they are
+/// checked and dropped): hyper's limit, so that tiny chunks cannot make a client's
+/// extensions outweigh its data without end.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 
 impl Chunked {
     pub fn is_done(&self) -> bool {
@@ -279,16 +347,31 @@ impl Chunked {
                         break;
                     };
                     self.state = match self.state {
-                        ChunkState::Size => match chunk_size(&line)? {
-                            0 => ChunkState::Trailers,
-                            n => ChunkState::Data(n),
-                        },
+                        ChunkState::Size => {
+                            let (size, extension) = chunk_size(&line)?;
+                            self.extensions += extension;
+                            if self.extensions > MAX_CHUNK_EXTENSIONS {
+                                return Err(format!(
+                                    "the chunk extensions are longer than {MAX_CHUNK_EXTENSIONS} bytes in all"
+                                ));
+                            }
+                            match size {
+                                0 => ChunkState::Trailers,
+                                n => ChunkState::Data(n),
+                            }
+                        }
                         ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
                         ChunkState::DataEnd => {
                             return Err("a chunk is longer than its size says".into());
                         }
                         ChunkState::Trailers if line.is_empty() => ChunkState::Done,
                         ChunkState::Trailers => {
+                            if !is_field_line(&line) {
+                                return Err(format!(
+                                    "bad trailer line '{}'",
+                                    String::from_utf8_lossy(&line).escape_debug()
+                                ));
+                            }
                             self.trailers += line.len() + 2;
                             if self.trailers > MAX_TRAILERS {
                                 return Err(format!(
@@ -319,6 +402,8 @@ impl Chunked {
     }
 
     /// A complete line (without CRLF) once its end arrived; `at` moves past what was used.
+    /// A line must end in CRLF and hold no other CR: a bare LF or CR is refused, since a
+    /// front proxy that reads it otherwise would see other chunks in the same bytes.
     fn take_line(&mut self, input: &[u8], at: &mut usize) -> Result<Option<Vec<u8>>, String> {
         // The limit holds wherever the reads happen to split the line.
         let too_long = || Err("a chunk-size or trailer line is too long".to_string());
@@ -330,8 +415,11 @@ impl Chunked {
                 self.line.extend_from_slice(&input[..end]);
                 *at += end + 1;
                 let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+                if line.pop() != Some(b'\r') {
+                    return Err("a line of the chunked body ends in a bare LF; send CRLF".into());
+                }
+                if line.contains(&b'\r') {
+                    return Err("a line of the chunked body holds a bare CR".into());
                 }
                 Ok(Some(line))
             }
@@ -347,24 +435,90 @@ impl Chunked {
     }
 }
 
-/// The size in a chunk-size line (`1a2b;ext=x`): `1*HEXDIG` (RFC 9112 §7.1), nothing
-/// before it, and after it only the end of the line or an extension (`;`, after optional
-/// SP/HTAB). No sign, no other whitespace, at most 15 digits.
-fn chunk_size(line: &[u8]) -> Result<u64, String> {
-    let bad = || format!("bad chunk size '{}'", String::from_utf8_lossy(line));
+/// The size in a chunk-size line (`1a2b;name=value`), and how many bytes its extensions
+/// took. The line is `1*HEXDIG [ chunk-ext ]` (RFC 9112 §7.1): no sign, no other
+/// whitespace, at most 15 digits, and extensions exactly as the grammar says (see
+/// [`is_chunk_ext`]); anything else is refused.
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), String> {
+    let bad = || {
+        format!(
+            "bad chunk-size line '{}'",
+            String::from_utf8_lossy(line).escape_debug()
+        )
+    };
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = &line[digits..];
-    let after = rest
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(&[][..], |at| &rest[at..]);
-    let ext_ok = rest.is_empty() || after.first() == Some(&b';');
-    if digits == 0 || digits > 15 || !ext_ok {
+    let extension = &line[digits..];
+    if digits == 0 || digits > 15 || !is_chunk_ext(extension) {
         return Err(bad());
     }
     // Only hex digits: parsing cannot fail.
     let hex = std::str::from_utf8(&line[..digits]).map_err(|_| bad())?;
-    u64::from_str_radix(hex, 16).map_err(|_| bad())
+    let size = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+    Ok((size, extension.len()))
+}
+
+/// Chunk extensions, strictly (RFC 9112 §7.1.1): `*( BWS ";" BWS name [ BWS "=" BWS
+/// value ] )`, a name a token, a value a token or a quoted string of visible ASCII,
+/// SP and HTAB (no obs-text). Nothing after the last one, not even whitespace.
+fn is_chunk_ext(mut rest: &[u8]) -> bool {
+    fn skip_ws(s: &[u8]) -> &[u8] {
+        let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        &s[n..]
+    }
+    let token_len = |s: &[u8]| s.iter().take_while(|b| is_tchar(**b)).count();
+    while !rest.is_empty() {
+        let Some(after) = skip_ws(rest).strip_prefix(b";") else {
+            return false;
+        };
+        let name = skip_ws(after);
+        let n = token_len(name);
+        if n == 0 {
+            return false;
+        }
+        rest = &name[n..];
+        let Some(value) = skip_ws(rest).strip_prefix(b"=") else {
+            continue;
+        };
+        let value = skip_ws(value);
+        let n = match value.first() {
+            Some(b'"') => quoted_len(value),
+            _ => Some(token_len(value)).filter(|n| *n > 0),
+        };
+        let Some(n) = n else {
+            return false;
+        };
+        rest = &value[n..];
+    }
+    true
+}
+
+/// The length of the quoted string `s` starts with (RFC 9110 §5.6.4), without obs-text.
+fn quoted_len(s: &[u8]) -> Option<usize> {
+    let mut at = 1;
+    loop {
+        match *s.get(at)? {
+            b'"' => return Some(at + 1),
+            b'\\' if matches!(s.get(at + 1)?, b'\t' | b' ' | 0x21..=0x7e) => at += 2,
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e => at += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A trailer line: `name ":" value`, the name a token, the value without control
+/// characters other than HTAB.
+fn is_field_line(line: &[u8]) -> bool {
+    let name = line.iter().take_while(|b| is_tchar(**b)).count();
+    name > 0
+        && line.get(name) == Some(&b':')
+        && line[name + 1..]
+            .iter()
+            .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 #[cfg(test)]
@@ -499,7 +653,64 @@ mod tests {
         assert_eq!(status("GET /a\rb HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n"), 400);
         assert_eq!(status("NOT HTTP AT ALL\r\n\r\n"), 400);
-        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn a_well_formed_version_other_than_1_0_or_1_1_gets_505_and_garbage_400() {
+        for version in ["HTTP/1.2", "HTTP/1.9", "HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
+            let text = format!("GET / {version}\r\nHost: a\r\n\r\n");
+            let reply = parse(&text).unwrap_err();
+            assert_eq!(reply.status, 505, "{version}");
+            assert!(reply.message.contains(version), "{}", reply.message);
+        }
+        // The preface of HTTP/2 with prior knowledge.
+        assert_eq!(status("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
+        for version in [
+            "HTTP/2",
+            "HTTP/1.10",
+            "HTTP/1.2x",
+            "HTTP/a.b",
+            "http/1.2",
+            "HTTP/1.2 ",
+            "HTTP/1,2",
+            "HTTP/12.0",
+            "HTTPS/1.1",
+            "HTTP/1.1\x0b",
+        ] {
+            let text = format!("GET / {version}\r\nHost: a\r\n\r\n");
+            assert_eq!(status(&text), 400, "{version:?}");
+        }
+        // Decided once the line has ended, not before.
+        assert_eq!(parse("GET / HTTP/1.2"), Ok(None));
+        assert_eq!(parse("GET / HTTP/2"), Ok(None));
+    }
+
+    #[test]
+    fn a_bare_lf_anywhere_in_the_head_gets_400() {
+        for text in [
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\n\r\n",
+            "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.2\nHost: a\r\n\r\n",
+            // Refused before the head is complete.
+            "GET / HTTP/1.1\r\nHost: a\n",
+        ] {
+            let reply = parse(text).unwrap_err();
+            assert_eq!(reply.status, 400, "{text:?}");
+            assert!(reply.message.contains("bare LF"), "{}", reply.message);
+        }
+        // A body after a complete head is not the head's business.
+        let text = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n\n\n";
+        assert_eq!(parse(text).unwrap().unwrap().1, text.len() - 2);
+        // Empty lines before the request line are still fine as CRLF.
+        assert!(
+            parse("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
@@ -523,7 +734,7 @@ mod tests {
     }
 
     /// Any bytes at all: never a panic, never a head over the limits, and a refusal is
-    /// always 400, 431 or 501. Inputs are built from request pieces with damage mixed in.
+    /// always 400, 431, 501 or 505. Inputs are built from request pieces with damage mixed in.
     #[test]
     fn no_input_panics_or_slips_past_the_limits() {
         let pieces = [
@@ -564,7 +775,9 @@ mod tests {
                     assert!(head.headers.len() <= LIMITS.max_headers);
                 }
                 Ok(None) => assert!(bytes.len() <= LIMITS.max_head),
-                Err(reply) => assert!(matches!(reply.status, 400 | 431 | 501), "{reply:?}"),
+                Err(reply) => {
+                    assert!(matches!(reply.status, 400 | 431 | 501 | 505), "{reply:?}")
+                }
             }
         }
     }
@@ -615,6 +828,78 @@ mod tests {
         for line in ["5", "5;a=b", "5 ;a", "5\t;a", "05"] {
             let wire = format!("{line}\r\nhello\r\n0\r\n\r\n");
             assert_eq!(decode(&[wire.as_bytes()]).unwrap().0, b"hello", "{line:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_follow_the_grammar_strictly() {
+        for line in [
+            "5;a",
+            "5;a=b",
+            "5 ;a",
+            "5\t;a",
+            "5;a=\"x y;z=\\\"q\\\"\"",
+            "5;a;b=c ; d = e",
+            "5;a=\"\"",
+            "5;!#$%&'*+-.^_`|~=1",
+        ] {
+            let wire = format!("{line}\r\nhello\r\n0\r\n\r\n");
+            assert_eq!(decode(&[wire.as_bytes()]).unwrap().0, b"hello", "{line:?}");
+        }
+        for line in [
+            "5;",
+            "5;;a",
+            "5;a=",
+            "5;a ",
+            "5;a=b ",
+            "5;=b",
+            "5;a=b=c",
+            "5;a=\"unterminated",
+            "5;a=\"x\"y",
+            "5;a=\"\x01\"",
+            "5;a=\"\\\x01\"",
+            "5;a=\"\u{e9}\"",
+            "5;a\x0bb",
+            "5;a b",
+            "5;a=b\rc",
+            "5;a=\"b\rc\"",
+            "5;a,b",
+            "5,a",
+        ] {
+            let wire = format!("{line}\r\nhello\r\n0\r\n\r\n");
+            assert!(decode(&[wire.as_bytes()]).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_in_all() {
+        let ext = format!(";a={}", "x".repeat(1000));
+        let wire =
+            |chunks: usize| format!("{}0\r\n\r\n", format!("1{ext}\r\nx\r\n").repeat(chunks));
+        let fits = MAX_CHUNK_EXTENSIONS / ext.len();
+        assert_eq!(decode(&[wire(fits).as_bytes()]).unwrap().0.len(), fits);
+        let over = decode(&[wire(fits + 1).as_bytes()]).unwrap_err();
+        assert!(over.contains("chunk extensions"), "{over}");
+    }
+
+    #[test]
+    fn chunked_lines_end_in_crlf_and_hold_no_bare_cr() {
+        for wire in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+            b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n",
+            b"5;a=b\rc\r\nhello\r\n0\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nX-T: a\rb\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nnot a field\r\n\r\n",
+        ] {
+            assert!(
+                decode(&[wire]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
         }
     }
 

@@ -193,8 +193,8 @@ fn malformed_requests_get_400_in_the_error_shape() {
         b"GARBAGE\r\n\r\n",
         b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\x00b\r\n\r\n",
         b"GET /v1/mo\x7fdels HTTP/1.1\r\nHost: localhost\r\n\r\n",
-        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ];
     for case in cases {
         let response = raw_exchange(&proxy.addr(), case, PROMPT);
@@ -208,6 +208,84 @@ fn malformed_requests_get_400_in_the_error_shape() {
     }
     assert!(mock.requests().is_empty());
     assert_eq!(proxy.chat().status, 200);
+}
+
+/// A chunked chat request whose body is `chunks` (the chunks and the last-chunk).
+fn chunked_chat(chunks: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn bare_lf_line_ends_and_bad_chunk_extensions_get_400_and_other_versions_505() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let many_extensions = format!("1;a={}\r\n{{\r\n", "x".repeat(1000)).repeat(17);
+    let cases: Vec<(Vec<u8>, u16, &str)> =
+        vec![
+        (
+            b"GET /v1/models HTTP/1.1\nHost: 127.0.0.1\r\n\r\n".to_vec(),
+            400,
+            "bare LF",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\nContent-Length: 2\r\n\r\n{}"
+                .to_vec(),
+            400,
+            "bare LF",
+        ),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\n".to_vec(),
+            400,
+            "bare LF",
+        ),
+        (chunked_chat("2\n{}\r\n0\r\n\r\n"), 400, "bare LF"),
+        (chunked_chat("2;a=b\nc\r\n{}\r\n0\r\n\r\n"), 400, "bare LF"),
+        (chunked_chat("2;a=b\rc\r\n{}\r\n0\r\n\r\n"), 400, "bare CR"),
+        (chunked_chat("2;=b\r\n{}\r\n0\r\n\r\n"), 400, "chunk-size line"),
+        (chunked_chat("2;a=\"b\r\n{}\r\n0\r\n\r\n"), 400, "chunk-size line"),
+        (
+            chunked_chat(&format!("{many_extensions}0\r\n\r\n")),
+            400,
+            "chunk extensions",
+        ),
+        (
+            b"GET /v1/models HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
+            505,
+            "HTTP/1.2 is not supported",
+        ),
+        (
+            b"GET /v1/models HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
+            505,
+            "HTTP/2.0 is not supported",
+        ),
+        (
+            b"GET /v1/models HTTP/1.x\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
+            400,
+            "version",
+        ),
+    ];
+    for (request, status, says) in &cases {
+        let response = raw_exchange(&proxy.addr(), request, PROMPT);
+        let shown = String::from_utf8_lossy(request);
+        assert_eq!(raw_status(&response), *status, "{shown:?}");
+        let message = error_message_of(&response);
+        assert!(message.contains(says), "{shown:?}: {message}");
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a refused request went upstream"
+    );
+    // Extensions that follow the grammar are dropped, and the body goes on.
+    let response = raw_exchange(
+        &proxy.addr(),
+        &chunked_chat("1;a=b\r\n{\r\n1 ; c = \"d;e\"\r\n}\r\n0\r\n\r\n"),
+        PROMPT,
+    );
+    assert_eq!(raw_status(&response), 200);
+    assert_eq!(mock.requests().len(), 1);
 }
 
 #[test]
