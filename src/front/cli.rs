@@ -40,9 +40,10 @@ pub struct Args {
     #[argh(option)]
     pub cooldown: Option<String>,
 
-    /// upstream tries one request may make (default: every available key once, at most 8)
+    /// upstream tries one request may make, 1 to 1000 (default: every available key once,
+    /// at most 8)
     #[argh(option)]
-    pub max_attempts: Option<usize>,
+    pub max_attempts: Option<String>,
 
     /// how requests are spread over keys: round-robin (default), or sticky (the same key
     /// until it fails, which keeps provider prompt caches warm)
@@ -54,30 +55,31 @@ pub struct Args {
     #[argh(option)]
     pub wait: Option<String>,
 
-    /// the largest request body accepted, e.g. 32MiB (default), 1GiB
+    /// the largest request body accepted, 1KiB to 4GiB: 32MiB (default)
     #[argh(option)]
     pub max_body: Option<String>,
 
-    /// the memory all request bodies held at once may take, e.g. 256MiB (default, or
-    /// --max-body if larger); past it, new requests get 503 with Retry-After: 1
+    /// the memory all request bodies held at once may take, --max-body to 64GiB: 256MiB
+    /// (default, or --max-body if larger); past it, new requests get 503 with Retry-After: 1
     #[argh(option)]
     pub max_body_memory: Option<String>,
 
-    /// requests handled at once; more get 503 with Retry-After: 1 (default 1024)
+    /// requests handled at once, 1 to 65536 (default 1024); more get 503 with
+    /// Retry-After: 1
     #[argh(option)]
-    pub max_requests: Option<usize>,
+    pub max_requests: Option<String>,
 
-    /// connections open at once; more get 503 (default 1024)
+    /// connections open at once, 1 to 65536 (default 1024); more get 503
     #[argh(option)]
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<String>,
 
-    /// the largest request line plus headers, e.g. 64KiB (default); more get 431
+    /// the largest request line plus headers, 4KiB to 1MiB: 64KiB (default); more get 431
     #[argh(option)]
     pub max_header_size: Option<String>,
 
-    /// the most header lines in a request (default 100); more get 431
+    /// the most header lines in a request, 32 to 1024 (default 100); more get 431
     #[argh(option)]
-    pub max_headers: Option<usize>,
+    pub max_headers: Option<String>,
 
     /// time a client has to send a whole request once it began: 30s (default); slower
     /// gets 408

@@ -98,16 +98,18 @@ impl Config {
             parse_duration,
         )?
         .unwrap_or(DEFAULT_COOLDOWN);
-        let max_attempts = setting(
-            args.max_attempts.map(|n| n.to_string()),
+        let count = |flag: Option<String>, name: &str, variable: &str, range: &Range| {
+            setting(flag, name, variable, env, |v| range.count(v))
+        };
+        let size = |flag: Option<String>, name: &str, variable: &str, range: &Range| {
+            setting(flag, name, variable, env, |v| range.size(v))
+        };
+        let max_attempts = count(
+            args.max_attempts,
             "--max-attempts",
             "ROO_PROXY_MAX_ATTEMPTS",
-            env,
-            |v| v.parse::<usize>().map_err(|_| "is not a whole number"),
+            &MAX_ATTEMPTS,
         )?;
-        if max_attempts == Some(0) {
-            return Err(Error::Config("--max-attempts must be at least 1".into()));
-        }
         let strategy = setting(
             args.strategy,
             "--strategy",
@@ -118,14 +120,8 @@ impl Config {
         .unwrap_or_default();
         let wait = setting(args.wait, "--wait", "ROO_PROXY_WAIT", env, parse_wait)?
             .unwrap_or(Duration::ZERO);
-        let max_body = setting(
-            args.max_body,
-            "--max-body",
-            "ROO_PROXY_MAX_BODY",
-            env,
-            parse_size,
-        )?
-        .unwrap_or(DEFAULT_MAX_BODY);
+        let max_body = size(args.max_body, "--max-body", "ROO_PROXY_MAX_BODY", &MAX_BODY)?
+            .unwrap_or(DEFAULT_MAX_BODY);
         let max_body_memory = max_body_memory(args.max_body_memory, max_body, env)?;
         let shutdown_grace = setting(
             args.shutdown_grace,
@@ -135,14 +131,6 @@ impl Config {
             parse_wait,
         )?
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-        let count = |flag: Option<usize>, name: &str, variable: &str| {
-            setting(flag.map(|n| n.to_string()), name, variable, env, |v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or("must be a whole number of at least 1")
-            })
-        };
         let time = |flag: Option<String>, name: &str, variable: &str, default: Duration| {
             setting(flag, name, variable, env, parse_duration).map(|t| t.unwrap_or(default))
         };
@@ -150,12 +138,14 @@ impl Config {
             args.max_requests,
             "--max-requests",
             "ROO_PROXY_MAX_REQUESTS",
+            &MAX_REQUESTS,
         )?
         .unwrap_or(DEFAULT_MAX_REQUESTS);
         let max_connections = count(
             args.max_connections,
             "--max-connections",
             "ROO_PROXY_MAX_CONNECTIONS",
+            &MAX_CONNECTIONS,
         )?
         .unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let max_head = setting(
@@ -163,11 +153,16 @@ impl Config {
             "--max-header-size",
             "ROO_PROXY_MAX_HEADER_SIZE",
             env,
-            parse_size,
+            |v| MAX_HEADER_SIZE.size::<usize>(v),
         )?
-        .map_or(DEFAULT_MAX_HEADER_SIZE, |n| n.min(u32::MAX.into()) as usize);
-        let max_headers = count(args.max_headers, "--max-headers", "ROO_PROXY_MAX_HEADERS")?
-            .unwrap_or(DEFAULT_MAX_HEADERS);
+        .unwrap_or(DEFAULT_MAX_HEADER_SIZE);
+        let max_headers = count(
+            args.max_headers,
+            "--max-headers",
+            "ROO_PROXY_MAX_HEADERS",
+            &MAX_HEADERS,
+        )?
+        .unwrap_or(DEFAULT_MAX_HEADERS);
         let client_timeout = time(
             args.client_timeout,
             "--client-timeout",
@@ -433,7 +428,7 @@ fn max_body_memory(
         "--max-body-memory",
         "ROO_PROXY_MAX_BODY_MEMORY",
         env,
-        parse_size,
+        |v| MAX_BODY_MEMORY.size::<u64>(v),
     )?;
     match given {
         None => Ok(DEFAULT_MAX_BODY_MEMORY.max(max_body)),
@@ -443,6 +438,119 @@ fn max_body_memory(
         Some(memory) => Ok(memory),
     }
 }
+
+/// The values a size or count setting may take, and why no others.
+#[derive(Debug)]
+pub struct Range {
+    pub min: u64,
+    pub max: u64,
+    /// A size in bytes (else a count).
+    pub bytes: bool,
+    /// What a value outside the range would do.
+    pub why: &'static str,
+    /// The default, as the README writes it.
+    pub default: &'static str,
+}
+
+pub const MAX_ATTEMPTS: Range = Range {
+    min: 1,
+    max: 1000,
+    bytes: false,
+    why: "a request needs at least one try, and more than 1000 only keep a client waiting on a pool that keeps refusing",
+    default: "one per available key, at most 8",
+};
+pub const MAX_BODY: Range = Range {
+    min: 1 << 10,
+    max: 4 << 30,
+    bytes: true,
+    why: "below 1KiB even a short chat request is refused; each body is held in memory until its request is answered",
+    default: "32MiB",
+};
+pub const MAX_BODY_MEMORY: Range = Range {
+    min: 1 << 10,
+    max: 64 << 30,
+    bytes: true,
+    why: "it must hold at least one body of --max-body, and more than 64GiB is no limit on any machine",
+    default: "256MiB, or --max-body if larger",
+};
+pub const MAX_REQUESTS: Range = Range {
+    min: 1,
+    max: 65536,
+    bytes: false,
+    why: "every request in flight holds a thread, its body and an upstream connection",
+    default: "1024",
+};
+pub const MAX_CONNECTIONS: Range = Range {
+    min: 1,
+    max: 65536,
+    bytes: false,
+    why: "every open connection holds a thread and a file descriptor",
+    default: "1024",
+};
+pub const MAX_HEADER_SIZE: Range = Range {
+    min: 4 << 10,
+    max: 1 << 20,
+    bytes: true,
+    why: "below 4KiB ordinary client requests get 431, and each connection may hold a head of this size",
+    default: "64KiB",
+};
+pub const MAX_HEADERS: Range = Range {
+    min: 32,
+    max: 1024,
+    bytes: false,
+    why: "SDKs send up to about 20 headers (the OpenAI SDK sends 17), and each request reserves room for this many",
+    default: "100",
+};
+
+impl Range {
+    /// A count in this range.
+    fn count<T: TryFrom<u64>>(&self, text: &str) -> Result<T, String> {
+        let n = text
+            .parse::<u64>()
+            .map_err(|_| format!("not a whole number; {}", self.allowed()))?;
+        self.check(n)
+    }
+
+    /// A size ([`parse_size`]) in this range.
+    fn size<T: TryFrom<u64>>(&self, text: &str) -> Result<T, String> {
+        let n = parse_size(text).map_err(|why| format!("{why}; {}", self.allowed()))?;
+        self.check(n)
+    }
+
+    fn check<T: TryFrom<u64>>(&self, n: u64) -> Result<T, String> {
+        if !(self.min..=self.max).contains(&n) {
+            return Err(format!("out of range ({}); {}", self.why, self.allowed()));
+        }
+        // Every range fits a usize on 32-bit systems too, except sizes over 4GiB,
+        // which are u64.
+        T::try_from(n).map_err(|_| format!("too large for this system; {}", self.allowed()))
+    }
+
+    /// What to give instead, as a person reads it.
+    pub fn allowed(&self) -> String {
+        let show = |n: u64| match self.bytes {
+            true => size_text(n),
+            false => n.to_string(),
+        };
+        format!(
+            "give {} to {}, or leave it out for the default ({})",
+            show(self.min),
+            show(self.max),
+            self.default
+        )
+    }
+}
+
+/// A size as the flags take it: `64KiB`, `4GiB`, or bytes when not whole KiB.
+fn size_text(n: u64) -> String {
+    match n {
+        _ if n >= 1 << 30 && n.is_multiple_of(1 << 30) => format!("{}GiB", n >> 30),
+        _ if n >= 1 << 20 && n.is_multiple_of(1 << 20) => format!("{}MiB", n >> 20),
+        _ if n >= 1 << 10 && n.is_multiple_of(1 << 10) => format!("{}KiB", n >> 10),
+        _ => n.to_string(),
+    }
+}
+
 pub const DEFAULT_MAX_REQUESTS: usize = 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -474,12 +582,12 @@ impl UpstreamTimeouts {
 }
 
 /// A setting from its flag, else its variable, parsed; errors name where it came from.
-fn setting<T>(
+fn setting<T, E: std::fmt::Display>(
     flag: Option<String>,
     flag_name: &str,
     variable: &str,
     env: impl Fn(&str) -> Option<String>,
-    parse: impl Fn(&str) -> Result<T, &'static str>,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) -> Result<Option<T>, Error> {
     if let Some(value) = flag {
         return parse(value.trim())
@@ -517,9 +625,12 @@ fn parse_size(text: &str) -> Result<u64, &'static str> {
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
-    let n: u64 = text[..digits]
-        .parse()
-        .map_err(|_| "expected a size such as 32MiB or 1048576")?;
+    let n: u64 = match text[..digits].parse() {
+        Ok(n) => n,
+        // All digits, and still no u64.
+        Err(_) if digits > 0 => return Err("far too large"),
+        Err(_) => return Err("expected a size such as 32MiB or 1048576"),
+    };
     let unit: u64 = match text[digits..].trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -527,9 +638,11 @@ fn parse_size(text: &str) -> Result<u64, &'static str> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err("the unit must be KiB, MiB or GiB"),
     };
-    n.checked_mul(unit)
-        .filter(|n| *n > 0)
-        .ok_or("must be at least 1 byte")
+    match n.checked_mul(unit) {
+        Some(0) => Err("must be at least 1 byte"),
+        Some(n) => Ok(n),
+        None => Err("far too large"),
+    }
 }
 
 /// Checks an API base URL and returns it without a trailing slash.
@@ -711,7 +824,7 @@ mod tests {
         row("--max-requests", "7"),
         row("--max-connections", "9"),
         row("--max-header-size", "8KiB"),
-        row("--max-headers", "20"),
+        row("--max-headers", "40"),
         row("--client-timeout", "5s"),
         row("--idle-timeout", "6s"),
         row("--connect-timeout", "7s"),
@@ -874,12 +987,12 @@ mod tests {
         assert_eq!(
             err(
                 Args {
-                    max_attempts: Some(0),
+                    max_attempts: Some("0".into()),
                     ..Args::default()
                 },
                 no_env
             ),
-            "--max-attempts must be at least 1"
+            "--max-attempts '0': out of range (a request needs at least one try, and more than 1000 only keep a client waiting on a pool that keeps refusing); give 1 to 1000, or leave it out for the default (one per available key, at most 8)"
         );
         assert_eq!(
             err(
@@ -994,7 +1107,7 @@ mod tests {
         );
         let args = Args {
             max_body: Some("1MiB".into()),
-            max_requests: Some(8),
+            max_requests: Some("8".into()),
             shutdown_grace: Some("0".into()),
             ..Args::default()
         };
@@ -1040,7 +1153,7 @@ mod tests {
         assert_eq!(c.upstream_timeouts.silence, Duration::from_secs(45));
         let bad = |args: Args| Config::build(args, no_env).unwrap_err().to_string();
         let zero = bad(Args {
-            max_connections: Some(0),
+            max_connections: Some("0".into()),
             ..Args::default()
         });
         assert!(zero.contains("--max-connections"), "{zero}");
@@ -1049,6 +1162,121 @@ mod tests {
             ..Args::default()
         });
         assert!(forever.contains("--client-timeout '0'"), "{forever}");
+    }
+
+    #[test]
+    fn every_size_and_count_has_a_range_and_its_error_says_what_to_give() {
+        let bad = |args: Args| Config::build(args, no_env).unwrap_err().to_string();
+        let cases = [
+            (
+                Args {
+                    max_header_size: Some("1".into()),
+                    ..Args::default()
+                },
+                "--max-header-size '1': out of range",
+                "give 4KiB to 1MiB, or leave it out for the default (64KiB)",
+            ),
+            (
+                Args {
+                    max_connections: Some("18446744073709551615".into()),
+                    ..Args::default()
+                },
+                "--max-connections '18446744073709551615': out of range",
+                "give 1 to 65536",
+            ),
+            (
+                Args {
+                    max_connections: Some("99999999999999999999999".into()),
+                    ..Args::default()
+                },
+                "--max-connections '99999999999999999999999': not a whole number",
+                "give 1 to 65536",
+            ),
+            (
+                Args {
+                    max_headers: Some("1000000000".into()),
+                    ..Args::default()
+                },
+                "--max-headers '1000000000': out of range",
+                "give 32 to 1024",
+            ),
+            (
+                Args {
+                    max_requests: Some("0".into()),
+                    ..Args::default()
+                },
+                "--max-requests '0': out of range",
+                "give 1 to 65536",
+            ),
+            (
+                Args {
+                    max_attempts: Some("1001".into()),
+                    ..Args::default()
+                },
+                "--max-attempts '1001': out of range",
+                "give 1 to 1000",
+            ),
+            (
+                Args {
+                    max_body: Some("100".into()),
+                    ..Args::default()
+                },
+                "--max-body '100': out of range",
+                "give 1KiB to 4GiB",
+            ),
+            (
+                Args {
+                    max_body: Some("99999999999GiB".into()),
+                    ..Args::default()
+                },
+                "--max-body '99999999999GiB': far too large",
+                "give 1KiB to 4GiB",
+            ),
+            (
+                Args {
+                    max_body_memory: Some("65GiB".into()),
+                    ..Args::default()
+                },
+                "--max-body-memory '65GiB': out of range",
+                "give 1KiB to 64GiB",
+            ),
+        ];
+        for (args, starts, gives) in cases {
+            let error = bad(args);
+            assert!(error.starts_with(starts), "{error}");
+            assert!(error.contains(gives), "{error}");
+        }
+        let env = |name: &str| (name == "ROO_PROXY_MAX_HEADERS").then(|| "8".to_string());
+        let error = Config::build(Args::default(), env).unwrap_err().to_string();
+        assert!(
+            error.starts_with("ROO_PROXY_MAX_HEADERS='8': out of range"),
+            "{error}"
+        );
+        // The ends of each range are taken.
+        let args = Args {
+            max_attempts: Some("1000".into()),
+            max_body: Some("4GiB".into()),
+            max_body_memory: Some("64GiB".into()),
+            max_requests: Some("65536".into()),
+            max_connections: Some("1".into()),
+            max_header_size: Some("4KiB".into()),
+            max_headers: Some("1024".into()),
+            ..Args::default()
+        };
+        let c = Config::build(args, no_env).unwrap();
+        assert_eq!(
+            (
+                c.max_attempts,
+                c.max_body,
+                c.max_body_memory,
+                c.max_requests
+            ),
+            (Some(1000), 4 << 30, 64 << 30, 65536)
+        );
+        assert_eq!(
+            (c.max_connections, c.limits.max_head, c.limits.max_headers),
+            (1, 4096, 1024)
+        );
     }
 
     #[test]

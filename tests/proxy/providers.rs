@@ -408,7 +408,7 @@ fn every_answer_the_proxy_makes_itself_has_the_shape_of_the_provider_it_is_for()
             .arg("--access-token")
             .arg(TOKEN)
             .arg("--max-body")
-            .arg("100")
+            .arg("1KiB")
             .start();
         let addr = proxy.addr();
         let check = |request: &str, status: u16, shape: &str, what: &str| {
@@ -456,14 +456,14 @@ fn every_answer_the_proxy_makes_itself_has_the_shape_of_the_provider_it_is_for()
                 shape,
                 &format!("{path}: no access token"),
             );
-            let body = "x".repeat(200);
+            let body = "x".repeat(2000);
             let (status, what) = if prefix.is_empty() || shape == default {
                 (413, "a body over --max-body")
             } else {
                 (404, "a pool this proxy does not have")
             };
             check(
-                &head(&format!("{auth}Content-Length: 200\r\n\r\n{body}")),
+                &head(&format!("{auth}Content-Length: 2000\r\n\r\n{body}")),
                 status,
                 shape,
                 &format!("{path}: {what}"),

@@ -107,6 +107,29 @@ fn bad_flags_and_values_stop_with_a_clear_message() {
 }
 
 #[test]
+fn sizes_and_counts_out_of_their_range_stop_the_start_naming_the_range() {
+    for (flag, value, range) in [
+        ("--max-header-size", "1", "give 4KiB to 1MiB"),
+        (
+            "--max-connections",
+            "18446744073709551615",
+            "give 1 to 65536",
+        ),
+        ("--max-headers", "100000000", "give 32 to 1024"),
+        ("--max-body", "10", "give 1KiB to 4GiB"),
+    ] {
+        let (status, out, err) = Proxy::bare().arg(flag).arg(value).run();
+        assert_eq!(status.code(), Some(2), "{flag} {value}: {out}{err}");
+        assert!(
+            err.contains(&format!("{flag} '{value}': out of range")),
+            "{err}"
+        );
+        assert!(err.contains(range), "{err}");
+        assert!(err.contains("leave it out for the default"), "{err}");
+    }
+}
+
+#[test]
 fn a_malformed_keys_file_stops_the_start_with_path_line_and_column() {
     let bad = format!(
         "[\n  \"{}\",\n  \"{}\"\n  \"{}\"\n]\n",
