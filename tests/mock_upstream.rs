@@ -16,8 +16,11 @@
 //!
 //! Replies:
 //! - `ok`: a chat completion as JSON (`Content-Length`), or as SSE when the request body
-//!   has `"stream": true`; for `GET …/key`, OpenRouter's key information. `sse:N:MS`: N events, MS milliseconds apart, after a
-//!   `: OPENROUTER PROCESSING` comment, then `data: [DONE]`.
+//!   has `"stream": true` or the path ends `:streamGenerateContent`; for `GET …/key`,
+//!   OpenRouter's key information. `sse:N:MS`: N events, MS milliseconds apart, after a
+//!   `: OPENROUTER PROCESSING` comment, then `data: [DONE]`. A stream is in the form of
+//!   the API its path names ([`Form`]): a path ending `/messages` gets Anthropic's events
+//!   (`message_start` … `message_stop`), `:streamGenerateContent` Gemini's.
 //! - `429:S` OpenRouter's own rate limit, reset now+S seconds in the `X-RateLimit-Reset`
 //!   header (epoch ms) and in `error.metadata.headers`; `429body:S` the body only;
 //!   `429retry:S` only `Retry-After: S`; `429bare` no reset at all; `429provider` a
@@ -31,8 +34,8 @@
 //!   `400echo` a 400 that repeats the key in its body and in an `X-Echo` header.
 //! - `bigdrop`: promise 6 MiB (`Content-Length`), send 100 KiB, close. `chunkdrop`: a
 //!   chunked JSON body's first chunk, then close. `101`: `101 Switching Protocols`.
-//! - `drop`: close the connection without answering. `dropmid`: two SSE events, then
-//!   close without ending the chunked body. `cldrop`: promise 100 bytes, send 10, close.
+//! - `drop`: close the connection without answering. `dropmid`: two SSE events (in the
+//!   path's form), then close without ending the chunked body or the answer. `cldrop`: promise 100 bytes, send 10, close.
 //! - `gzip`: a body with `Content-Encoding: gzip`, bytes as given. `hop`: a JSON answer
 //!   with hop-by-hop headers that must not cross a proxy. `chunked`: JSON without a
 //!   length. `large:N`: N bytes with a `Content-Length`.
@@ -237,12 +240,13 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         .and_then(|v| v.get("stream")?.as_bool())
         == Some(true);
     let path = rq.target.split('?').next().unwrap_or("");
+    let form = Form::of(path);
     if let Some(done) = dialect_reply(out, kind, arg) {
         return done;
     }
     match kind {
         "ok" if path.ends_with("/key") => json_reply(out, 200, &[], &key_info(rq.key().as_deref())),
-        "ok" if wants_stream => sse(out, 3, 0, false),
+        "ok" if wants_stream || form == Form::Gemini => sse(out, 3, 0, false, form),
         "ok" => {
             // Rendered once: the benchmark measures the proxy, not this.
             static COMPLETION: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -252,9 +256,9 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         "sse" => {
             let mut nums = arg.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
             let n = nums.next().unwrap_or(3);
-            sse(out, n, nums.next().unwrap_or(0), false)
+            sse(out, n, nums.next().unwrap_or(0), false, form)
         }
-        "dropmid" => sse(out, 2, 0, true),
+        "dropmid" => sse(out, 2, 0, true, form),
         "ssegate" => sse_gated(out, arg.parse().unwrap_or(3), state),
         "sse429" | "sse402" | "sse500" => {
             let code: u16 = kind[3..].parse().unwrap_or(500);
@@ -600,21 +604,115 @@ fn control_endpoint(
     Ok(())
 }
 
-fn sse(out: &mut TcpStream, events: u64, gap_ms: u64, die: bool) -> io::Result<bool> {
+/// The API a streamed answer is for, by the request's path: its events are in that API's
+/// form, so each provider's SDK can read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Chat completions chunks, after `: OPENROUTER PROCESSING`, ended by `data: [DONE]`.
+    OpenAi,
+    /// `…/messages`: Anthropic's `event: message_start` … `event: message_stop`.
+    Anthropic,
+    /// `…:streamGenerateContent`: Gemini's `data: {"candidates":…}` objects (a stream
+    /// whatever the body says).
+    Gemini,
+}
+
+impl Form {
+    fn of(path: &str) -> Form {
+        if path.ends_with("/messages") {
+            Form::Anthropic
+        } else if path.ends_with(":streamGenerateContent") {
+            Form::Gemini
+        } else {
+            Form::OpenAi
+        }
+    }
+
+    /// The events before the first token.
+    fn start(self) -> Vec<String> {
+        match self {
+            Form::OpenAi => vec![": OPENROUTER PROCESSING\n\n".into()],
+            Form::Anthropic => vec![
+                anthropic_event(
+                    json!({"type": "message_start", "message": {"id": "msg_mock",
+                    "type": "message", "role": "assistant", "model": "mock-model", "content": [],
+                    "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+                ),
+                anthropic_event(json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}})),
+            ],
+            Form::Gemini => Vec::new(),
+        }
+    }
+
+    /// The event carrying token `i`.
+    fn token(self, i: u64) -> String {
+        let text = format!("tok{i} ");
+        match self {
+            Form::OpenAi => {
+                let event = json!({"id": "gen-mock", "object": "chat.completion.chunk", "model": "mock/model",
+                    "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+                format!("data: {event}\n\n")
+            }
+            Form::Anthropic => anthropic_event(json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": text}})),
+            Form::Gemini => {
+                let event = json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                    "index": 0}], "modelVersion": "gemini-mock"});
+                format!("data: {event}\r\n\r\n")
+            }
+        }
+    }
+
+    /// The events that end a whole answer.
+    fn end(self) -> Vec<String> {
+        match self {
+            Form::OpenAi => vec!["data: [DONE]\n\n".into()],
+            Form::Anthropic => vec![
+                anthropic_event(json!({"type": "content_block_stop", "index": 0})),
+                anthropic_event(json!({"type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                    "usage": {"output_tokens": 4}})),
+                anthropic_event(json!({"type": "message_stop"})),
+            ],
+            Form::Gemini => {
+                let event = json!({"candidates": [{"content": {"parts": [{"text": ""}], "role": "model"},
+                    "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4, "totalTokenCount": 7},
+                    "modelVersion": "gemini-mock"});
+                vec![format!("data: {event}\r\n\r\n")]
+            }
+        }
+    }
+}
+
+fn anthropic_event(data: Value) -> String {
+    format!(
+        "event: {}\ndata: {data}\n\n",
+        data["type"].as_str().unwrap_or("")
+    )
+}
+
+/// A stream of `events` tokens in `form`, `gap_ms` apart; with `die`, the connection
+/// closes after them, the chunked body unfinished and the answer's end not sent.
+fn sse(out: &mut TcpStream, events: u64, gap_ms: u64, die: bool, form: Form) -> io::Result<bool> {
     out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")?;
-    chunk(out, b": OPENROUTER PROCESSING\n\n")?;
+    for event in form.start() {
+        chunk(out, event.as_bytes())?;
+    }
     for i in 0..events {
         if i > 0 && gap_ms > 0 {
             thread::sleep(Duration::from_millis(gap_ms));
         }
-        let event = json!({"id": "gen-mock", "object": "chat.completion.chunk", "model": "mock/model",
-            "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});
-        chunk(out, format!("data: {event}\n\n").as_bytes())?;
+        chunk(out, form.token(i).as_bytes())?;
     }
     if die {
         return Ok(false);
     }
-    chunk(out, b"data: [DONE]\n\n")?;
+    for event in form.end() {
+        chunk(out, event.as_bytes())?;
+    }
     out.write_all(b"0\r\n\r\n")?;
     out.flush()?;
     Ok(true)

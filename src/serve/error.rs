@@ -116,12 +116,32 @@ impl Reply {
 
 /// The error shape of the proxy's own answer to a request for `target`: that of the
 /// preset its path names (`/anthropic/v1/messages`), else `default`'s (`--provider`).
+/// A call of Anthropic's Messages API gets Anthropic's whatever the provider: Claude
+/// Code reaches OpenRouter's `/v1/messages` that way, and the Anthropic SDK skips an
+/// error event without `event: error`, which would make a broken stream look whole.
 /// `None`: the request line is unknown (a connection refused before it arrived).
 pub fn shape_for(target: Option<&str>, default: Provider) -> Shape {
-    target
-        .and_then(route::pool_prefix)
-        .map_or(default, |(named, _)| named)
-        .shape()
+    let Some(target) = target else {
+        return default.shape();
+    };
+    let (provider, rest) = route::pool_prefix(target).unwrap_or((default, target));
+    if is_messages_api(rest) {
+        Shape::Anthropic
+    } else {
+        provider.shape()
+    }
+}
+
+/// Anthropic's Messages API under any base form: `/v1/messages`, `/messages`,
+/// `/api/v1/messages`, and below them (`/v1/messages/count_tokens`).
+fn is_messages_api(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or("");
+    let path = ["/api/v1", "/v1"]
+        .iter()
+        .find_map(|base| path.strip_prefix(base))
+        .unwrap_or(path);
+    path.strip_prefix("/messages")
+        .is_some_and(|after| after.is_empty() || after.starts_with('/'))
 }
 
 /// An error of the proxy's own, with this status and message, in `shape`.
@@ -225,8 +245,8 @@ mod tests {
             shape(Some("/gemini-openai/v1/chat/completions")),
             Shape::OpenAi
         );
-        assert_eq!(shape(Some("/v1/messages")), Shape::OpenAi);
-        assert_eq!(shape(Some("/anthropicx/v1/messages")), Shape::OpenAi);
+        assert_eq!(shape(Some("/v1/chat/completions")), Shape::OpenAi);
+        assert_eq!(shape(Some("/anthropicx/v1/chat")), Shape::OpenAi);
         assert_eq!(shape(None), Shape::OpenAi);
         assert_eq!(shape_for(None, Provider::Gemini), Shape::Google);
         assert_eq!(
@@ -237,6 +257,36 @@ mod tests {
             shape_for(Some("/openai/v1/models"), Provider::Anthropic),
             Shape::OpenAi
         );
+    }
+
+    #[test]
+    fn a_call_of_the_messages_api_gets_anthropics_shape_whatever_the_provider() {
+        for target in [
+            "/v1/messages",
+            "/v1/messages?beta=true",
+            "/messages",
+            "/api/v1/messages",
+            "/v1/messages/count_tokens",
+            "/openrouter/v1/messages",
+        ] {
+            assert_eq!(
+                shape_for(Some(target), Provider::OpenRouter),
+                Shape::Anthropic,
+                "{target}"
+            );
+        }
+        for target in [
+            "/v1/threads/t1/messages",
+            "/v1/messagesx",
+            "/v2/messages",
+            "/v1/chat/completions?x=/messages",
+        ] {
+            assert_eq!(
+                shape_for(Some(target), Provider::OpenAi),
+                Shape::OpenAi,
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -152,6 +152,116 @@ fn a_stream_that_breaks_off_still_ends_with_an_error_event() {
     proxy.wait_for_log("upstream broke off after");
 }
 
+/// What a broken stream must end with for one provider's SDK, and what would make it
+/// look whole.
+struct BrokenStream {
+    provider: &'static str,
+    /// The request path, as that provider's SDK sends a streamed request.
+    path: &'static str,
+    /// The last event, as the SDK reads it: its lines, parsed.
+    check: fn(&str) -> bool,
+    /// The end of a whole answer, which must not appear.
+    whole: &'static str,
+}
+
+#[test]
+fn a_broken_stream_ends_with_the_error_event_of_the_api_it_speaks() {
+    let openai = |event: &str| {
+        event.strip_prefix("data: ").is_some_and(|data| {
+            let json: serde_json::Value = serde_json::from_str(data).unwrap();
+            json["error"]["code"] == 502 && json["choices"][0]["finish_reason"] == "error"
+        })
+    };
+    let anthropic = |event: &str| {
+        event
+            .strip_prefix("event: error\ndata: ")
+            .is_some_and(|data| {
+                let json: serde_json::Value = serde_json::from_str(data).unwrap();
+                json["type"] == "error" && json["error"]["type"] == "api_error"
+            })
+    };
+    let gemini = |event: &str| {
+        event.strip_prefix("data: ").is_some_and(|data| {
+            let json: serde_json::Value = serde_json::from_str(data).unwrap();
+            // google-genai raises on a chunk that starts `{"error":`.
+            data.starts_with("{\"error\":")
+                && json["error"]["code"] == 502
+                && json["error"]["status"] == "UNAVAILABLE"
+        })
+    };
+    let cases = [
+        BrokenStream {
+            provider: "openrouter",
+            path: "/v1/chat/completions",
+            check: openai,
+            whole: "[DONE]",
+        },
+        BrokenStream {
+            provider: "anthropic",
+            path: "/v1/messages",
+            check: anthropic,
+            whole: "message_stop",
+        },
+        // Claude Code through OpenRouter's Messages API.
+        BrokenStream {
+            provider: "openrouter",
+            path: "/v1/messages",
+            check: anthropic,
+            whole: "message_stop",
+        },
+        BrokenStream {
+            provider: "gemini",
+            path: "/v1beta/models/g:streamGenerateContent?alt=sse",
+            check: gemini,
+            whole: "finishReason",
+        },
+    ];
+    let mock = Mock::start();
+    for case in cases {
+        let what = format!("{} {}", case.provider, case.path);
+        let upstream = match case.provider {
+            "gemini" => format!("http://127.0.0.1:{}", mock.port),
+            _ => mock.base(),
+        };
+        let proxy = Proxy::bare()
+            .keys(1)
+            .arg("--provider")
+            .arg(case.provider)
+            .arg("--upstream")
+            .arg(&upstream)
+            .start();
+        let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+        let body = r#"{"model":"m","stream":true}"#;
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: localhost\r\nx-mock-reply: dropmid\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            case.path,
+            body.len()
+        );
+        socket.write_all(request.as_bytes()).unwrap();
+        let (bytes, _) = read_until(&mut socket, ends_chunked);
+        let text = String::from_utf8(dechunk(&bytes))
+            .unwrap()
+            .replace("\r\n", "\n");
+        assert!(
+            text.contains("tok0") && text.contains("tok1"),
+            "{what}: {text}"
+        );
+        assert!(!text.contains(case.whole), "{what}: {text}");
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .map(|e| e.trim_matches('\n'))
+            .filter(|e| !e.is_empty())
+            .collect();
+        let last = events.last().unwrap();
+        assert!((case.check)(last), "{what}: the last event is {last:?}");
+        assert_eq!(
+            events.iter().filter(|e| (case.check)(e)).count(),
+            1,
+            "{what}: {text}"
+        );
+    }
+}
+
 #[test]
 fn a_streamed_response_keeps_the_connection_reusable() {
     let mock = Mock::start();
