@@ -139,6 +139,11 @@ const FORMAT_HINT: &str =
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StoreError::Read { path, source } if NotAFile::is(source) => write!(
+                f,
+                "cannot read keys file '{}': {source}; give the path of a keys file (--keys-file or ROO_PROXY_KEYS_FILE)",
+                path.display()
+            ),
             StoreError::Read { path, source } => {
                 write!(f, "cannot read keys file '{}': {source}", path.display())
             }
@@ -163,6 +168,11 @@ impl fmt::Display for StoreError {
             StoreError::Env { variable, detail } => {
                 write!(f, "{variable}: {detail}; expected keys separated by commas")
             }
+            StoreError::Lock { path, source } if NotAFile::is(source) => write!(
+                f,
+                "cannot lock '{}': {source}; remove it (roo-proxy creates it as a file)",
+                path.display()
+            ),
             StoreError::Lock { path, source } => {
                 write!(f, "cannot lock '{}': {source}", path.display())
             }
@@ -205,10 +215,11 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
 /// memory.
 pub const LARGEST_KEYS_FILE: u64 = 16 * 1024 * 1024;
 
-/// Reads the keys file's bytes, refusing one larger than [`LARGEST_KEYS_FILE`].
+/// Reads the keys file's bytes, refusing one larger than [`LARGEST_KEYS_FILE`] and
+/// anything but a regular file ([`open_regular`]).
 pub fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    File::open(path)?
+    open_regular(path)?
         .take(LARGEST_KEYS_FILE + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > LARGEST_KEYS_FILE {
@@ -221,6 +232,81 @@ pub fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// The error of a path that names something other than a regular file (see
+/// [`open_regular`]): what it is, such as "a FIFO (named pipe)".
+#[derive(Debug)]
+pub struct NotAFile(pub &'static str);
+
+impl fmt::Display for NotAFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "it is {}, not a regular file", self.0)
+    }
+}
+
+impl std::error::Error for NotAFile {}
+
+impl NotAFile {
+    /// Whether `e` is this error.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<NotAFile>())
+    }
+}
+
+/// `Ok` for a regular file, else [`NotAFile`] naming what it is.
+fn regular(metadata: &fs::Metadata) -> io::Result<()> {
+    let kind = metadata.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a folder"
+    } else {
+        special_kind(&kind)
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, NotAFile(what)))
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &fs::FileType) -> &'static str {
+    "a device or pipe"
+}
+
+/// Opens `path` for reading if it is a regular file; anything else (a FIFO, socket,
+/// device or folder) is refused with [`NotAFile`]. The open cannot block: on Unix it is
+/// made with `O_NONBLOCK` (a FIFO without a writer would wait forever) and the type is
+/// checked on the open file, so swapping the file between the checks changes nothing.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    // A socket cannot be opened at all: name it (and any other kind) before trying.
+    if let Ok(metadata) = fs::metadata(path) {
+        regular(&metadata)?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    regular(&file.metadata()?)?;
+    Ok(file)
 }
 
 /// Reads the keys file at `path`. A missing file gives an empty pool, not an error.
@@ -556,7 +642,9 @@ pub enum Create {
 pub fn create_private(path: &Path, how: Create) -> io::Result<File> {
     #[cfg(windows)]
     {
-        crate::keys::owner_only::create(path, how)
+        let file = crate::keys::owner_only::create(path, how)?;
+        regular(&file.metadata()?)?;
+        Ok(file)
     }
     #[cfg(not(windows))]
     {
@@ -569,9 +657,12 @@ pub fn create_private(path: &Path, how: Create) -> io::Result<File> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
+            // O_NONBLOCK: an existing FIFO is refused below instead of waiting.
+            options.mode(0o600).custom_flags(libc::O_NONBLOCK);
         }
-        options.open(path)
+        let file = options.open(path)?;
+        regular(&file.metadata()?)?;
+        Ok(file)
     }
 }
 

@@ -8,7 +8,7 @@
 //! a missing or unreadable one means "nothing remembered" and never stops anything.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -169,6 +169,9 @@ pub struct StateFile {
 }
 
 const VERSION: u32 = 1;
+/// The most of a state file read (10,000 keys with rests take about 3 MiB); the rest of
+/// a larger one is cut, which makes it damaged, so it is ignored.
+const LARGEST_STATE_FILE: u64 = 64 * 1024 * 1024;
 
 /// The state file that belongs to a keys file: `keys.json` → `keys.json.state`.
 pub fn path_for(keys_file: &Path) -> PathBuf {
@@ -187,7 +190,12 @@ pub fn fingerprint(key: &ApiKey) -> String {
 /// Reads the state file; a missing one is empty. A damaged one is also read as empty,
 /// and the reason is returned so the caller can say so.
 pub fn load(path: &Path) -> (StateFile, Option<String>) {
-    match std::fs::read(path) {
+    let read = store::open_regular(path).and_then(|file| {
+        let mut bytes = Vec::new();
+        file.take(LARGEST_STATE_FILE).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    match read {
         Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
             Ok(state) => (state, None),
             Err(e) => (
@@ -196,6 +204,13 @@ pub fn load(path: &Path) -> (StateFile, Option<String>) {
             ),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => (StateFile::default(), None),
+        Err(e) if store::NotAFile::is(&e) => (
+            StateFile::default(),
+            Some(format!(
+                "ignoring the state file '{}': {e}; remove it (it only remembers the keys' rests)",
+                path.display()
+            )),
+        ),
         Err(e) => (
             StateFile::default(),
             Some(format!(

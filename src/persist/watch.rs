@@ -6,8 +6,8 @@
 //! OS and file system (network drives, editors that replace files, atomic renames), and
 //! it needs no crate.
 //!
-//! Invariants: the proxy never writes the keys file. A keys file that does not parse is
-//! logged and ignored, and the last good pool keeps serving. The state file is written
+//! Invariants: the proxy never writes the keys file. A keys file that does not parse,
+//! or a path that names no regular file (a FIFO, a folder), is logged and ignored, and the last good pool keeps serving. The state file is written
 //! only while a keys file exists (a pool from environment variables leaves no files).
 
 use std::io;
@@ -55,9 +55,10 @@ impl Watch {
         let mut last_save = Instant::now();
         let mut last_use_save = Instant::now();
         let mut save_error: Option<String> = None;
+        let mut refused: Option<String> = None;
         loop {
             thread::sleep(POLL);
-            self.check_keys_file();
+            self.check_keys_file(&mut refused);
             if last_save.elapsed() >= SAVE_EVERY {
                 last_save = Instant::now();
                 let with_use = last_use_save.elapsed() >= SAVE_USE_EVERY;
@@ -79,12 +80,26 @@ impl Watch {
         }
     }
 
-    fn check_keys_file(&mut self) {
+    /// Reloads the keys file if it changed. `refused`: why it was last refused, so that
+    /// a path that names no file (a FIFO, a folder) is reported once, not every poll.
+    fn check_keys_file(&mut self, refused: &mut Option<String>) {
         let now = match crate::keys::store::read_bounded(&self.keys_file) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if store::NotAFile::is(&e) => {
+                let why = e.to_string();
+                if refused.as_ref() != Some(&why) {
+                    error!(
+                        "keys file '{}': {why}; the proxy keeps serving with the keys it had",
+                        self.keys_file.display()
+                    );
+                    *refused = Some(why);
+                }
+                return;
+            }
             Err(_) => return, // Unreadable for a moment (being replaced on Windows): look again.
         };
+        *refused = None;
         if now == self.seen {
             return;
         }

@@ -611,3 +611,52 @@ fn a_keys_file_in_a_missing_folder_gets_the_folder_or_a_hint() {
         }
     }
 }
+
+/// Every command refuses a keys file (or lock file) that is a FIFO at once, naming the
+/// path and what it is, and leaves it alone.
+#[cfg(unix)]
+#[test]
+fn keys_commands_refuse_a_fifo_without_waiting_on_it() {
+    let dir = TempDir::new();
+    let file = dir.path().join("keys.json");
+    make_fifo(&file);
+    let args: [&[&str]; 5] = [
+        &["list"],
+        &["add", &key(1)],
+        &["remove", "sk-or-v1-0000"],
+        &["disable", "sk-or-v1-0000"],
+        &["check"],
+    ];
+    for args in args {
+        let ran = keys_cmd(dir.path(), args, "");
+        assert_eq!(ran.code, Some(2), "{args:?}: {}", ran.all());
+        assert!(
+            ran.stderr.contains(&format!(
+                "keys file '{}': it is a FIFO (named pipe), not a regular file",
+                file.display()
+            )),
+            "{args:?}: {}",
+            ran.all()
+        );
+    }
+    let kind = fs::symlink_metadata(&file).unwrap().file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&kind));
+
+    let dir = TempDir::new();
+    let lock = dir.path().join("keys.json.lock");
+    make_fifo(&lock);
+    let ran = keys_cmd(
+        dir.path(),
+        &["add", &key(1), "--keys-file", "keys.json"],
+        "",
+    );
+    assert_ne!(ran.code, Some(0), "{}", ran.all());
+    assert!(
+        ran.stderr.contains(&format!(
+            "cannot lock '{}': it is a FIFO (named pipe), not a regular file; remove it",
+            lock.display()
+        )),
+        "{}",
+        ran.all()
+    );
+}

@@ -54,6 +54,30 @@ fn added_keys_join_and_removed_keys_leave_without_a_restart() {
     );
 }
 
+/// A keys file replaced by a FIFO is refused on reload, said once with its path and
+/// kind, and the proxy serves on with the keys it had; the watch thread does not hang
+/// on the FIFO, so a good file afterwards is picked up.
+#[cfg(unix)]
+#[test]
+fn a_keys_file_replaced_by_a_fifo_is_refused_and_the_old_keys_serve() {
+    let mock = Mock::start();
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let file = proxy.keys_file();
+    fs::remove_file(&file).unwrap();
+    make_fifo(&file);
+    proxy.wait_for_log(&format!(
+        "keys file '{}': it is a FIFO (named pipe), not a regular file; the proxy keeps serving with the keys it had",
+        file.display()
+    ));
+    assert_eq!(proxy.chat().status, 200);
+    assert_eq!(mock.keys_used(), [bearer(1)]);
+    fs::remove_file(&file).unwrap();
+    fs::write(&file, format!("[\"{}\"]", key(2))).unwrap();
+    proxy.wait_for_log("keys file changed: 1 added, 1 removed, 1 in the pool");
+    let refusals = proxy.logs().matches("it is a FIFO").count();
+    assert_eq!(refusals, 1, "{}", proxy.logs());
+}
+
 #[test]
 fn keys_that_stay_keep_their_rest_across_a_reload() {
     let mock = Mock::start();

@@ -129,6 +129,52 @@ fn sizes_and_counts_out_of_their_range_stop_the_start_naming_the_range() {
     }
 }
 
+/// A keys file that is no file stops the start at once, naming the path and what it is;
+/// opening a FIFO must not wait for a writer that never comes.
+#[test]
+fn a_keys_file_that_is_a_fifo_socket_or_folder_stops_the_start_naming_it() {
+    type Make = fn(&std::path::Path);
+    #[allow(unused_mut)] // Only Unix adds cases.
+    let mut cases: Vec<(&str, Make)> =
+        vec![("a folder", |path| std::fs::create_dir(path).unwrap())];
+    #[cfg(unix)]
+    cases.push(("a FIFO (named pipe)", |path| make_fifo(path)));
+    #[cfg(unix)]
+    cases.push(("a socket", |path| {
+        // Bound, then the listener is dropped: the socket file stays.
+        std::os::unix::net::UnixListener::bind(path).unwrap();
+    }));
+    for (what, make) in cases {
+        let builder = Proxy::bare();
+        let path = builder_dir(&builder).join("keys.json");
+        make(&path);
+        let (status, out, err) = builder.run();
+        assert_eq!(status.code(), Some(2), "{what}: {out}{err}");
+        let expected = format!(
+            "cannot read keys file '{}': it is {what}, not a regular file; give the path of a keys file",
+            path.display()
+        );
+        assert!(err.contains(&expected), "{what}: {err}");
+    }
+}
+
+/// The state file is a cache: one that is no file is reported with its path and kind,
+/// and the proxy starts and serves without it.
+#[cfg(unix)]
+#[test]
+fn a_state_file_that_is_a_fifo_is_ignored_with_a_warning_and_the_proxy_serves() {
+    let mock = Mock::start();
+    let builder = Proxy::with(&mock).keys(1);
+    let state = builder_dir(&builder).join("keys.json.state");
+    make_fifo(&state);
+    let proxy = builder.start();
+    proxy.wait_for_log(&format!(
+        "ignoring the state file '{}': it is a FIFO (named pipe), not a regular file",
+        state.display()
+    ));
+    assert_eq!(proxy.chat().status, 200);
+}
+
 #[test]
 fn a_malformed_keys_file_stops_the_start_with_path_line_and_column() {
     let bad = format!(

@@ -659,3 +659,10 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Makes a FIFO (named pipe) at `path`, with no writer: opening it to read would wait.
+#[cfg(unix)]
+pub fn make_fifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
