@@ -31,6 +31,12 @@ pub struct Args {
     #[argh(option)]
     pub upstream: Option<String>,
 
+    /// a pool's API base URL instead of its provider's, as NAME=URL, e.g.
+    /// gemini=https://gateway.example/gemini (repeatable; ROO_PROXY_POOL_UPSTREAM takes a
+    /// comma-separated list)
+    #[argh(option)]
+    pub pool_upstream: Vec<String>,
+
     /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,
@@ -209,6 +215,16 @@ pub struct AddArgs {
     /// 429 rests them all
     #[argh(option)]
     pub account: Option<String>,
+
+    /// the provider the key is for (openrouter, gemini, anthropic, …; default: the
+    /// proxy's --provider, i.e. the default pool)
+    #[argh(option)]
+    pub provider: Option<String>,
+
+    /// the pool the key serves in, when not the one named after its provider (clients
+    /// reach it at http://localhost:3002/NAME)
+    #[argh(option)]
+    pub pool: Option<String>,
 
     /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]

@@ -22,7 +22,8 @@ use crate::keys::secret::{self, Origin};
 use crate::keys::store::{self, Edit, KeyEntry};
 use crate::persist::state::{self, KeyStatus, ScopedRest};
 use crate::rotation::pool::epoch_ms;
-use crate::rotation::provider::{Check, Provider};
+use crate::rotation::pools;
+use crate::rotation::provider::{self, Check, Provider};
 use crate::serve::error::Error;
 
 /// Shortest remove prefix: fewer characters would match most keys (`sk-or-v1` alone
@@ -38,9 +39,9 @@ pub fn run(
 ) -> Result<u8, Error> {
     let file = |own: Option<PathBuf>| config::keys_file(own.or(top_keys_file.clone()), &env);
     match action {
-        KeysAction::Add(args) => add(file(args.keys_file.clone()), args),
+        KeysAction::Add(args) => add(file(args.keys_file.clone()), args, default_provider(&env)?),
         KeysAction::Remove(args) => remove(file(args.keys_file.clone()), args),
-        KeysAction::List(args) => list(file(args.keys_file.clone()), args),
+        KeysAction::List(args) => list(file(args.keys_file.clone()), args, default_provider(&env)?),
         KeysAction::Check(args) => check(file(args.keys_file.clone()), args, &env),
         KeysAction::Disable(args) => set_enabled(file(args.keys_file.clone()), args.into(), false),
         KeysAction::Enable(args) => set_enabled(file(args.keys_file.clone()), args.into(), true),
@@ -49,8 +50,31 @@ pub fn run(
     }
 }
 
-fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
+/// The default pool's provider as a running proxy would have it: `ROO_PROXY_PROVIDER`,
+/// else OpenRouter (a `--provider` on the proxy's command line is not known here).
+fn default_provider(env: impl Fn(&str) -> Option<String>) -> Result<Provider, Error> {
+    Ok(config::upstream(None, Some(String::from("https://x.invalid")), env)?.0)
+}
+
+fn add(path: PathBuf, args: AddArgs, default: Provider) -> Result<u8, Error> {
     outln!("keys file: {}", path.display());
+    let provider = match args.provider.as_deref() {
+        None => None,
+        Some(name) => Some(Provider::parse(name).ok_or_else(|| {
+            Error::Refused(format!(
+                "not adding the key: --provider '{}' is not a provider; use one of {}",
+                name.escape_debug(),
+                crate::rotation::provider::names()
+            ))
+        })?),
+    };
+    let pool = match args.pool.as_deref() {
+        None => None,
+        Some(name) => Some(
+            store::check_pool_name(name)
+                .map_err(|why| Error::Refused(format!("not adding the key: --pool {why}")))?,
+        ),
+    };
     let raw = match args.key.as_deref() {
         None | Some("-") => read_key_from_stdin()?,
         Some(raw) => raw.to_string(),
@@ -71,18 +95,38 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
     };
     let label = tidy(args.label, "label")?;
     let account = tidy(args.account, "account")?;
+    let new = KeyEntry {
+        provider,
+        pool: pool.clone(),
+        ..KeyEntry::bare(key.clone())
+    };
+    let (pool_name, goes_to) = pools::home_of(&new, default);
+    if let Some(shaped) = provider::by_key_shape(key.expose())
+        .filter(|shaped| !shaped.contains(&goes_to) && goes_to != Provider::Custom)
+    {
+        errln!(
+            "warning: the key looks like a {} key, but it goes to the pool '{pool_name}' for {goes_to}; if that is wrong, remove it and add it again with --provider {}",
+            shaped[0],
+            shaped[0]
+        );
+    }
 
     store::create_folder(&path)?;
     let added = store::edit(&path, |entries| {
-        if entries
-            .iter()
-            .filter_map(store::entry_of)
-            .any(|e| e.key == key)
-        {
+        let existing: Vec<KeyEntry> = entries.iter().filter_map(store::entry_of).collect();
+        if existing.iter().any(|e| e.key == key) {
             return Ok::<_, Error>(Edit::Keep(None));
         }
+        pools::check_homes(existing.iter().chain([&new]), default)
+            .map_err(|why| Error::Refused(format!("not adding the key: {why}")))?;
         let mut entry = Map::new();
         entry.insert("key".into(), Value::String(key.expose().to_string()));
+        if let Some(provider) = provider {
+            entry.insert("provider".into(), Value::String(provider.name().into()));
+        }
+        if let Some(pool) = &pool {
+            entry.insert("pool".into(), Value::String(pool.clone()));
+        }
         if let Some(label) = &label {
             entry.insert("label".into(), Value::String(label.clone()));
         }
@@ -99,6 +143,10 @@ fn add(path: PathBuf, args: AddArgs) -> Result<u8, Error> {
     }
     .name();
     match added {
+        Some(total) if pool_name != default.name() => outln!(
+            "added {name} to the pool '{pool_name}' ({goes_to}; clients reach it at the proxy's base URL + /{pool_name}); {total} key{} in the file",
+            plural(total)
+        ),
         Some(total) => outln!("added {name}; {total} key{} in the file", plural(total)),
         None => outln!("{name} is already in the file; nothing changed"),
     }
@@ -321,7 +369,7 @@ fn select(entries: &[Value], wanted: &str, all: bool, verb: &str) -> Result<Vec<
     Ok(chosen)
 }
 
-fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
+fn list(path: PathBuf, args: ListArgs, default: Provider) -> Result<u8, Error> {
     let file = store::load(&path)?;
     let (remembered, problem) = state::load(&state::path_for(&path));
     let now = SystemTime::now();
@@ -360,8 +408,11 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
         let keys: Vec<Value> = rows
             .iter()
             .map(|row| {
+                let (pool, provider) = pools::home_of(row.entry, default);
                 json!({
                     "key": row.entry.key.masked(),
+                    "pool": pool,
+                    "provider": provider.name(),
                     "label": row.entry.label,
                     "account": row.entry.account,
                     "state": row.state,
@@ -396,19 +447,33 @@ fn list(path: PathBuf, args: ListArgs) -> Result<u8, Error> {
         };
         with_model_rests(state, &r.model_rests)
     };
-    let mut table = vec![
-        ["KEY", "LABEL", "ACCOUNT", "STATE", "LAST USED"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    // A pool column once a key is outside the default pool.
+    let pooled = rows
+        .iter()
+        .any(|r| pools::home_of(r.entry, default).0 != default.name());
+    let mut head = vec!["KEY", "LABEL", "ACCOUNT", "STATE", "LAST USED"];
+    if pooled {
+        head.insert(0, "POOL");
+    }
+    let mut table = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
     for row in &rows {
+        let (pool, provider) = pools::home_of(row.entry, default);
+        let pool = if pool == provider.name() {
+            pool
+        } else {
+            format!("{pool} ({provider})")
+        };
         table.push(vec![
+            pool,
             row.entry.key.masked(),
             row.entry.label.clone().unwrap_or_else(|| "-".into()),
             row.entry.account.clone().unwrap_or_else(|| "-".into()),
             state_text(row),
             used_ago(row.last_used_ms, now),
         ]);
+        if let (false, Some(cells)) = (pooled, table.last_mut()) {
+            cells.remove(0);
+        }
     }
     print_table(&table);
     Ok(0)
@@ -558,6 +623,24 @@ pub fn status(
         field(&status, "requests"),
         field(&status, "retries"),
     );
+    let pools = status["pools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let several = pools.len() > 1;
+    if several {
+        for p in pools {
+            outln!(
+                "pool {} ({}) at {base}/{}/ → {} · {} of {} keys ready",
+                field(p, "name"),
+                field(p, "provider"),
+                field(p, "name"),
+                field(p, "upstream"),
+                field(p, "keys_available"),
+                field(p, "keys_total"),
+            );
+        }
+    }
     let now = SystemTime::now();
     let mut table = vec![
         [
@@ -576,12 +659,15 @@ pub fn status(
         .map(String::from)
         .to_vec(),
     ];
+    if several {
+        table[0].insert(0, "POOL".into());
+    }
     for k in status["keys"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        table.push(vec![
+        let mut row = vec![
             field(k, "key"),
             field(k, "label"),
             field(k, "account"),
@@ -595,7 +681,11 @@ pub fn status(
             field(k, "failures"),
             used_ago(k["last_used_ms"].as_u64(), now),
             field(k, "last_error"),
-        ]);
+        ];
+        if several {
+            row.insert(0, field(k, "pool"));
+        }
+        table.push(row);
     }
     print_table(&table);
     print_instances(&status["shared"], now);
@@ -738,20 +828,32 @@ fn check(
         Check::Models(path) => format!("{upstream}{path}"),
     };
     outln!("provider: {provider}, asking {url}");
-    let keys: Vec<&ApiKey> = file.entries.iter().map(|e| &e.key).collect();
+    // Keys for another provider (a `"provider"` in the file) are asked with theirs.
+    let (mine, others): (Vec<&KeyEntry>, Vec<&KeyEntry>) = file
+        .entries
+        .iter()
+        .partition(|e| pools::home_of(e, provider).1 == provider);
+    let keys: Vec<&ApiKey> = mine.iter().map(|e| &e.key).collect();
     let results = in_parallel(&keys, CHECK_WORKERS, |key| {
         check_one(&agent, &url, key, provider)
     });
     let mut bad = 0;
-    for (entry, (valid, text)) in file.entries.iter().zip(results) {
+    for (entry, (valid, text)) in mine.iter().zip(results) {
         bad += usize::from(!valid);
         outln!("{}  {text}", entry.name());
     }
+    for entry in &others {
+        let theirs = pools::home_of(entry, provider).1;
+        outln!(
+            "{}  not checked: for {theirs} (check it with --provider {theirs})",
+            entry.name()
+        );
+    }
     outln!(
         "{} of {} key{} valid",
-        file.entries.len() - bad,
-        file.entries.len(),
-        plural(file.entries.len())
+        mine.len() - bad,
+        mine.len(),
+        plural(mine.len())
     );
     Ok(u8::from(bad > 0))
 }

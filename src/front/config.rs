@@ -29,6 +29,8 @@ pub struct Config {
     pub provider: Provider,
     /// The API base, without a trailing slash: the provider's, or `--upstream`.
     pub upstream: String,
+    /// `--pool-upstream NAME=URL`: other pools' API bases (no trailing slash), checked.
+    pub pool_upstreams: Vec<(String, String)>,
     /// Absolute.
     pub keys_file: PathBuf,
     pub cooldown: Duration,
@@ -88,6 +90,7 @@ impl Config {
                 None => DEFAULT_PORT,
             },
         };
+        let upstream_given = args.upstream.is_some() || env("ROO_PROXY_UPSTREAM").is_some();
         let (provider, upstream) = upstream(args.provider, args.upstream, env)?;
         let keys_file = keys_file(args.keys_file, env);
         let cooldown = setting(
@@ -216,6 +219,13 @@ impl Config {
                 "the upstream '{upstream}' is http:// on another machine, so your keys would travel in clear text; use https://, or --allow-insecure-upstream if you really mean it"
             )));
         }
+        let pool_upstreams = pool_upstreams(&args.pool_upstream, allow_insecure, env)?;
+        if upstream_given && pool_upstreams.iter().any(|(n, _)| n == provider.name()) {
+            return Err(Error::Config(format!(
+                "--upstream and --pool-upstream {}=… both give the default pool's base URL; keep one",
+                provider.name()
+            )));
+        }
         let (allow_origins, allow_hosts) =
             browser_settings(&args.allow_origin, &args.allow_host, env)?;
         let redis = match args.redis {
@@ -236,6 +246,7 @@ impl Config {
             port,
             provider,
             upstream,
+            pool_upstreams,
             keys_file,
             cooldown,
             max_attempts,
@@ -286,6 +297,54 @@ fn check_redis(url: &str) -> Result<String, String> {
     };
     #[cfg(not(feature = "redis"))]
     Err("needs a roo-proxy built with Redis support: cargo install --locked --path . --features redis".into())
+}
+
+/// `--pool-upstream NAME=URL` (repeatable; else `ROO_PROXY_POOL_UPSTREAM`,
+/// comma-separated): each a pool name and an API base checked like `--upstream`'s.
+fn pool_upstreams(
+    flags: &[String],
+    allow_insecure: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, Error> {
+    let (values, source): (Vec<String>, &str) = match env("ROO_PROXY_POOL_UPSTREAM") {
+        Some(v) if flags.is_empty() => (
+            v.split(',')
+                .map(str::to_string)
+                .filter(|v| !v.trim().is_empty())
+                .collect(),
+            "ROO_PROXY_POOL_UPSTREAM",
+        ),
+        _ => (flags.to_vec(), "--pool-upstream"),
+    };
+    let mut pools: Vec<(String, String)> = Vec::new();
+    for value in values {
+        let Some((name, url)) = value.split_once('=') else {
+            return Err(Error::Config(format!(
+                "{source} '{}' must be NAME=URL, e.g. gemini=https://gateway.example/gemini",
+                without_userinfo(value.trim())
+            )));
+        };
+        let name = crate::keys::store::check_pool_name(name)
+            .map_err(|why| Error::Config(format!("{source}: the pool {why}")))?;
+        let url = check_upstream(url).map_err(|why| {
+            Error::Config(format!(
+                "{source} {name}='{}' {why}",
+                without_userinfo(url.trim())
+            ))
+        })?;
+        if !allow_insecure && cleartext_remote(&url) {
+            return Err(Error::Config(format!(
+                "{source} {name}='{url}' is http:// on another machine, so your keys would travel in clear text; use https://, or --allow-insecure-upstream if you really mean it"
+            )));
+        }
+        if pools.iter().any(|(n, _)| *n == name) {
+            return Err(Error::Config(format!(
+                "{source} names the pool '{name}' twice; give each pool one base URL"
+            )));
+        }
+        pools.push((name, url));
+    }
+    Ok(pools)
 }
 
 /// `--allow-origin` and `--allow-host` (else their variables, comma-separated): the
@@ -814,6 +873,7 @@ mod tests {
         row("--port", "4000"),
         row("--provider", "groq"),
         row("--upstream", "https://api.groq.com/openai/v1"),
+        row("--pool-upstream", "gemini=https://gateway.example/gemini"),
         row("--keys-file", "/elsewhere/k.json"),
         row("--cooldown", "90s"),
         row("--max-attempts", "3"),
@@ -1075,6 +1135,59 @@ mod tests {
             };
             assert!(Config::build(args, no_env).is_ok(), "{host}");
         }
+    }
+
+    #[test]
+    fn pool_upstreams_are_checked_like_the_upstream() {
+        let build = |values: &[&str]| {
+            Config::build(
+                Args {
+                    pool_upstream: values.iter().map(|v| v.to_string()).collect(),
+                    ..Args::default()
+                },
+                no_env,
+            )
+        };
+        let c = build(&["gemini=http://127.0.0.1:9/", "work=https://gw.example/v1"]).unwrap();
+        assert_eq!(
+            c.pool_upstreams,
+            [
+                ("gemini".to_string(), "http://127.0.0.1:9".to_string()),
+                ("work".to_string(), "https://gw.example/v1".to_string())
+            ]
+        );
+        let message = |values: &[&str]| build(values).unwrap_err().to_string();
+        assert_eq!(
+            message(&["https://gw.example/v1"]),
+            "--pool-upstream 'https://gw.example/v1' must be NAME=URL, e.g. gemini=https://gateway.example/gemini"
+        );
+        assert!(
+            message(&["Work=https://gw.example/v1"])
+                .starts_with("--pool-upstream: the pool 'Work' is not a pool name"),
+        );
+        assert_eq!(
+            message(&["v1=https://gw.example/v1"]),
+            "--pool-upstream: the pool 'v1' begins API paths of the default pool (/v1/…), so it cannot name a pool; choose another name"
+        );
+        assert_eq!(
+            message(&["work=ftp://x"]),
+            "--pool-upstream work='ftp://x' must start with https:// (or http://)"
+        );
+        assert!(message(&["work=http://gw.example/v1"]).contains("would travel in clear text"),);
+        assert!(!message(&["work=https://me:hunter2@gw.example/v1"]).contains("hunter2"));
+        assert_eq!(
+            message(&["work=https://a.example", "work=https://b.example"]),
+            "--pool-upstream names the pool 'work' twice; give each pool one base URL"
+        );
+        let both = Config::build(
+            Args {
+                upstream: Some("https://a.example/v1".into()),
+                pool_upstream: vec!["openrouter=https://b.example/v1".into()],
+                ..Args::default()
+            },
+            no_env,
+        );
+        assert!(both.unwrap_err().to_string().contains("keep one"));
     }
 
     #[test]

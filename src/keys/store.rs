@@ -23,6 +23,7 @@ use crate::keys::key::{ApiKey, KeyProblem};
 use crate::keys::sealed;
 pub use crate::keys::sealed::Seal;
 use crate::keys::secret::{self, Ask};
+use crate::rotation::provider::{self, Provider};
 
 /// One key of the pool, as the keys file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,11 @@ pub struct KeyEntry {
     /// Set by `roo-proxy keys enable`: a new value clears the key's rest or invalid mark
     /// in a running proxy.
     pub enabled_at: Option<u64>,
+    /// The provider the key is for; `None`: `--provider`'s (the default pool).
+    pub provider: Option<Provider>,
+    /// The pool the key serves in (a URL path token, see [`check_pool_name`]); `None`:
+    /// the pool named after its provider.
+    pub pool: Option<String>,
 }
 
 impl KeyEntry {
@@ -47,6 +53,8 @@ impl KeyEntry {
             account: None,
             disabled: false,
             enabled_at: None,
+            provider: None,
+            pool: None,
         }
     }
 }
@@ -133,8 +141,7 @@ pub enum StoreError {
     },
 }
 
-const FORMAT_HINT: &str =
-    r#"expected ["sk-or-…", …] or {"keys":[{"key":"sk-or-…","label":"optional name"}]}"#;
+const FORMAT_HINT: &str = r#"expected ["sk-or-…", {"key":"AIza…","provider":"gemini"}, …] or {"keys":[{"key":"sk-or-…","label":"optional name","provider":"openrouter","pool":"optional name"}]}"#;
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -909,13 +916,79 @@ fn entry_from(item: &Value) -> Result<KeyEntry, String> {
         Some(Value::Bool(disabled)) => *disabled,
         Some(_) => return Err("\"disabled\" must be true or false".into()),
     };
+    let provider = match text("provider")? {
+        None => None,
+        Some(name) => Some(Provider::parse(&name).ok_or_else(|| {
+            format!(
+                "\"provider\" '{}' is not a provider; use one of {}",
+                name.escape_debug(),
+                provider::names()
+            )
+        })?),
+    };
+    let pool = match text("pool")? {
+        None => None,
+        Some(name) => Some(check_pool_name(&name).map_err(|why| format!("\"pool\" {why}"))?),
+    };
     Ok(KeyEntry {
         key,
         label: text("label")?,
         account: text("account")?,
         disabled,
         enabled_at: map.get("enabled_at").and_then(Value::as_u64),
+        provider,
+        pool,
     })
+}
+
+/// The first path segments of API paths the default pool serves at the bare base URL
+/// (`/v1/…`, `/api/v1/…`, `/chat/completions`, `/key`, …): a pool of that name would
+/// take them over, so no pool may have one.
+pub const RESERVED_POOL_NAMES: [&str; 16] = [
+    "api",
+    "v1",
+    "v1beta",
+    "v1alpha",
+    "chat",
+    "completions",
+    "embeddings",
+    "models",
+    "messages",
+    "responses",
+    "key",
+    "audio",
+    "images",
+    "files",
+    "moderations",
+    "generation",
+];
+
+/// The longest pool name.
+pub const LONGEST_POOL_NAME: usize = 40;
+
+/// A pool name as a client types it as the first segment of a path: lower-case ASCII
+/// letters, digits, `-` and `_`, starting with a letter or digit, not one of
+/// [`RESERVED_POOL_NAMES`]. Returns it, or why not (the name quoted, escaped).
+pub fn check_pool_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    let shown = name.escape_debug();
+    if name.is_empty() || name.len() > LONGEST_POOL_NAME {
+        return Err(format!(
+            "'{shown}' must have 1 to {LONGEST_POOL_NAME} characters"
+        ));
+    }
+    let fits = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if !name.chars().all(fits) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "'{shown}' is not a pool name: it becomes the first segment of a URL path, so use lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        ));
+    }
+    if RESERVED_POOL_NAMES.contains(&name) {
+        return Err(format!(
+            "'{shown}' begins API paths of the default pool (/{shown}/…), so it cannot name a pool; choose another name"
+        ));
+    }
+    Ok(name.to_string())
 }
 
 /// serde_json's message without its own " at line L column C" suffix (we say it already).
@@ -983,6 +1056,60 @@ mod tests {
         assert_eq!(entries[0].label.as_deref(), Some("work"));
         assert_eq!(entries[1].label, None);
         assert_eq!(entries[1].key.expose(), "sk-b2");
+    }
+
+    #[test]
+    fn keys_carry_a_provider_and_a_pool_in_both_formats() {
+        use crate::rotation::provider::Provider;
+        let pools = |text: &str| {
+            parse(text)
+                .unwrap()
+                .1
+                .into_iter()
+                .map(|e| (e.key.expose().to_string(), e.provider, e.pool))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![
+            ("sk-or-1".to_string(), None, None),
+            ("AIza-1".to_string(), Some(Provider::Gemini), None),
+            (
+                "sk-2".to_string(),
+                Some(Provider::OpenAi),
+                Some("work".to_string()),
+            ),
+        ];
+        assert_eq!(
+            pools(
+                r#"["sk-or-1", {"key":"AIza-1","provider":"Gemini"}, {"key":"sk-2","provider":"openai","pool":"work"}]"#
+            ),
+            expected
+        );
+        assert_eq!(
+            pools(
+                r#"{"keys":[{"key":"sk-or-1"},{"key":"AIza-1","provider":" gemini "},{"key":"sk-2","provider":"openai","pool":"work"}]}"#
+            ),
+            expected
+        );
+        let shape = |t: &str| match parse(t).unwrap_err() {
+            ParseError::Shape(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            shape(r#"["sk-1", {"key":"sk-2","provider":"gemeni"}]"#),
+            format!(
+                "entry 2: \"provider\" 'gemeni' is not a provider; use one of {}",
+                crate::rotation::provider::names()
+            )
+        );
+        assert!(
+            shape(r#"{"keys":[{"key":"sk-2","pool":"my pool"}]}"#)
+                .starts_with("entry 1: \"pool\" 'my pool' is not a pool name")
+        );
+        assert!(shape(r#"{"keys":[{"key":"sk-2","pool":"v1"}]}"#).contains("cannot name a pool"));
+        assert_eq!(
+            shape(r#"{"keys":[{"key":"sk-2","provider":7}]}"#),
+            "entry 1: \"provider\" must be a string"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ use log::{error, info, warn};
 use crate::keys::secret::Ask;
 use crate::keys::store::{self, KeyEntry};
 use crate::persist::state;
-use crate::rotation::pool::{Now, Pool};
+use crate::rotation::pool::Now;
+use crate::rotation::pools::{PoolChange, Pools};
 
 const POLL: Duration = Duration::from_millis(250);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -32,7 +33,7 @@ const SAVE_USE_EVERY: Duration = Duration::from_secs(15);
 pub type EnvKeys = Vec<(String, String)>;
 
 pub struct Watch {
-    pub pool: Arc<Pool>,
+    pub pools: Arc<Pools>,
     pub keys_file: PathBuf,
     pub state_file: PathBuf,
     /// The keys file's bytes when the pool was built (`None`: there was no file).
@@ -103,24 +104,46 @@ impl Watch {
         if now == self.seen {
             return;
         }
-        match self.entries(now.as_deref()) {
-            Ok(entries) => {
-                let reloaded = self.pool.replace(entries);
-                info!(
-                    "keys file changed: {} added, {} removed, {} in the pool",
-                    reloaded.added, reloaded.removed, reloaded.total
-                );
+        let replaced = self.entries(now.as_deref()).and_then(|entries| {
+            self.pools
+                .replace(entries, Now::read())
+                .map_err(|e| format!("keys file '{}': {e}", self.keys_file.display()))
+        });
+        match replaced {
+            Ok(changes) => {
+                let several = changes.len() > 1;
+                for change in changes {
+                    match change {
+                        PoolChange::Kept(name, reloaded) if several => info!(
+                            "keys file changed: pool {name}: {} added, {} removed, {} in the pool",
+                            reloaded.added, reloaded.removed, reloaded.total
+                        ),
+                        PoolChange::Kept(_, reloaded) => info!(
+                            "keys file changed: {} added, {} removed, {} in the pool",
+                            reloaded.added, reloaded.removed, reloaded.total
+                        ),
+                        PoolChange::New(name, keys) => {
+                            info!(
+                                "keys file changed: new pool {name} with {keys} key(s), at /{name}/"
+                            )
+                        }
+                        PoolChange::Gone(name) => {
+                            info!("keys file changed: pool {name} has no keys left and is gone")
+                        }
+                    }
+                }
             }
             Err(e) => error!("{e}; the proxy keeps serving with the keys it had"),
         }
         self.seen = now;
     }
 
-    fn entries(&mut self, bytes: Option<&[u8]>) -> Result<Vec<KeyEntry>, store::StoreError> {
+    fn entries(&mut self, bytes: Option<&[u8]>) -> Result<Vec<KeyEntry>, String> {
         match bytes {
             Some(bytes) => {
                 let (document, entries, _) =
-                    store::parse_file(&self.keys_file, bytes, &mut self.seal, Ask::Never)?;
+                    store::parse_file(&self.keys_file, bytes, &mut self.seal, Ask::Never)
+                        .map_err(|e| e.to_string())?;
                 store::scrub(document);
                 Ok(entries)
             }
@@ -131,7 +154,9 @@ impl Watch {
                         .find(|(n, _)| n == name)
                         .map(|(_, v)| v.clone())
                 };
-                Ok(store::load_with_env(&self.keys_file, env)?.entries)
+                store::load_with_env(&self.keys_file, env)
+                    .map(|file| file.entries)
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -140,20 +165,20 @@ impl Watch {
         if !self.keys_file.exists() {
             return Ok(());
         }
-        match self.pool.take_snapshot(Now::read(), with_use) {
+        match self.pools.take_snapshot(Now::read(), with_use) {
             Some(snapshot) => state::save(&self.state_file, &snapshot),
             None => Ok(()),
         }
     }
 }
 
-/// Saves the pool's state now (at shutdown), when there is a keys file to sit beside.
-pub fn save_now(pool: &Pool, keys_file: &std::path::Path) {
+/// Saves the pools' state now (at shutdown), when there is a keys file to sit beside.
+pub fn save_now(pools: &Pools, keys_file: &std::path::Path) {
     if !keys_file.exists() {
         return;
     }
     let path = state::path_for(keys_file);
-    if let Err(e) = state::save(&path, &pool.snapshot(Now::read())) {
+    if let Err(e) = state::save(&path, &pools.snapshot(Now::read())) {
         warn!("cannot save key state to '{}': {e}", path.display());
     }
 }

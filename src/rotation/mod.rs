@@ -4,5 +4,6 @@ pub mod attempts;
 pub mod classify;
 pub mod policy;
 pub mod pool;
+pub mod pools;
 pub mod provider;
 pub mod waiting;

@@ -826,6 +826,8 @@ mod tests {
             enabled_at: None,
             key: ApiKey::parse(&raw).unwrap(),
             label: None,
+            provider: None,
+            pool: None,
         }
     }
 

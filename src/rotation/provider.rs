@@ -183,6 +183,25 @@ impl fmt::Display for Provider {
     }
 }
 
+/// The providers a key's shape says it is for (its well-known start: `sk-or-`,
+/// `sk-ant-`, `AIza`, `gsk_`, `xai-`, `csk-`, `sk-proj-`), or `None` when the shape says
+/// nothing certain (plain `sk-…` is OpenAI's and DeepSeek's alike).
+pub fn by_key_shape(key: &str) -> Option<&'static [Provider]> {
+    const SHAPES: [(&str, &[Provider]); 7] = [
+        ("sk-or-", &[Provider::OpenRouter]),
+        ("sk-ant-", &[Provider::Anthropic]),
+        ("AIza", &[Provider::Gemini, Provider::GeminiOpenAi]),
+        ("gsk_", &[Provider::Groq]),
+        ("xai-", &[Provider::Xai]),
+        ("csk-", &[Provider::Cerebras]),
+        ("sk-proj-", &[Provider::OpenAi]),
+    ];
+    SHAPES
+        .iter()
+        .find(|(start, _)| key.starts_with(start))
+        .map(|(_, providers)| *providers)
+}
+
 /// The list of preset names, for messages: `openrouter, openai, …`.
 pub fn names() -> String {
     ALL.map(Provider::name).join(", ")
@@ -234,6 +253,24 @@ mod tests {
         );
         // Gemini's OpenAI-compatible endpoint takes Bearer.
         assert_eq!(Provider::GeminiOpenAi.auth(), Auth::Bearer);
+    }
+
+    #[test]
+    fn a_keys_shape_names_its_provider_only_when_certain() {
+        assert_eq!(
+            by_key_shape("sk-or-v1-abc"),
+            Some(&[Provider::OpenRouter][..])
+        );
+        assert_eq!(
+            by_key_shape("AIzaSyabc"),
+            Some(&[Provider::Gemini, Provider::GeminiOpenAi][..])
+        );
+        assert_eq!(
+            by_key_shape("sk-ant-api03-x"),
+            Some(&[Provider::Anthropic][..])
+        );
+        assert_eq!(by_key_shape("sk-abc"), None);
+        assert_eq!(by_key_shape("anything"), None);
     }
 
     #[test]

@@ -124,7 +124,14 @@ pub fn shape_for(target: Option<&str>, default: Provider) -> Shape {
     let Some(target) = target else {
         return default.shape();
     };
-    let (provider, rest) = route::pool_prefix(target).unwrap_or((default, target));
+    let (provider, rest) = route::pool_prefix(target)
+        .and_then(|(named, rest)| {
+            crate::rotation::provider::ALL
+                .into_iter()
+                .find(|p| p.name() == named)
+                .map(|p| (p, rest))
+        })
+        .unwrap_or((default, target));
     if is_messages_api(rest) {
         Shape::Anthropic
     } else {

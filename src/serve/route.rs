@@ -62,17 +62,20 @@ pub fn model_of(path: &str, body: &[u8]) -> Option<String> {
         .filter(|m| !m.is_empty() && m.len() <= LONGEST_MODEL)
 }
 
-/// A pool named by the target's first path segment (`/gemini/v1beta/…`,
-/// `/anthropic/v1/messages`): the preset of that name and the target after it. The bare
-/// base URL names no pool (it is the default one).
-pub fn pool_prefix(target: &str) -> Option<(crate::rotation::provider::Provider, &str)> {
+/// The target's first path segment and the target after it (`/gemini/v1beta/…` →
+/// `gemini`, `/v1beta/…`; `/anthropic` → `anthropic`, `/`): the pool it names, if a pool
+/// has that name. The server decides; the bare base URL names no pool.
+pub fn pool_prefix(target: &str) -> Option<(&str, &str)> {
     let rest = target.strip_prefix('/')?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let provider = crate::rotation::provider::ALL
-        .into_iter()
-        .find(|p| p.name() == &rest[..end])?;
+    if end == 0 {
+        return None;
+    }
     let after = &rest[end..];
-    Some((provider, if after.starts_with('/') { after } else { "/" }))
+    Some((
+        &rest[..end],
+        if after.starts_with('/') { after } else { "/" },
+    ))
 }
 
 /// Maps a client request target to the upstream URL: `base` (no trailing slash) joined
@@ -339,24 +342,18 @@ mod tests {
 
     #[test]
     fn a_pool_is_named_by_the_first_segment_only() {
-        use crate::rotation::provider::Provider;
         assert_eq!(
             pool_prefix("/gemini/v1beta/models/g:generateContent"),
-            Some((Provider::Gemini, "/v1beta/models/g:generateContent"))
+            Some(("gemini", "/v1beta/models/g:generateContent"))
         );
         assert_eq!(
             pool_prefix("/gemini-openai/v1/chat/completions"),
-            Some((Provider::GeminiOpenAi, "/v1/chat/completions"))
+            Some(("gemini-openai", "/v1/chat/completions"))
         );
-        assert_eq!(pool_prefix("/anthropic"), Some((Provider::Anthropic, "/")));
-        for target in [
-            "/v1/chat/completions",
-            "/geminis/x",
-            "/Gemini/x",
-            "/v1/gemini/x",
-            "/",
-            "*",
-        ] {
+        assert_eq!(pool_prefix("/anthropic"), Some(("anthropic", "/")));
+        assert_eq!(pool_prefix("/work?x=1"), Some(("work", "/")));
+        assert_eq!(pool_prefix("/v1/gemini/x"), Some(("v1", "/gemini/x")));
+        for target in ["/", "//x", "*", "", "/?x"] {
             assert_eq!(pool_prefix(target), None, "{target}");
         }
     }

@@ -32,7 +32,8 @@ use crate::persist::watch::{self, EnvKeys, Watch};
 use crate::rotation::attempts::{self, Attempts, Next, Rules, View, no_keys_hint};
 use crate::rotation::classify::{self, Verdict};
 use crate::rotation::policy::{Budget, Change, Outcome, Outlook, Scope};
-use crate::rotation::pool::{Now, Pool};
+use crate::rotation::pool::{Now, Pool, PoolReport};
+use crate::rotation::pools::{self, Member, Pools, Upstreams};
 use crate::rotation::provider::Provider;
 use crate::rotation::waiting::{Room, Seen};
 use crate::serve::access;
@@ -43,7 +44,7 @@ use crate::serve::held::{Claim, Held};
 use crate::serve::http1::Head;
 use crate::serve::metrics::Metrics;
 use crate::serve::route;
-use crate::serve::status::{self, About, Route};
+use crate::serve::status::{self, About, PoolAbout, Route};
 use crate::serve::stream::{self, End, Framing};
 use crate::serve::workers;
 
@@ -60,7 +61,8 @@ const MAX_HELD_STREAM_START: usize = 64 * 1024;
 /// Everything a request worker needs, shared by all of them.
 struct Proxy {
     config: Config,
-    pool: Arc<Pool>,
+    /// Every pool; a request picks one by its path's first segment.
+    pools: Arc<Pools>,
     upstream: Upstream,
     metrics: Metrics,
     /// The memory request bodies hold, all requests together (`--max-body-memory`).
@@ -73,8 +75,6 @@ struct Proxy {
     in_flight: AtomicUsize,
     /// A stop signal came: new requests get 503.
     stopping: AtomicBool,
-    /// Requests waiting for a key (`--wait`), in arrival order.
-    room: Room,
     /// Each key's credit, for the pool's answer to `GET /key`.
     credits: credit::Cache,
 }
@@ -98,16 +98,55 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         Source::Env(variable) => variable.to_string(),
         Source::File | Source::Nothing => keys.path.display().to_string(),
     };
+    let state_file = state::path_for(&keys.path);
+    let (remembered, problem) = state::load(&state_file);
+    let upstreams = Upstreams {
+        default: config.provider,
+        default_url: config.upstream.clone(),
+        overrides: config.pool_upstreams.clone(),
+    };
+    let count = keys.entries.len();
+    let pools = Pools::new(
+        keys.entries,
+        upstreams,
+        &remembered,
+        config.strategy,
+        Now::read(),
+    )
+    .map_err(|e| Error::Config(format!("keys file '{}': {e}", keys.path.display())))?;
+    let pools = Arc::new(pools);
+    let all = pools.all();
+    let several = if all.len() > 1 {
+        format!(" in {} pools ({})", all.len(), pools.names())
+    } else {
+        String::new()
+    };
     // The one line a user (and a test) reads to know where we are.
     outln!(
-        "roo-proxy {} listening on http://{local} → {} with {} key{} from {from}",
+        "roo-proxy {} listening on http://{local} → {} with {count} key{}{several} from {from}",
         env!("CARGO_PKG_VERSION"),
         config.upstream,
-        keys.entries.len(),
-        if keys.entries.len() == 1 { "" } else { "s" },
+        if count == 1 { "" } else { "s" },
     );
+    for member in all.iter().skip(1) {
+        info!(
+            "pool {} ({}) at http://{local}/{}/ → {} with {} key(s)",
+            member.name,
+            member.provider,
+            member.name,
+            member.upstream,
+            member.pool.len()
+        );
+    }
+    for (name, _) in &config.pool_upstreams {
+        if !all.iter().any(|m| m.name == *name) {
+            warn!(
+                "--pool-upstream names the pool '{name}', which has no keys yet; it is used when the keys file gives that pool keys"
+            );
+        }
+    }
     let _ = std::io::stdout().flush();
-    if keys.entries.is_empty() {
+    if count == 0 {
         warn!("{}", no_keys_hint(&keys.path));
     } else if keys.source == Source::File && keys.seal.is_none() {
         info!(
@@ -115,17 +154,10 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         );
     }
 
-    let state_file = state::path_for(&keys.path);
-    let (remembered, problem) = state::load(&state_file);
     if let Some(problem) = problem {
         warn!("{problem}");
     }
-    let pool = Arc::new(Pool::new(
-        keys.entries,
-        &remembered,
-        config.strategy,
-        Now::read(),
-    ));
+    drop(all);
     #[cfg(feature = "redis")]
     let team = match &config.redis {
         Some(url) => {
@@ -133,13 +165,15 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
                 listen: local.to_string(),
                 started_ms: crate::rotation::pool::epoch_ms(SystemTime::now()),
             };
-            Some(Team::start(url, Arc::clone(&pool), announce).map_err(Error::Serve)?)
+            // The default pool is the one shared; see ARCHITECTURE.md (Shared state).
+            let shared = Arc::clone(&pools.default_pool().pool);
+            Some(Team::start(url, shared, announce).map_err(Error::Serve)?)
         }
         None => None,
     };
     let keys_file = keys.path;
     let watch = Watch {
-        pool: Arc::clone(&pool),
+        pools: Arc::clone(&pools),
         keys_file: keys_file.clone(),
         state_file,
         seen: (keys.source == Source::File).then_some(keys.bytes),
@@ -154,7 +188,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         .spawn(move || store::git_warning(&git_file).inspect(|w| warn!("{w}")));
 
     let proxy = Arc::new(Proxy {
-        pool,
+        pools,
         upstream: Upstream::new(config.upstream_timeouts),
         held: Held::new(config.max_body_memory),
         config,
@@ -164,7 +198,6 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         team,
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
-        room: Room::default(),
         credits: credit::Cache::default(),
     });
     on_shutdown(Arc::clone(&proxy), keys_file);
@@ -222,7 +255,7 @@ fn on_shutdown(proxy: Arc<Proxy>, keys_file: PathBuf) {
     let handler = move || {
         if proxy.stopping.swap(true, Ordering::SeqCst) {
             warn!("second stop signal: exiting now");
-            watch::save_now(&proxy.pool, &keys_file);
+            watch::save_now(&proxy.pools, &keys_file);
             std::process::exit(130);
         }
         let grace = proxy.config.shutdown_grace;
@@ -244,7 +277,7 @@ fn on_shutdown(proxy: Arc<Proxy>, keys_file: PathBuf) {
             if left > 0 {
                 warn!("stopping with {left} request(s) still in flight after the grace period");
             }
-            watch::save_now(&proxy.pool, &keys_file);
+            watch::save_now(&proxy.pools, &keys_file);
             info!("stopped");
             std::process::exit(0);
         });
@@ -270,6 +303,14 @@ impl Incoming<'_> {
     fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
+}
+
+/// A request on its way upstream: its pool, URL, headers and body.
+struct Outgoing<'a> {
+    member: &'a Member,
+    url: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    body: &'a [u8],
 }
 
 /// What the request log line says about how a request ended.
@@ -343,7 +384,7 @@ impl Proxy {
             &self.config.allow_origins,
         );
         let cors = browser::cors_headers(caller);
-        let shape = error::shape_for(Some(&head.target), self.config.provider);
+        let shape = self.shape_for(&head.target);
         if self.stopping.load(Ordering::SeqCst) {
             let reply = Reply::busy("roo-proxy is shutting down; send the request again");
             let _ = stream::write_reply_in(conn, &reply, true, &cors, shape);
@@ -373,8 +414,8 @@ impl Proxy {
                 let _ = stream::write_head(conn, 204, &headers, Framing::NoBody);
                 Done::local(204)
             }
-            Ok(Prepared::Credit) => {
-                let body = self.credit();
+            Ok(Prepared::Credit(member)) => {
+                let body = self.credit(&member);
                 let mut headers = vec![
                     ("Content-Type".to_string(), "application/json".to_string()),
                     ("Cache-Control".to_string(), "no-store".to_string()),
@@ -396,11 +437,20 @@ impl Proxy {
                 return;
             }
             Ok(Prepared::Forward {
+                member,
                 url,
                 headers,
                 body,
                 claim: _held,
-            }) => self.forward(conn, head.http10, &incoming, &url, &headers, &body),
+            }) => {
+                let out = Outgoing {
+                    member: &member,
+                    url: &url,
+                    headers: &headers,
+                    body: &body,
+                };
+                self.forward(conn, head.http10, &incoming, out)
+            }
             Err(reply) => {
                 let _ = stream::write_reply_in(conn, &reply, false, &cors, shape);
                 if reply.status >= 500 || reply.status == 429 {
@@ -496,27 +546,32 @@ impl Proxy {
                 ),
             ));
         }
-        // A pool named in the path (`/anthropic/v1/messages`) must be this proxy's; the
-        // bare base URL serves it too.
+        // A pool named in the path (`/gemini/v1beta/…`, `/work/v1/chat/completions`)
+        // serves the request; the bare base URL is the default pool. A provider's name
+        // that is no pool here gets the list of pools.
         let mut target = incoming.target;
+        let mut member = None;
         if let Some((named, rest)) = route::pool_prefix(target) {
-            if named != self.config.provider {
-                return Err(Reply::new(
-                    404,
-                    format!(
-                        "no pool '{named}' here; pools: {} (at /{}/ or the bare base URL)",
-                        self.config.provider, self.config.provider
-                    ),
-                ));
+            match self.pools.find(named) {
+                Some(found) => {
+                    member = Some(found);
+                    target = rest;
+                }
+                None if pools::is_provider_name(named) => {
+                    return Err(Reply::new(
+                        404,
+                        format!(
+                            "no pool '{named}' here (no key in the keys file is for it); pools: {}",
+                            pools::listing(&self.pools)
+                        ),
+                    ));
+                }
+                None => {}
             }
-            target = rest;
         }
-        let url = route::upstream_url(
-            &self.config.upstream,
-            self.config.provider.base_prefixes(),
-            target,
-        )
-        .map_err(|e| Reply::new(400, e.to_string()))?;
+        let member = member.unwrap_or_else(|| self.pools.default_pool());
+        let url = route::upstream_url(&member.upstream, member.provider.base_prefixes(), target)
+            .map_err(|e| Reply::new(400, e.to_string()))?;
         // Every Connection header names headers that stop here.
         let named: Vec<String> = head
             .headers
@@ -541,16 +596,16 @@ impl Proxy {
                 ),
             ));
         }
-        if self.pool.len() == 0 {
+        if member.pool.len() == 0 {
             return Err(Reply::new(503, no_keys_hint(&self.config.keys_file)));
         }
         // Roo's credit display asks OpenRouter's `/key`: the pool's credit, not whichever
         // key would come next.
-        if self.config.provider == Provider::OpenRouter
+        if member.provider == Provider::OpenRouter
             && incoming.method == "GET"
-            && url.split('?').next() == Some(&format!("{}/key", self.config.upstream))
+            && url.split('?').next() == Some(&format!("{}/key", member.upstream))
         {
-            return Ok(Prepared::Credit);
+            return Ok(Prepared::Credit(member));
         }
         let limit = self.config.max_body;
         let mut claim = self.held.claim();
@@ -575,6 +630,7 @@ impl Proxy {
             }
         })?;
         Ok(Prepared::Forward {
+            member,
             url,
             headers,
             body,
@@ -585,35 +641,33 @@ impl Proxy {
     /// Tries keys until one gets an answer worth delivering, or none is left to try; with
     /// `--wait`, waits in line for a key. `attempts.rs` decides each step; this does the
     /// sending, waiting, recording and logging.
-    fn forward(
-        &self,
-        to: &mut Conn,
-        http10: bool,
-        incoming: &Incoming,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Done {
+    fn forward(&self, to: &mut Conn, http10: bool, incoming: &Incoming, out: Outgoing) -> Done {
+        let Outgoing {
+            member,
+            url,
+            headers,
+            body,
+        } = out;
         let rules = Rules {
             wait: self.config.wait,
             max_attempts: self.config.max_attempts,
-            upstream: &self.config.upstream,
+            upstream: &member.upstream,
             keys_file: &self.config.keys_file,
         };
         let mut attempts: Attempts<Arc<KeyEntry>> = Attempts::new(&rules, incoming.started);
         let model = route::model_of(incoming.path(), body);
         let model = model.as_deref();
-        let place = self.room.arrive();
+        let (pool, room, shape) = (&member.pool, &member.room, incoming.shape);
+        let place = room.arrive();
         let mut in_line = None;
         loop {
             let now = Now::read();
-            let seen = self.room.look(place);
+            let seen = room.look(place);
             let full = attempts.made() > 0 || attempts.found_none();
-            let view = self.view(now, seen.ahead, model, full);
+            let view = view(pool, now, seen.ahead, model, full);
             match attempts.next(now.mono, &view) {
                 Next::Try => {
-                    let Some((ticket, change)) = self.pool.pick(now, attempts.tried(), model)
-                    else {
+                    let Some((ticket, change)) = pool.pick(now, attempts.tried(), model) else {
                         attempts.no_key();
                         continue;
                     };
@@ -623,17 +677,17 @@ impl Proxy {
                         log_change(&entry, change, now, "its rest is over");
                     }
                     attempts.sent(Arc::clone(&entry), view.pool.ready);
-                    let sent = self.attempt(incoming, url, headers, &entry, body);
+                    let sent = self.attempt(incoming, member, url, headers, &entry, body);
                     match sent {
                         Attempt::Deliver(delivery, budget) => {
                             let now = Now::read();
                             let change = ticket.finish(Outcome::Served { budget }, None, now);
-                            self.room.wake();
+                            room.wake();
                             if let Some(change) = change {
                                 log_change(&entry, change, now, "its budget of requests is spent");
                             }
                             let first_byte = Some(incoming.started.elapsed());
-                            let (status, note) = deliver(to, http10, delivery, incoming.shape);
+                            let (status, note) = deliver(to, http10, delivery, shape);
                             return Done {
                                 status,
                                 attempts: attempts.made(),
@@ -653,7 +707,7 @@ impl Proxy {
                                 self.metrics.rate_limited(now.wall);
                             }
                             let change = ticket.finish(outcome, Some(&why), now);
-                            self.room.wake();
+                            room.wake();
                             if let Some(change) = change {
                                 log_change(&entry, change, now, &why);
                             }
@@ -666,10 +720,10 @@ impl Proxy {
                 Next::Wait(until) => {
                     if in_line.is_none() {
                         // In line from now on; look again with this request counted.
-                        in_line = Some(self.room.join(place));
+                        in_line = Some(room.join(place));
                         continue;
                     }
-                    if let Err(why) = self.wait(to, seen, until) {
+                    if let Err(why) = wait(room, to, seen, until) {
                         return Done {
                             status: 499,
                             attempts: attempts.made(),
@@ -683,8 +737,7 @@ impl Proxy {
                 Next::GiveUp(reply) => {
                     drop(in_line);
                     let first_byte = Some(incoming.started.elapsed());
-                    let _ =
-                        stream::write_reply_in(to, &reply, false, incoming.cors, incoming.shape);
+                    let _ = stream::write_reply_in(to, &reply, false, incoming.cors, shape);
                     return Done {
                         status: reply.status,
                         attempts: attempts.made(),
@@ -697,48 +750,11 @@ impl Proxy {
         }
     }
 
-    /// The pool as a request for `model` sees it. Unless `full`, counting ready keys
-    /// stops at the most one round may try, and the rest is read only when none is
-    /// ready: cheap with 10,000 keys for a first attempt. That count is for any model,
-    /// so after an attempt, or when the pool found no key for this model, the view is
-    /// `full`.
-    fn view(&self, now: Now, ahead: usize, model: Option<&str>, full: bool) -> View {
-        let ready = if full {
-            0
-        } else {
-            self.pool.ready_up_to(now, MAX_DEFAULT_ATTEMPTS)
-        };
-        let pool = if ready > 0 {
-            Outlook {
-                total: ready,
-                ready,
-                ..Outlook::default()
-            }
-        } else {
-            self.pool.outlook(now, model)
-        };
-        View { pool, ahead }
-    }
-
-    /// Waits in line until `until` (at most [`attempts::RECHECK`]) or until the room or
-    /// the pool changes, watching the client's socket; `Err` says the client hung up.
-    fn wait(&self, conn: &Conn, seen: Seen, until: Instant) -> Result<(), String> {
-        let until = until.min(Instant::now() + attempts::RECHECK);
-        loop {
-            if conn.client_gone() {
-                return Err("client left while waiting for a key".to_string());
-            }
-            let now = Instant::now();
-            if now >= until || self.room.sleep(seen, until.min(now + CLIENT_CHECK)) {
-                return Ok(());
-            }
-        }
-    }
-
     /// Sends one attempt and decides whether its answer goes to the client.
     fn attempt(
         &self,
         incoming: &Incoming,
+        member: &Member,
         url: &str,
         headers: &[(&str, &str)],
         entry: &KeyEntry,
@@ -753,7 +769,7 @@ impl Proxy {
             incoming.method,
             url,
             headers,
-            (&entry.key, self.config.provider.auth()),
+            (&entry.key, member.provider.auth()),
             body,
         );
         let response = match sent {
@@ -889,9 +905,9 @@ impl Proxy {
 
     /// The pool's credit in OpenRouter's `/key` shape: each key's own answer, asked for
     /// (at most [`credit::MOST_ASKED`] per request) or remembered, summed.
-    fn credit(&self) -> Vec<u8> {
-        let entries = self.pool.entries();
-        let url = format!("{}/key", self.config.upstream);
+    fn credit(&self, member: &Member) -> Vec<u8> {
+        let entries = member.pool.entries();
+        let url = format!("{}/key", member.upstream);
         let mut credits = Vec::new();
         let mut asked = 0;
         for entry in entries.iter().filter(|e| !e.disabled) {
@@ -900,7 +916,7 @@ impl Proxy {
                 Some(known) => known,
                 None if asked < credit::MOST_ASKED => {
                     asked += 1;
-                    let credit = self.fetch_credit(&url, entry);
+                    let credit = self.fetch_credit(&url, entry, member.provider);
                     self.credits.store(print, credit, Instant::now());
                     credit
                 }
@@ -914,13 +930,18 @@ impl Proxy {
     }
 
     /// One key's own `/key` answer; `None` when it is not a credit (an error, a refusal).
-    fn fetch_credit(&self, url: &str, entry: &KeyEntry) -> Option<credit::Credit> {
+    fn fetch_credit(
+        &self,
+        url: &str,
+        entry: &KeyEntry,
+        provider: Provider,
+    ) -> Option<credit::Credit> {
         let response = upstream::send(
             self.upstream.agent(),
             "GET",
             url,
             &[],
-            (&entry.key, self.config.provider.auth()),
+            (&entry.key, provider.auth()),
             b"",
         )
         .ok()?;
@@ -930,6 +951,17 @@ impl Proxy {
         let bytes =
             stream::read_bounded(&mut response.into_body().into_reader(), 64 * 1024).ok()?;
         credit::parse(&bytes)
+    }
+
+    /// The error shape of the proxy's own answer to `target`: the provider's of the pool
+    /// its path names (`/work/…` too), else as `error::shape_for` says.
+    fn shape_for(&self, target: &str) -> Shape {
+        match route::pool_prefix(target)
+            .and_then(|(named, rest)| Some((self.pools.find(named)?, rest)))
+        {
+            Some((member, rest)) => error::shape_for(Some(rest), member.provider),
+            None => error::shape_for(Some(target), self.config.provider),
+        }
     }
 
     /// With an access token configured, the request must carry it.
@@ -955,9 +987,50 @@ impl Proxy {
     /// The link to the other instances, with `--redis`.
     fn team_report(&self) -> Option<TeamReport> {
         #[cfg(feature = "redis")]
-        return self.team.as_ref().map(|t| t.report(&self.pool));
+        return self
+            .team
+            .as_ref()
+            .map(|t| t.report(&self.pools.default_pool().pool));
         #[cfg(not(feature = "redis"))]
         None
+    }
+
+    /// Every pool's keys in one report (the default pool's pause), and each pool at a
+    /// glance.
+    fn report(&self, now: Now) -> (PoolReport, Vec<PoolAbout>) {
+        let mut whole = PoolReport {
+            keys: Vec::new(),
+            outlook: Outlook::default(),
+            paused_seconds: None,
+        };
+        let mut pools = Vec::new();
+        for (i, member) in self.pools.all().iter().enumerate() {
+            let report = member.pool.report(now);
+            let (o, all) = (&report.outlook, &mut whole.outlook);
+            all.total += o.total;
+            all.ready += o.ready;
+            all.invalid += o.invalid;
+            all.disabled += o.disabled;
+            all.booked += o.booked;
+            all.next_free = match (all.next_free, o.next_free) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if i == 0 {
+                whole.paused_seconds = report.paused_seconds;
+            }
+            pools.push(PoolAbout {
+                name: member.name.clone(),
+                provider: member.provider,
+                upstream: member.upstream.clone(),
+                keys_available: o.ready,
+                keys_total: o.total,
+                paused_seconds: report.paused_seconds,
+                waiting: member.room.waiting(),
+            });
+            whole.keys.extend(report.keys);
+        }
+        (whole, pools)
     }
 
     /// The proxy's own status paths: (status, content type, body).
@@ -966,14 +1039,16 @@ impl Proxy {
             let reply = Reply::new(405, "the status paths answer GET only");
             return (405, "application/json", reply.body_in(incoming.shape));
         }
-        let report = self.pool.report(Now::read());
+        let (report, pools) = self.report(Now::read());
         let about = About {
             provider: self.config.provider.name(),
             upstream: &self.config.upstream,
             strategy: self.config.strategy,
             uptime: self.started.elapsed(),
-            waiting: self.room.waiting(),
+            waiting: pools.iter().map(|p| p.waiting).sum(),
             team: self.team_report(),
+            pools,
+            default: self.config.provider,
         };
         let json = "application/json";
         match route {
@@ -1047,10 +1122,12 @@ fn log_change(entry: &KeyEntry, change: Change, now: Now, why: &str) {
 enum Prepared<'a> {
     Preflight(Vec<(String, String)>),
     /// `GET /key` on OpenRouter: the pool's credit.
-    Credit,
+    Credit(Arc<Member>),
     /// One of the proxy's own status paths.
     Local(Route),
     Forward {
+        /// The pool that serves the request.
+        member: Arc<Member>,
         url: String,
         /// The client's headers that go upstream, borrowed from its request head.
         headers: Vec<(&'a str, &'a str)>,
@@ -1132,6 +1209,43 @@ fn deliver(to: &mut Conn, http10: bool, delivery: Delivery, shape: Shape) -> (u1
 
 /// How often a waiting request checks that its client is still there.
 const CLIENT_CHECK: Duration = Duration::from_millis(100);
+
+/// The pool as a request for `model` sees it. Unless `full`, counting ready keys stops
+/// at the most one round may try, and the rest is read only when none is ready: cheap
+/// with 10,000 keys for a first attempt. That count is for any model, so after an
+/// attempt, or when the pool found no key for this model, the view is `full`.
+fn view(pool: &Pool, now: Now, ahead: usize, model: Option<&str>, full: bool) -> View {
+    let ready = if full {
+        0
+    } else {
+        pool.ready_up_to(now, MAX_DEFAULT_ATTEMPTS)
+    };
+    let pool = if ready > 0 {
+        Outlook {
+            total: ready,
+            ready,
+            ..Outlook::default()
+        }
+    } else {
+        pool.outlook(now, model)
+    };
+    View { pool, ahead }
+}
+
+/// Waits in line in `room` until `until` (at most [`attempts::RECHECK`]) or until the
+/// room or the pool changes, watching the client's socket; `Err` says the client hung up.
+fn wait(room: &Room, conn: &Conn, seen: Seen, until: Instant) -> Result<(), String> {
+    let until = until.min(Instant::now() + attempts::RECHECK);
+    loop {
+        if conn.client_gone() {
+            return Err("client left while waiting for a key".to_string());
+        }
+        let now = Instant::now();
+        if now >= until || room.sleep(seen, until.min(now + CLIENT_CHECK)) {
+            return Ok(());
+        }
+    }
+}
 
 /// The upstream's end-to-end response headers, with `key` masked in their values.
 fn response_headers(headers: &HeaderMap, key: &key::ApiKey) -> Vec<(String, String)> {

@@ -13,6 +13,8 @@ use crate::persist::shared::TeamReport;
 use crate::persist::state::KeyStatus;
 use crate::rotation::policy::Strategy;
 use crate::rotation::pool::{KeyReport, KeyStats, PoolReport};
+use crate::rotation::pools;
+use crate::rotation::provider::Provider;
 use crate::serve::metrics::{BUCKETS, Counters, Histogram, SLICE};
 
 /// The paths the proxy answers itself. Everything else goes upstream.
@@ -42,6 +44,18 @@ impl Route {
     }
 }
 
+/// One pool at a glance (`/_roo/status`'s `pools`).
+pub struct PoolAbout {
+    pub name: String,
+    pub provider: Provider,
+    pub upstream: String,
+    pub keys_available: usize,
+    pub keys_total: usize,
+    pub paused_seconds: Option<u64>,
+    /// Requests waiting for one of its keys now (`--wait`).
+    pub waiting: usize,
+}
+
 /// Facts about this proxy that do not change while it runs.
 pub struct About<'a> {
     /// The provider preset's name (`--provider`).
@@ -53,6 +67,36 @@ pub struct About<'a> {
     pub waiting: usize,
     /// The instances sharing the pool, with `--redis`.
     pub team: Option<TeamReport>,
+    /// Every pool, the default one first; the report holds all their keys.
+    pub pools: Vec<PoolAbout>,
+    /// The default pool's provider (`--provider`), which a key without one is for.
+    pub default: Provider,
+}
+
+impl About<'_> {
+    /// The pool a key of the report serves in, when there are several (else `None`).
+    fn pool_of(&self, k: &KeyReport) -> Option<String> {
+        (self.pools.len() > 1).then(|| pools::home_of(&k.entry, self.default).0)
+    }
+}
+
+/// The pools as JSON.
+fn pools_json(about: &About) -> Value {
+    about
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "provider": p.provider.name(),
+                "upstream": p.upstream,
+                "keys_available": p.keys_available,
+                "keys_total": p.keys_total,
+                "paused_seconds": p.paused_seconds,
+                "requests_waiting": p.waiting,
+            })
+        })
+        .collect()
 }
 
 /// `/_roo/health`: 200 while a key can serve (now or after a rest), 503 otherwise.
@@ -66,6 +110,9 @@ pub fn health(report: &PoolReport, about: &About) -> (u16, Value) {
         "keys_available": o.ready,
         "keys_total": o.total,
     });
+    if about.pools.len() > 1 {
+        body["pools"] = pools_json(about);
+    }
     if let Some(team) = &about.team {
         body["redis"] = json!(team.link.as_str());
         if let Some(error) = &team.error {
@@ -98,6 +145,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
         .map(|k| {
             json!({
                 "key": k.entry.key.masked(),
+                "pool": about.pool_of(k).unwrap_or_else(|| about.default.name().to_string()),
                 "label": k.entry.label,
                 "account": k.entry.account,
                 "state": k.state,
@@ -128,6 +176,7 @@ pub fn status(report: &PoolReport, counters: &Counters, about: &About) -> Value 
         "paused_seconds": report.paused_seconds,
         "requests_waiting": about.waiting,
         "shared": team_json(about.team.as_ref()),
+        "pools": pools_json(about),
         "requests": counters.by_status.values().sum::<u64>(),
         "requests_by_status": counters.by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "upstream_attempts": counters.attempts,
@@ -160,6 +209,23 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         "roo_proxy_provider_info{{provider=\"{}\"}} 1",
         about.provider
     );
+
+    header(
+        &mut out,
+        "roo_proxy_pool_keys",
+        "gauge",
+        "Keys in each pool, and how many could serve now (a pool's name is the first segment of its base URL).",
+    );
+    for p in &about.pools {
+        for (kind, n) in [("total", p.keys_total), ("available", p.keys_available)] {
+            let _ = writeln!(
+                out,
+                "roo_proxy_pool_keys{{pool=\"{}\",provider=\"{}\",kind=\"{kind}\"}} {n}",
+                escape(&p.name),
+                p.provider
+            );
+        }
+    }
 
     header(
         &mut out,
@@ -243,9 +309,14 @@ pub fn prometheus(report: &PoolReport, counters: &Counters, about: &About) -> St
         let _ = writeln!(out, "roo_proxy_shared_facts_dropped_total {}", team.dropped);
     }
 
+    // With several pools, each key's series also name its pool.
     let labels = |k: &KeyReport| {
+        let pool = about
+            .pool_of(k)
+            .map(|p| format!(",pool=\"{}\"", escape(&p)))
+            .unwrap_or_default();
         format!(
-            "key=\"{}\",label=\"{}\",account=\"{}\"",
+            "key=\"{}\",label=\"{}\",account=\"{}\"{pool}",
             escape(&k.entry.key.masked()),
             escape(k.entry.label.as_deref().unwrap_or("")),
             escape(k.entry.account.as_deref().unwrap_or(""))

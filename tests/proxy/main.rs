@@ -12,6 +12,7 @@ mod hardening;
 mod keys;
 mod observe;
 mod policies;
+mod pools;
 mod providers;
 mod reload;
 mod rotation;

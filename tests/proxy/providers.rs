@@ -351,11 +351,10 @@ fn a_pool_is_picked_by_its_name_in_the_path_and_another_name_gets_404() {
     let missing = proxy.post("/anthropic/v1/messages", "{}");
     assert_eq!(missing.status, 404);
     let json = missing.json();
+    let message = json["error"]["message"].as_str().unwrap();
     assert!(
-        json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no pool 'anthropic' here; pools: gemini"),
+        message.contains("no pool 'anthropic' here")
+            && message.contains("pools: /gemini/ (also the bare base URL)"),
         "{json}"
     );
     let targets: Vec<String> = mock

@@ -1,0 +1,484 @@
+//! The pools of one process: the keys file's keys grouped by pool (a key's `"pool"`, else
+//! its `"provider"`, else `--provider`'s default pool), and the registry that holds one
+//! [`Pool`] per pool, each with its own rotation, rests, counters and waiting room.
+//!
+//! Invariants: the default pool (named after `--provider`) always exists, first, even
+//! with no keys, so the bare base URL always has a pool. One pool serves one provider at
+//! one upstream. A reload keeps a pool (its `Pool`, hence its state) when its name,
+//! provider and upstream stay, and replaces its keys as `Pool::replace` does; pools
+//! appear and disappear with the file. Requests hold their pool by `Arc`, so one in
+//! flight when its pool goes finishes on it. Grouping is pure.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::keys::store::KeyEntry;
+use crate::persist::state::StateFile;
+use crate::rotation::policy::Strategy;
+use crate::rotation::pool::{Now, Pool, Reloaded};
+use crate::rotation::provider::{self, Provider};
+use crate::rotation::waiting::Room;
+
+/// Where each pool's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstreams {
+    /// `--provider`: the default pool's provider, and its name.
+    pub default: Provider,
+    /// The default pool's base URL (`--upstream`, else the provider's).
+    pub default_url: String,
+    /// `--pool-upstream NAME=URL`, checked: a pool's base URL instead of its provider's.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Upstreams {
+    /// The base URL of pool `name` serving `provider`, or why it has none.
+    fn of(&self, name: &str, provider: Provider) -> Result<String, String> {
+        if let Some((_, url)) = self.overrides.iter().find(|(n, _)| n == name) {
+            return Ok(url.clone());
+        }
+        if name == self.default.name() {
+            return Ok(self.default_url.clone());
+        }
+        provider.base_url().map(str::to_string).ok_or_else(|| {
+            format!(
+                "pool '{name}' is for {provider}, which has no base URL of its own: give it one with --pool-upstream {name}=https://…/v1"
+            )
+        })
+    }
+}
+
+/// The keys of one pool, before it is built.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub provider: Provider,
+    pub upstream: String,
+    pub entries: Vec<KeyEntry>,
+}
+
+/// The pool a key serves in and its provider.
+fn home(entry: &KeyEntry, default: Provider) -> (String, Provider) {
+    let provider = entry.provider.unwrap_or(default);
+    let name = match &entry.pool {
+        Some(pool) => pool.clone(),
+        None => provider.name().to_string(),
+    };
+    (name, provider)
+}
+
+/// The pool a key serves in, as `keys list` shows it: its name and provider.
+pub fn home_of(entry: &KeyEntry, default: Provider) -> (String, Provider) {
+    home(entry, default)
+}
+
+/// Whether the entries fit in pools: no pool has keys for two providers, and no pool is
+/// named after a preset but serves another. Pure; `Err` says which pool and why.
+pub fn check_homes<'e>(
+    entries: impl IntoIterator<Item = &'e KeyEntry>,
+    default: Provider,
+) -> Result<(), String> {
+    let mut seen: Vec<(String, Provider)> = Vec::new();
+    for entry in entries {
+        let (name, provider) = home(entry, default);
+        if let Some(named) = Provider::parse(&name).filter(|p| *p != provider) {
+            return Err(format!(
+                "pool '{name}' is named after the provider {named}, but a key in it is for {provider}; give the key \"provider\":\"{named}\" or put it in a pool with another name"
+            ));
+        }
+        match seen.iter().find(|(n, _)| *n == name) {
+            Some((_, first)) if *first != provider => {
+                return Err(format!(
+                    "pool '{name}' has keys for {first} and for {provider} (a key without \"provider\" is for --provider's, {default}); one pool serves one provider, so give the keys different \"pool\" names"
+                ));
+            }
+            Some(_) => {}
+            None => seen.push((name, provider)),
+        }
+    }
+    Ok(())
+}
+
+/// Splits the keys file's entries into pools: the default pool first (even empty), then
+/// the others in the order their first key comes. Pure. Refuses a pool whose keys are for
+/// several providers, a pool named after a preset that serves another, and a pool with
+/// no base URL.
+pub fn group(entries: Vec<KeyEntry>, upstreams: &Upstreams) -> Result<Vec<Group>, String> {
+    let default = upstreams.default;
+    check_homes(&entries, default)?;
+    let mut groups = vec![Group {
+        name: default.name().to_string(),
+        provider: default,
+        upstream: upstreams.default_url.clone(),
+        entries: Vec::new(),
+    }];
+    for entry in entries {
+        let (name, provider) = home(&entry, default);
+        match groups.iter_mut().find(|g| g.name == name) {
+            Some(group) => group.entries.push(entry),
+            None => {
+                let upstream = upstreams.of(&name, provider)?;
+                groups.push(Group {
+                    name,
+                    provider,
+                    upstream,
+                    entries: vec![entry],
+                });
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// One pool of the registry.
+pub struct Member {
+    pub name: String,
+    pub provider: Provider,
+    /// The API base, no trailing slash.
+    pub upstream: String,
+    pub pool: Arc<Pool>,
+    /// Requests waiting for one of this pool's keys (`--wait`).
+    pub room: Room,
+}
+
+impl Member {
+    fn new(group: Group, remembered: &StateFile, strategy: Strategy, now: Now) -> Member {
+        Member {
+            pool: Arc::new(Pool::new(group.entries, remembered, strategy, now)),
+            name: group.name,
+            provider: group.provider,
+            upstream: group.upstream,
+            room: Room::default(),
+        }
+    }
+}
+
+/// What a reload did to one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChange {
+    /// A pool that was there: its keys replaced.
+    Kept(String, Reloaded),
+    /// A new pool (or one whose provider or upstream changed), with this many keys.
+    New(String, usize),
+    Gone(String),
+}
+
+/// Every pool of the process.
+pub struct Pools {
+    upstreams: Upstreams,
+    strategy: Strategy,
+    /// The default pool first. Replaced whole on a reload; readers clone the `Arc`.
+    members: RwLock<Arc<[Arc<Member>]>>,
+}
+
+impl Pools {
+    /// The pools of `entries`, each key starting as `remembered` says.
+    pub fn new(
+        entries: Vec<KeyEntry>,
+        upstreams: Upstreams,
+        remembered: &StateFile,
+        strategy: Strategy,
+        now: Now,
+    ) -> Result<Pools, String> {
+        let members = group(entries, &upstreams)?
+            .into_iter()
+            .map(|g| Arc::new(Member::new(g, remembered, strategy, now)))
+            .collect();
+        Ok(Pools {
+            upstreams,
+            strategy,
+            members: RwLock::new(members),
+        })
+    }
+
+    /// Every pool, the default one first.
+    pub fn all(&self) -> Arc<[Arc<Member>]> {
+        Arc::clone(&self.members.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The default pool (`--provider`'s, at the bare base URL).
+    pub fn default_pool(&self) -> Arc<Member> {
+        Arc::clone(&self.all()[0])
+    }
+
+    /// The pool called `name`.
+    pub fn find(&self, name: &str) -> Option<Arc<Member>> {
+        self.all().iter().find(|m| m.name == name).cloned()
+    }
+
+    /// The pools' names, for messages: `openrouter, gemini, work`.
+    pub fn names(&self) -> String {
+        self.all()
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Keys in every pool.
+    #[cfg(test)]
+    pub fn keys(&self) -> usize {
+        self.all().iter().map(|m| m.pool.len()).sum()
+    }
+
+    /// Replaces the keys (the keys file changed): each pool that stays keeps its state
+    /// (see `Pool::replace`); new pools start ready. Nothing changes when the new keys do
+    /// not group.
+    pub fn replace(&self, entries: Vec<KeyEntry>, now: Now) -> Result<Vec<PoolChange>, String> {
+        let groups = group(entries, &self.upstreams)?;
+        let old = self.all();
+        let mut changes = Vec::new();
+        let mut members = Vec::with_capacity(groups.len());
+        for group in groups {
+            let same = old.iter().find(|m| {
+                m.name == group.name && m.provider == group.provider && m.upstream == group.upstream
+            });
+            match same {
+                Some(member) => {
+                    let reloaded = member.pool.replace(group.entries);
+                    changes.push(PoolChange::Kept(member.name.clone(), reloaded));
+                    members.push(Arc::clone(member));
+                }
+                None => {
+                    changes.push(PoolChange::New(group.name.clone(), group.entries.len()));
+                    let fresh = Member::new(group, &StateFile::default(), self.strategy, now);
+                    members.push(Arc::new(fresh));
+                }
+            }
+        }
+        for gone in old.iter() {
+            if !members.iter().any(|m| Arc::ptr_eq(m, gone)) {
+                changes.push(PoolChange::Gone(gone.name.clone()));
+            }
+        }
+        *self.members.write().unwrap_or_else(PoisonError::into_inner) = members.into();
+        Ok(changes)
+    }
+
+    /// What should be remembered of every pool, when any pool's state changed (see
+    /// `Pool::take_snapshot`): one state file for all, its entries by key fingerprint.
+    pub fn take_snapshot(&self, now: Now, with_use: bool) -> Option<StateFile> {
+        let members = self.all();
+        let taken: Vec<Option<StateFile>> = members
+            .iter()
+            .map(|m| m.pool.take_snapshot(now, with_use))
+            .collect();
+        if taken.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut whole = StateFile::default();
+        for (member, taken) in members.iter().zip(taken) {
+            let part = taken.unwrap_or_else(|| member.pool.snapshot(now));
+            whole.version = part.version;
+            whole.keys.extend(part.keys);
+        }
+        Some(whole)
+    }
+
+    /// What is remembered of every pool, whether or not it changed (for shutdown).
+    pub fn snapshot(&self, now: Now) -> StateFile {
+        let mut whole = StateFile::default();
+        for member in self.all().iter() {
+            let part = member.pool.snapshot(now);
+            whole.version = part.version;
+            whole.keys.extend(part.keys);
+        }
+        whole
+    }
+}
+
+/// The pool names a message lists when a path names no pool, with where each is served.
+pub fn listing(pools: &Pools) -> String {
+    let all = pools.all();
+    let mut text = String::new();
+    for (i, member) in all.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push('/');
+        text.push_str(&member.name);
+        text.push('/');
+        if member.name != member.provider.name() {
+            text.push_str(&format!(" ({})", member.provider));
+        }
+        if i == 0 {
+            text.push_str(" (also the bare base URL)");
+        }
+    }
+    text
+}
+
+/// Whether `name` is a preset's name, which names a pool only when that pool exists.
+pub fn is_provider_name(name: &str) -> bool {
+    provider::ALL.iter().any(|p| p.name() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::key::ApiKey;
+
+    fn key(raw: &str, provider: Option<Provider>, pool: Option<&str>) -> KeyEntry {
+        KeyEntry {
+            provider,
+            pool: pool.map(str::to_string),
+            ..KeyEntry::bare(ApiKey::parse(raw).unwrap())
+        }
+    }
+
+    fn upstreams() -> Upstreams {
+        Upstreams {
+            default: Provider::OpenRouter,
+            default_url: "http://127.0.0.1:1/api/v1".into(),
+            overrides: vec![("work".into(), "http://127.0.0.1:2/v1".into())],
+        }
+    }
+
+    fn shape(groups: &[Group]) -> Vec<(String, Provider, String, Vec<String>)> {
+        groups
+            .iter()
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    g.provider,
+                    g.upstream.clone(),
+                    g.entries
+                        .iter()
+                        .map(|e| e.key.expose().to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_group_by_pool_then_provider_then_the_default_pool_first() {
+        let groups = group(
+            vec![
+                key("AIza-1", Some(Provider::Gemini), None),
+                key("sk-or-1", None, None),
+                key("sk-w-1", Some(Provider::OpenAi), Some("work")),
+                key("AIza-2", Some(Provider::Gemini), None),
+                key("sk-or-2", Some(Provider::OpenRouter), None),
+            ],
+            &upstreams(),
+        )
+        .unwrap();
+        assert_eq!(
+            shape(&groups),
+            [
+                (
+                    "openrouter".into(),
+                    Provider::OpenRouter,
+                    "http://127.0.0.1:1/api/v1".into(),
+                    vec!["sk-or-1".into(), "sk-or-2".into()]
+                ),
+                (
+                    "gemini".into(),
+                    Provider::Gemini,
+                    "https://generativelanguage.googleapis.com".into(),
+                    vec!["AIza-1".into(), "AIza-2".into()]
+                ),
+                (
+                    "work".into(),
+                    Provider::OpenAi,
+                    "http://127.0.0.1:2/v1".into(),
+                    vec!["sk-w-1".into()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_keys_is_one_empty_default_pool() {
+        let groups = group(Vec::new(), &upstreams()).unwrap();
+        assert_eq!(shape(&groups).len(), 1);
+        assert_eq!(groups[0].name, "openrouter");
+    }
+
+    #[test]
+    fn a_pool_serves_one_provider() {
+        let err = group(
+            vec![
+                key("sk-1", None, Some("team")),
+                key("sk-2", Some(Provider::Groq), Some("team")),
+            ],
+            &upstreams(),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("pool 'team' has keys for openrouter and for groq"),
+            "{err}"
+        );
+        let err = group(vec![key("sk-1", None, Some("gemini"))], &upstreams()).unwrap_err();
+        assert!(
+            err.starts_with("pool 'gemini' is named after the provider gemini, but a key in it is for openrouter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_custom_pool_needs_its_upstream() {
+        let err = group(
+            vec![key("sk-1", Some(Provider::Custom), None)],
+            &upstreams(),
+        )
+        .unwrap_err();
+        assert!(err.contains("--pool-upstream custom=https://"), "{err}");
+        let err = group(
+            vec![key("sk-1", Some(Provider::Custom), Some("lab"))],
+            &upstreams(),
+        )
+        .unwrap_err();
+        assert!(err.contains("--pool-upstream lab="), "{err}");
+    }
+
+    #[test]
+    fn a_reload_keeps_pools_that_stay_and_follows_the_file() {
+        let now = Now::read();
+        let pools = Pools::new(
+            vec![key("sk-or-1", None, None)],
+            upstreams(),
+            &StateFile::default(),
+            Strategy::default(),
+            now,
+        )
+        .unwrap();
+        let default = pools.default_pool();
+        let changes = pools
+            .replace(
+                vec![
+                    key("sk-or-1", None, None),
+                    key("AIza-1", Some(Provider::Gemini), None),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            changes,
+            [
+                PoolChange::Kept(
+                    "openrouter".into(),
+                    Reloaded {
+                        added: 0,
+                        removed: 0,
+                        total: 1
+                    }
+                ),
+                PoolChange::New("gemini".into(), 1),
+            ]
+        );
+        assert!(Arc::ptr_eq(&default.pool, &pools.default_pool().pool));
+        assert_eq!(pools.find("gemini").unwrap().pool.len(), 1);
+        assert_eq!(pools.keys(), 2);
+        // A file that does not group changes nothing.
+        assert!(
+            pools
+                .replace(vec![key("sk-x", None, Some("gemini"))], now)
+                .is_err()
+        );
+        assert_eq!(pools.names(), "openrouter, gemini");
+        let changes = pools.replace(Vec::new(), now).unwrap();
+        assert!(changes.contains(&PoolChange::Gone("gemini".into())));
+        assert_eq!(pools.names(), "openrouter");
+        assert_eq!(pools.default_pool().pool.len(), 0);
+    }
+}
