@@ -440,6 +440,12 @@ fn every_answer_the_proxy_makes_itself_has_the_shape_of_the_provider_it_is_for()
                 shape,
                 &format!("{path}: a malformed header"),
             );
+            check(
+                &format!("GET {path} HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n"),
+                505,
+                shape,
+                &format!("{path}: an HTTP version it does not speak"),
+            );
             // Refused before routing.
             check(
                 &head(&format!(
@@ -515,4 +521,43 @@ fn every_answer_the_proxy_makes_itself_has_the_shape_of_the_provider_it_is_for()
         drop(held);
     }
     assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+}
+
+#[test]
+fn the_readme_has_a_section_per_client_and_a_row_per_preset() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for section in [
+        "### Roo Code / Kilo Code",
+        "### Cline",
+        "### Claude Code",
+        "### OpenAI SDKs",
+        "### Gemini SDK / native API",
+    ] {
+        assert!(readme.lines().any(|l| l == section), "no {section:?}");
+    }
+    for setting in [
+        "export ANTHROPIC_BASE_URL=http://localhost:3002",
+        "export ANTHROPIC_AUTH_TOKEN=",
+    ] {
+        assert!(readme.contains(setting), "no {setting:?}");
+    }
+    // The presets table: provider, base URL, key sent as, rotates on.
+    for case in cases() {
+        let start = format!("| `{}`", case.provider);
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&start))
+            .unwrap_or_else(|| panic!("no row for {}", case.provider));
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+        assert_eq!(cells.len(), 4, "{row}");
+        assert!(cells.iter().all(|c| !c.trim().is_empty()), "{row}");
+        let (header, _) = case.auth;
+        let sent_as = if header == "authorization" {
+            "Authorization: Bearer"
+        } else {
+            header
+        };
+        assert!(cells[2].contains(sent_as), "{row}");
+    }
 }
