@@ -697,7 +697,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         drop(file);
         #[cfg(debug_assertions)]
         pause_before_rename(&temporary);
-        fs::rename(&temporary, path)
+        retry_while_busy(|| fs::rename(&temporary, path), is_busy, RENAME_PATIENCE)
     })();
     if written.is_err() {
         let _ = fs::remove_file(&temporary);
@@ -709,6 +709,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = File::open(folder).and_then(|dir| dir.sync_all());
     }
     Ok(())
+}
+
+/// How long a rename over a file that another process holds open is tried again.
+const RENAME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `op` until it succeeds, fails with an error `busy` does not call a busy file, or
+/// `patience` has passed. On Windows a rename over a file that another process has open (the
+/// proxy's watch thread reading it, `keys list`, an editor, a virus scanner) fails with
+/// "access denied" or a sharing violation until the reader closes it, a moment later;
+/// cargo and Go's `robustio` wait it out the same way. Elsewhere no error is busy
+/// ([`is_busy`]), so `op` runs once.
+fn retry_while_busy(
+    mut op: impl FnMut() -> io::Result<()>,
+    busy: impl Fn(&io::Error) -> bool,
+    patience: std::time::Duration,
+) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match op() {
+            Err(e) if busy(&e) && start.elapsed() < patience => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `e` says another process has the file open (Windows only).
+fn is_busy(e: &io::Error) -> bool {
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_SHARING_VIOLATION};
+        matches!(e.raw_os_error(), Some(code) if code == ERROR_ACCESS_DENIED as i32 || code == ERROR_SHARING_VIOLATION as i32)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = e;
+        false
+    }
 }
 
 /// The test hook that makes the kill test provable (debug builds only, so never in a
@@ -1004,6 +1045,61 @@ fn syntax_detail(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_file_is_tried_again_and_other_errors_are_returned_at_once() {
+        let busy = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        let patience = std::time::Duration::from_secs(60);
+        // Busy twice, then free: the third try succeeds.
+        let mut tries = 0;
+        let done = retry_while_busy(
+            || {
+                tries += 1;
+                match tries {
+                    1 | 2 => Err(io::ErrorKind::WouldBlock.into()),
+                    _ => Ok(()),
+                }
+            },
+            busy,
+            patience,
+        );
+        assert!(done.is_ok());
+        assert_eq!(tries, 3);
+        // Another error is not waited out.
+        let mut tries = 0;
+        let done = retry_while_busy(
+            || {
+                tries += 1;
+                Err(io::ErrorKind::NotFound.into())
+            },
+            busy,
+            patience,
+        );
+        assert_eq!(done.unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(tries, 1);
+        // Busy past the patience: the busy error comes back.
+        let mut tries = 0;
+        let done = retry_while_busy(
+            || {
+                tries += 1;
+                Err(io::ErrorKind::WouldBlock.into())
+            },
+            busy,
+            std::time::Duration::ZERO,
+        );
+        assert_eq!(done.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(tries, 1);
+    }
+
+    #[test]
+    fn only_windows_calls_a_refused_rename_busy() {
+        // Access denied (5) and a sharing violation (32) are a reader holding the file on
+        // Windows; on Unix 5 is EIO and 32 EPIPE, never waited out.
+        for code in [5, 32] {
+            assert_eq!(is_busy(&io::Error::from_raw_os_error(code)), cfg!(windows));
+        }
+        assert!(!is_busy(&io::ErrorKind::NotFound.into()));
+    }
 
     #[cfg(unix)]
     #[test]
