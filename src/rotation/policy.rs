@@ -306,6 +306,9 @@ pub struct Policy {
     first_after_pause: Option<Instant>,
     /// Attempts in flight per account group (the sum of its slots' `in_flight`).
     loads: HashMap<usize, u32>,
+    /// The next key of each key's account group, in a ring (a key alone points at
+    /// itself): what a rule applies to a whole account walks the account, not the pool.
+    ring: Vec<KeyId>,
 }
 
 impl Policy {
@@ -328,6 +331,7 @@ impl Policy {
             *loads.entry(slot.group).or_insert(0) += slot.in_flight;
         }
         Policy {
+            ring: ring_of(&slots),
             slots,
             cursor,
             strategy,
@@ -336,6 +340,11 @@ impl Policy {
             first_after_pause: None,
             loads,
         }
+    }
+
+    /// Key `id` and the other keys of its account group, each once.
+    pub fn account(&self, id: KeyId) -> impl Iterator<Item = KeyId> + '_ {
+        members(&self.ring, id)
     }
 
     pub fn slot(&self, id: KeyId) -> &Slot {
@@ -409,9 +418,8 @@ impl Policy {
             let slot = &self.slots[id];
             if slot.first_back.is_none() && slot.rest_end.is_some_and(|end| now >= end) {
                 // Once per rest: the account's first attempt since it ended.
-                let group = slot.group;
-                for s in self.slots.iter_mut().filter(|s| s.group == group) {
-                    s.first_back.get_or_insert(now);
+                for other in members(&self.ring, id) {
+                    self.slots[other].first_back.get_or_insert(now);
                 }
             }
             let slot = &mut self.slots[id];
@@ -514,9 +522,8 @@ impl Policy {
         let on_time = slot.back_at.is_some_and(|back| sent.at >= back);
         if (news || on_time) && slot.strikes > 0 {
             // The account serves again: its refusals in a row are over.
-            let group = slot.group;
-            for s in self.slots.iter_mut().filter(|s| s.group == group) {
-                s.strikes = 0;
+            for other in members(&self.ring, id) {
+                self.slots[other].strikes = 0;
             }
         }
         let slot = &mut self.slots[id];
@@ -535,9 +542,9 @@ impl Policy {
             sent: sent.at,
             limit: budget.limit,
         };
-        let group = self.slots[id].group;
         let mut newest = false;
-        for s in self.slots.iter_mut().filter(|s| s.group == group) {
+        for other in members(&self.ring, id) {
+            let s = &mut self.slots[other];
             // Only the latest-sent attempt's word counts (answers overtake each other),
             // unless the word we had has run out.
             let stale = s
@@ -566,11 +573,11 @@ impl Policy {
         now: Instant,
         strikes: Option<u32>,
     ) -> Option<Change> {
-        let group = self.slots[id].group;
         let before = self.slots[id].state;
         let mut others = 0;
-        for (other, s) in self.slots.iter_mut().enumerate() {
-            if s.group != group || !s.state.usable() {
+        for other in members(&self.ring, id) {
+            let s = &mut self.slots[other];
+            if !s.state.usable() {
                 continue;
             }
             if let Some(strikes) = strikes {
@@ -662,10 +669,10 @@ impl Policy {
         }
         let strikes = known.map_or(0, |r| r.strikes);
         let until = now + escalate(rest, longest, strikes);
-        let group = slot.group;
         let mut others = 0;
-        for (other, s) in self.slots.iter_mut().enumerate() {
-            if s.group != group || !s.state.usable() {
+        for other in members(&self.ring, id) {
+            let s = &mut self.slots[other];
+            if !s.state.usable() {
                 continue;
             }
             s.model_rests
@@ -951,6 +958,36 @@ impl Policy {
     }
 }
 
+/// For each key, the next key of its group: each group's keys in one ring, in pool order.
+fn ring_of(slots: &[Slot]) -> Vec<KeyId> {
+    let mut ring: Vec<KeyId> = (0..slots.len()).collect();
+    // Each group's first and latest key so far.
+    let mut ends: HashMap<usize, (KeyId, KeyId)> = HashMap::new();
+    for (id, slot) in slots.iter().enumerate() {
+        match ends.get_mut(&slot.group) {
+            Some((first, last)) => {
+                ring[*last] = id;
+                ring[id] = *first;
+                *last = id;
+            }
+            None => {
+                ends.insert(slot.group, (id, id));
+            }
+        }
+    }
+    ring
+}
+
+/// `id` and the rest of its ring.
+fn members(ring: &[KeyId], id: KeyId) -> impl Iterator<Item = KeyId> + '_ {
+    let mut at = Some(id);
+    std::iter::from_fn(move || {
+        let this = at?;
+        at = Some(ring[this]).filter(|next| *next != id);
+        Some(this)
+    })
+}
+
 /// The rest after `strikes` refusals in a row: doubled for each, up to `longest` (but
 /// never below what was announced).
 fn escalate(rest: Duration, longest: Duration, strikes: u32) -> Duration {
@@ -975,6 +1012,28 @@ mod tests {
 
     fn ms(ms: u64) -> Duration {
         Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn property_an_account_is_walked_whole_and_alone_from_any_of_its_keys() {
+        let mut rng = crate::testing::Rng::new(17);
+        for _ in 0..500 {
+            let groups: Vec<usize> = (0..rng.below(12)).map(|_| rng.below(5)).collect();
+            let slots = groups
+                .iter()
+                .map(|g| Slot::new(KeyState::Ready, *g))
+                .collect();
+            let p = Policy::with_slots(slots, 0, Strategy::RoundRobin);
+            for id in 0..groups.len() {
+                let mut walked: Vec<KeyId> = p.account(id).collect();
+                assert_eq!(walked[0], id, "{groups:?}");
+                walked.sort_unstable();
+                let expected: Vec<KeyId> = (0..groups.len())
+                    .filter(|other| groups[*other] == groups[id])
+                    .collect();
+                assert_eq!(walked, expected, "{groups:?} from {id}");
+            }
+        }
     }
 
     fn limited(rest: Duration) -> Outcome {

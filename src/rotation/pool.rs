@@ -302,11 +302,8 @@ impl Pool {
         if inner.outbox.is_some() {
             let mut facts = Vec::new();
             if change.is_some() {
-                let group = inner.policy.slot(id).group;
-                for other in 0..inner.entries.len() {
-                    if inner.policy.slot(other).group == group {
-                        facts.extend(key_facts(&inner, other, now));
-                    }
+                for other in inner.policy.account(id) {
+                    facts.extend(key_facts(&inner, other, now));
                 }
                 facts.extend(pause_fact(&inner, now));
             }
