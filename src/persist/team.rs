@@ -23,7 +23,8 @@ use log::{debug, info, warn};
 use redis::{Client, Connection, Script};
 
 use crate::persist::shared::{self, Action, Fact, Instance, Link, Message, TeamReport};
-use crate::rotation::pool::{Now, Pool, epoch_ms};
+use crate::rotation::pool::{Now, epoch_ms};
+use crate::rotation::pools::Sharing;
 
 /// Facts waiting for the writer; past this, new ones are dropped (and counted).
 const OUTBOX: usize = 4096;
@@ -66,7 +67,11 @@ pub struct Announce {
 impl Team {
     /// Connects this pool to the others through the Redis at `url` (checked by
     /// `config.rs`), on two background threads. Redis need not be up.
-    pub fn start(url: &str, pool: Arc<Pool>, announce: Announce) -> std::io::Result<Arc<Team>> {
+    pub fn start(
+        url: &str,
+        pool: Arc<dyn Sharing>,
+        announce: Announce,
+    ) -> std::io::Result<Arc<Team>> {
         let client = Client::open(url).map_err(|e| std::io::Error::other(e.to_string()))?;
         let team = Arc::new(Team {
             id: instance_id(),
@@ -95,11 +100,11 @@ impl Team {
         let reader_team = Arc::clone(&team);
         thread::Builder::new()
             .name("redis-subscriber".into())
-            .spawn(move || subscribe(&reader_team, &pool, &client))?;
+            .spawn(move || subscribe(&reader_team, &*pool, &client))?;
         Ok(team)
     }
 
-    pub fn report(&self, pool: &Pool) -> TeamReport {
+    pub fn report(&self, pool: &dyn Sharing) -> TeamReport {
         let state = self.lock_state();
         TeamReport {
             id: self.id.clone(),
@@ -195,7 +200,7 @@ fn why(e: &redis::RedisError) -> String {
 
 struct Writer {
     team: Arc<Team>,
-    pool: Arc<Pool>,
+    pool: Arc<dyn Sharing>,
     client: Client,
     script: Script,
     announce: Announce,
@@ -358,7 +363,7 @@ fn scan(con: &mut Connection, pattern: &str) -> redis::RedisResult<Vec<String>> 
 
 /// The subscriber thread: merges every fact other instances publish, reconnecting
 /// while Redis is away.
-fn subscribe(team: &Team, pool: &Pool, client: &Client) {
+fn subscribe(team: &Team, pool: &dyn Sharing, client: &Client) {
     loop {
         if let Err(e) = listen(team, pool, client) {
             debug!("redis subscriber: {e}");
@@ -368,7 +373,7 @@ fn subscribe(team: &Team, pool: &Pool, client: &Client) {
     }
 }
 
-fn listen(team: &Team, pool: &Pool, client: &Client) -> redis::RedisResult<()> {
+fn listen(team: &Team, pool: &dyn Sharing, client: &Client) -> redis::RedisResult<()> {
     let mut con = connect(client)?;
     let mut pubsub = con.as_pubsub();
     pubsub.subscribe(shared::channel())?;

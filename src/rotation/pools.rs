@@ -9,9 +9,12 @@
 //! appear and disappear with the file. Requests hold their pool by `Arc`, so one in
 //! flight when its pool goes finishes on it. Grouping is pure.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread;
 
 use crate::keys::store::KeyEntry;
+use crate::persist::shared::Fact;
 use crate::persist::state::StateFile;
 use crate::rotation::policy::Strategy;
 use crate::rotation::pool::{Now, Pool, Reloaded};
@@ -167,6 +170,8 @@ pub struct Pools {
     strategy: Strategy,
     /// The default pool first. Replaced whole on a reload; readers clone the `Arc`.
     members: RwLock<Arc<[Arc<Member>]>>,
+    /// Where the pools' facts go with `--redis` (see [`Sharing`]); new pools share too.
+    outbox: Mutex<Option<SyncSender<Fact>>>,
 }
 
 impl Pools {
@@ -186,6 +191,7 @@ impl Pools {
             upstreams,
             strategy,
             members: RwLock::new(members),
+            outbox: Mutex::new(None),
         })
     }
 
@@ -240,6 +246,10 @@ impl Pools {
                 None => {
                     changes.push(PoolChange::New(group.name.clone(), group.entries.len()));
                     let fresh = Member::new(group, &StateFile::default(), self.strategy, now);
+                    let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(outbox) = outbox.as_ref() {
+                        share_keys_only(&fresh, outbox.clone());
+                    }
                     members.push(Arc::new(fresh));
                 }
             }
@@ -282,6 +292,109 @@ impl Pools {
             whole.keys.extend(part.keys);
         }
         whole
+    }
+}
+
+/// What `--redis` shares (`team.rs`): one pool's, or every pool's, facts.
+pub trait Sharing: Send + Sync {
+    /// Hands the facts learned from now on to `outbox`.
+    fn share(&self, outbox: SyncSender<Fact>);
+    /// Facts the outbox had no room for.
+    fn dropped_facts(&self) -> u64;
+    /// Everything worth sharing, for the merge when Redis (re)appears.
+    fn facts(&self, now: Now) -> Vec<Fact>;
+    /// Merges another instance's fact; whether anything changed.
+    fn apply(&self, fact: &Fact, now: Now) -> bool;
+    /// Upstream attempts and 429s since the start.
+    fn totals(&self) -> (u64, u64);
+}
+
+impl Sharing for Pool {
+    fn share(&self, outbox: SyncSender<Fact>) {
+        Pool::share(self, outbox);
+    }
+    fn dropped_facts(&self) -> u64 {
+        Pool::dropped_facts(self)
+    }
+    fn facts(&self, now: Now) -> Vec<Fact> {
+        Pool::facts(self, now)
+    }
+    fn apply(&self, fact: &Fact, now: Now) -> bool {
+        Pool::apply(self, fact, now)
+    }
+    fn totals(&self) -> (u64, u64) {
+        Pool::totals(self)
+    }
+}
+
+/// Facts a pool other than the default one hands on: rests, marks, budgets (by key
+/// fingerprint, so they reach that key's pool on every instance), not the pause, which
+/// Redis holds once, for the default pool.
+fn keys_only(fact: &Fact) -> bool {
+    !matches!(fact, Fact::Pause { .. })
+}
+
+/// Lets `member` (not the default pool) share through `outbox`: its facts pass a small
+/// thread that drops its pauses (see [`keys_only`]); the thread ends with the pool.
+fn share_keys_only(member: &Member, outbox: SyncSender<Fact>) {
+    let (to_filter, facts) = mpsc::sync_channel::<Fact>(1024);
+    let started = thread::Builder::new()
+        .name(format!("redis-pool-{}", member.name))
+        .spawn(move || {
+            for fact in facts.iter().filter(keys_only) {
+                // Full: lost like any fact the outbox has no room for.
+                let _ = outbox.try_send(fact);
+            }
+        });
+    if started.is_ok() {
+        member.pool.share(to_filter);
+    } else {
+        log::warn!(
+            "pool {}: cannot start the thread that shares its key states; they stay on this instance",
+            member.name
+        );
+    }
+}
+
+/// With several pools, instances share every pool's keys' states (a key's facts name
+/// it by fingerprint, so they land in its pool); the pause of a storm is the default
+/// pool's alone.
+impl Sharing for Pools {
+    fn share(&self, outbox: SyncSender<Fact>) {
+        let mut kept = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, member) in self.all().iter().enumerate() {
+            if i == 0 {
+                member.pool.share(outbox.clone());
+            } else {
+                share_keys_only(member, outbox.clone());
+            }
+        }
+        *kept = Some(outbox);
+    }
+    fn dropped_facts(&self) -> u64 {
+        self.all().iter().map(|m| m.pool.dropped_facts()).sum()
+    }
+    fn facts(&self, now: Now) -> Vec<Fact> {
+        let mut facts = Vec::new();
+        for (i, member) in self.all().iter().enumerate() {
+            let mine = member.pool.facts(now);
+            facts.extend(mine.into_iter().filter(|f| i == 0 || keys_only(f)));
+        }
+        facts
+    }
+    fn apply(&self, fact: &Fact, now: Now) -> bool {
+        let all = self.all();
+        if !keys_only(fact) {
+            return all[0].pool.apply(fact, now);
+        }
+        all.iter()
+            .fold(false, |changed, m| m.pool.apply(fact, now) | changed)
+    }
+    fn totals(&self) -> (u64, u64) {
+        self.all().iter().fold((0, 0), |(a, l), m| {
+            let (attempts, limited) = m.pool.totals();
+            (a + attempts, l + limited)
+        })
     }
 }
 

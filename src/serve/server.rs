@@ -165,8 +165,7 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
                 listen: local.to_string(),
                 started_ms: crate::rotation::pool::epoch_ms(SystemTime::now()),
             };
-            // The default pool is the one shared; see ARCHITECTURE.md (Shared state).
-            let shared = Arc::clone(&pools.default_pool().pool);
+            let shared: Arc<dyn crate::rotation::pools::Sharing> = Arc::clone(&pools) as _;
             Some(Team::start(url, shared, announce).map_err(Error::Serve)?)
         }
         None => None,
@@ -987,10 +986,7 @@ impl Proxy {
     /// The link to the other instances, with `--redis`.
     fn team_report(&self) -> Option<TeamReport> {
         #[cfg(feature = "redis")]
-        return self
-            .team
-            .as_ref()
-            .map(|t| t.report(&self.pools.default_pool().pool));
+        return self.team.as_ref().map(|t| t.report(&*self.pools));
         #[cfg(not(feature = "redis"))]
         None
     }

@@ -257,6 +257,69 @@ fn a_429_seen_by_one_instance_rests_the_key_for_the_other() {
 }
 
 #[test]
+fn every_pool_is_shared_and_a_storms_pause_stays_in_its_pool() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let default = Mock::start();
+    let gemini = Mock::start();
+    let file = |disabled: bool| {
+        serde_json::json!([
+            key(85),
+            key(86),
+            key(82),
+            {"key": key(83), "provider": "gemini", "disabled": disabled},
+            {"key": key(84), "provider": "gemini"},
+        ])
+        .to_string()
+    };
+    let start = || {
+        Proxy::with(&default)
+            .keys_file(&file(false))
+            .arg("--pool-upstream")
+            .arg(&format!("gemini=http://127.0.0.1:{}", gemini.port))
+            .arg("--redis")
+            .arg(&redis.url())
+            .start()
+    };
+    let (a, b) = (start(), start());
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+    // Two rests in A's default pool reach B.
+    default.plan(&key(85), &["429:120"]);
+    default.plan(&key(82), &["429:120"]);
+    assert_eq!(a.chat().status, 200);
+    assert_eq!(a.chat().status, 200);
+    eventually("B sees keys 85 and 82 rest", || {
+        key_state(&b, 85) == "cooling" && key_state(&b, 82) == "cooling"
+    });
+    // Every gemini key refuses A: they rest, and A's gemini pool pauses (a storm).
+    gemini.plan(&key(83), &["429:120"]);
+    gemini.plan(&key(84), &["429:120"]);
+    let path = "/gemini/v1beta/models/m:generateContent";
+    assert_eq!(a.post(path, "{}").status, 429);
+    assert!(status(&a)["pools"][1]["paused_seconds"].as_u64().is_some());
+    eventually("B sees the gemini keys rest", || {
+        key_state(&b, 83) == "cooling" && key_state(&b, 84) == "cooling"
+    });
+    // A disables key 83: that fact follows the gemini pool's pause, if it were sent.
+    fs::write(a.keys_file(), file(true)).unwrap();
+    eventually("B sees key 83 disabled", || key_state(&b, 83) == "disabled");
+    // B sent no resting gemini key; its default pool is not paused by the gemini
+    // storm and serves with key 86.
+    assert_eq!(b.post(path, "{}").status, 429);
+    assert_eq!(
+        gemini.requests().len(),
+        2,
+        "B never sent a resting gemini key"
+    );
+    let pools = &status(&b)["pools"];
+    assert!(pools[0]["paused_seconds"].is_null(), "{pools}");
+    assert_eq!(b.chat().status, 200);
+    assert_eq!(uses_of(&default, 86), 3);
+}
+
+#[test]
 fn a_key_found_invalid_by_one_is_skipped_by_all_three() {
     if !redis_available() {
         return;
