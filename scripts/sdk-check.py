@@ -11,6 +11,8 @@ parse error, never a silently cut answer) carrying the proxy's message and statu
     stream's first event was a rate limit (mock `sse429`) and the only key rests;
   - the error event the proxy writes when the upstream breaks off mid-stream (mock
     `dropmid`, in that API's stream form), after the tokens before the break arrived.
+Then the stream checks again on one proxy serving three pools, each SDK on its pool's
+path (`/openrouter`, `/anthropic`, `/gemini`).
 Nothing leaves 127.0.0.1. Exits non-zero on the first failure.
 """
 
@@ -48,17 +50,19 @@ def spawn(args, env=None):
     return proc, match.group(1)
 
 
-def start_proxy(provider, folder, upstream=None, keys=()):
-    """roo-proxy with `provider`, its own keys file holding `keys`; returns (process, base URL)."""
+def start_proxy(provider, folder, upstream=None, keys=(), more=()):
+    """roo-proxy with `provider`, its own keys file holding `keys` (the file's JSON), and
+    the flags `more`; returns (process, base URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROO_PROXY_")}
     env.pop("OPENROUTER_API_KEY", None)
-    keys_file = os.path.join(folder, f"keys-{provider}-{len(keys)}.json")
+    keys_file = os.path.join(folder, f"keys-{provider}-{len(keys)}-{len(more)}.json")
     with open(keys_file, "w") as f:
-        json.dump(list(keys), f)
+        json.dump(keys, f)
     env["ROO_PROXY_KEYS_FILE"] = keys_file
     args = [os.path.join(BIN, "roo-proxy" + EXE), "--port", "0", "--provider", provider]
     if upstream:
         args += ["--upstream", upstream]
+    args += list(more)
     proc, addr = spawn(args, env)
     return proc, f"http://{addr}"
 
@@ -174,21 +178,8 @@ def expect_api_error(name, call, api_error, status, tokens=""):
     fail(f"{name}: no error raised; the SDK took {''.join(text)!r} as a whole answer")
 
 
-def check(name, base, keyless, call, api_error):
-    """Every check of one SDK, against a proxy with one key (`base`) and one with none."""
-    # The stream the mock sends whole reads whole: the calls below are the SDK's own.
-    text = []
-    call(base, "ok", True, text)
-    expect("".join(text) == "tok0 tok1 tok2 ", f"{name}: a whole stream read {text!r}")
-    for stream in (False, True):
-        how = "streamed" if stream else "plain"
-        kind = expect_api_error(
-            f"{name}: {how}: own 503 (no keys)",
-            lambda t, s=stream: call(keyless, "ok", s, t),
-            api_error,
-            503,
-        )
-        print(f"sdk-check: {name}: {how} call, the proxy's own 503: {kind}")
+def check_stream_errors(name, base, call, api_error):
+    """A broken stream, then a stream whose first event is a 429, through `base`."""
     # Mid-stream: the tokens before the break arrive, then the SDK raises.
     kind = expect_api_error(
         f"{name}: broken stream",
@@ -209,6 +200,50 @@ def check(name, base, keyless, call, api_error):
     print(f"sdk-check: {name}: a stream whose first event is a 429, the proxy's own 429: {kind}")
 
 
+def check(name, base, keyless, call, api_error):
+    """Every check of one SDK, against a proxy with one key (`base`) and one with none."""
+    # The stream the mock sends whole reads whole: the calls below are the SDK's own.
+    text = []
+    call(base, "ok", True, text)
+    expect("".join(text) == "tok0 tok1 tok2 ", f"{name}: a whole stream read {text!r}")
+    for stream in (False, True):
+        how = "streamed" if stream else "plain"
+        kind = expect_api_error(
+            f"{name}: {how}: own 503 (no keys)",
+            lambda t, s=stream: call(keyless, "ok", s, t),
+            api_error,
+            503,
+        )
+        print(f"sdk-check: {name}: {how} call, the proxy's own 503: {kind}")
+    check_stream_errors(name, base, call, api_error)
+
+
+def check_pools(folder, mock_addr):
+    """One proxy with an OpenRouter, an Anthropic and a Gemini pool, each SDK on its pool's
+    path (as the README's table says): each reads its own provider's shapes, and the
+    rest of one pool's only key leaves the next pool serving."""
+    mock = f"http://{mock_addr}"
+    keys = {
+        "keys": [
+            {"key": "sdk-check-pool-openrouter"},
+            {"key": "sdk-check-pool-anthropic", "provider": "anthropic"},
+            {"key": "sdk-check-pool-gemini", "provider": "gemini"},
+        ]
+    }
+    more = ["--pool-upstream", f"anthropic={mock}/api/v1", "--pool-upstream", f"gemini={mock}"]
+    proc, base = start_proxy("openrouter", folder, f"{mock}/api/v1", keys, more)
+    try:
+        for name, pool, call, api_error in [
+            ("openai on the openrouter pool", "/openrouter", openai_call, openai_error),
+            ("anthropic on the anthropic pool", "/anthropic", anthropic_call, anthropic_error),
+            ("google-genai on the gemini pool", "/gemini", gemini_call, gemini_error),
+        ]:
+            check_stream_errors(name, base + pool, call, api_error)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def main():
     sdks = [
         ("openai on openrouter", "openrouter", openai_call, openai_error),
@@ -225,12 +260,13 @@ def main():
                 upstream = f"http://{mock_addr}" + ("" if provider == "gemini" else "/api/v1")
                 proxy, base = start_proxy(provider, folder, upstream, [f"sdk-check-key-{n}"])
                 procs.append(proxy)
-                empty, keyless = start_proxy(provider, folder, upstream)
+                empty, keyless = start_proxy(provider, folder, upstream, [])
                 procs.append(empty)
                 check(name, base, keyless, call, api_error)
                 for proc in (proxy, empty):
                     proc.terminate()
                     proc.wait(timeout=20)
+            check_pools(folder, mock_addr)
     finally:
         for proc in procs:
             if proc.poll() is None:
