@@ -537,3 +537,36 @@ fn keys_check_asks_each_provider_about_its_own_keys_only() {
     };
     assert_eq!(asked, [gemini(1), gemini(2)]);
 }
+
+#[test]
+fn roos_credit_display_sums_the_openrouter_pool_its_path_names() {
+    let mock = Mock::start();
+    let file = json!([
+        key(1),
+        {"key": key(2), "provider": "openrouter", "pool": "team"},
+        {"key": key(3), "provider": "openrouter", "pool": "team"},
+        {"key": key(4), "provider": "gemini"},
+    ]);
+    let proxy = Proxy::with(&mock)
+        .arg("--pool-upstream")
+        .arg(&format!("team={}", mock.base()))
+        .arg("--pool-upstream")
+        .arg(&format!("gemini={}", root(&mock)))
+        .keys_file(&file.to_string())
+        .start();
+    // The mock says of each key: limit $10, $8.50 remaining, $1.50 used.
+    let team = proxy.get("/team/api/v1/key").json();
+    assert_eq!(team["data"]["keys"], 2, "{team}");
+    assert_eq!(team["data"]["limit"], 20.0, "{team}");
+    let default = proxy.get("/key").json();
+    assert_eq!(default["data"]["keys"], 1, "{default}");
+    assert_eq!(default["data"]["limit"], 10.0, "{default}");
+    let asked: Vec<(String, String)> = mock.requests().iter().map(key_seen).collect();
+    let mut asked: Vec<String> = asked.into_iter().map(|(_, k)| k).collect();
+    asked.sort();
+    assert_eq!(asked, [key(1), key(2), key(3)]);
+    // Gemini's own API has no /key: the request goes upstream with a gemini key.
+    assert_eq!(proxy.get("/gemini/key").status, 200);
+    let last = mock.requests().pop().unwrap();
+    assert_eq!(key_seen(&last), ("x-goog-api-key".to_string(), key(4)));
+}
