@@ -249,7 +249,8 @@ pub struct RemoveArgs {
     pub keys_file: Option<PathBuf>,
 }
 
-/// List the keys, masked, with their state as the proxy last saved it.
+/// List the keys, masked, with their state as the proxy last saved it (a running proxy
+/// saves within a second of a change; `roo-proxy status` asks it live).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {

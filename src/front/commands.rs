@@ -476,8 +476,14 @@ fn list(path: PathBuf, args: ListArgs, default: Provider) -> Result<u8, Error> {
         }
     }
     print_table(&table);
+    outln!("{LIST_LAG}");
     Ok(0)
 }
+
+/// What `keys list` shows, and when to ask the proxy instead. It reads the files only:
+/// it works with no proxy, and never shows the pool of a proxy that serves another keys
+/// file; the lag is one save, while rests last from seconds to a day.
+const LIST_LAG: &str = "states as the proxy last saved them, up to a second behind a running one; `roo-proxy status` asks it live";
 
 /// `12s ago`, or `never`.
 fn used_ago(last_used_ms: Option<u64>, now: SystemTime) -> String {

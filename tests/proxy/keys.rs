@@ -221,6 +221,15 @@ fn list_shows_masked_keys_labels_and_state() {
         "{}",
         ran.stdout
     );
+    // It says where the states come from, and where the live ones are.
+    assert_eq!(
+        lines.last(),
+        Some(
+            &"states as the proxy last saved them, up to a second behind a running one; `roo-proxy status` asks it live"
+        ),
+        "{}",
+        ran.stdout
+    );
     assert_no_key(&ran.all(), 2);
 
     let json = keys_cmd(dir.path(), &["list", "--json"], "");
