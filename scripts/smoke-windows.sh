@@ -21,47 +21,18 @@ work=$(mktemp -d)
 export WINEPREFIX="$work/prefix" WINEDEBUG=-all
 # Our stand-in bcryptprimitives.dll (native) must win; no Mono or Gecko install prompts.
 export WINEDLLOVERRIDES="bcryptprimitives=n;mscoree=;mshtml="
-pids=()
+name=smoke-windows wait_tenths=600 curl_time=20 logs="proxy.log mock.out cmd.err"
+# shellcheck source=scripts/smoke-lib.sh
+. "$root/scripts/smoke-lib.sh"
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_started
   timeout 20 "$wineserver" -k 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-fail() {
-  echo "smoke-windows: FAIL: $*" >&2
-  for f in proxy.log mock.out cmd.err; do
-    [ -f "$work/$f" ] && sed "s/^/  $f: /" "$work/$f" >&2
-  done
-  exit 1
-}
-
 # Runs a console program under Wine in the work folder, with a time limit.
 w() { (cd "$work" && timeout 60 "$wine" "$@"); }
-
-# Waits (up to 60 s: Wine starts slowly) for a process's start line and prints its port.
-port_of() {
-  local file=$1
-  for _ in $(seq 1 600); do
-    if grep -q '127.0.0.1:' "$file" 2>/dev/null; then
-      grep -o '127\.0\.0\.1:[0-9]*' "$file" | head -n1 | cut -d: -f2
-      return 0
-    fi
-    sleep 0.1
-  done
-  fail "no start line in $file"
-}
-
-# Polls (up to 20 s) until FILE contains TEXT.
-wait_for() {
-  for _ in $(seq 1 200); do
-    grep -qF -- "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  fail "waited in vain for '$2' in $1"
-}
 
 echo "smoke-windows: preparing the Wine prefix"
 x86_64-w64-mingw32-gcc -shared -O2 -s -o "$work/bcryptprimitives.dll" \
@@ -71,12 +42,8 @@ cp "$work/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
 w "$bin/roo-proxy.exe" --version > "$work/version" 2> "$work/cmd.err" || fail "roo-proxy.exe --version"
 echo "smoke-windows: $(tr -d '\r' < "$work/version") runs under $("$wine" --version)"
 
-key1="sk-or-v1-smoke000000000000000000000000000000000000000000000000000001"
-key2="sk-or-v1-smoke000000000000000000000000000000000000000000000000000002"
 key3="sk-or-v1-smoke000000000000000000000000000000000000000000000000000003"
 key4="sk-or-v1-smoke000000000000000000000000000000000000000000000000000004"
-passed=0
-ok() { echo "smoke-windows: ok   $*"; passed=$((passed + 1)); }
 
 # 1. keys add creates the keys file readable by this user alone (an owner-only DACL),
 #    and keys list finds nothing to warn about. The key comes piped, ending in CRLF.
@@ -131,23 +98,7 @@ port=$(port_of "$work/proxy.out")
 base="http://127.0.0.1:$port"
 echo "smoke-windows: $(tr -d '\r' < "$work/proxy.out" | head -n1)"
 
-out=$(curl -sS --max-time 20 -H 'Authorization: Bearer dummy' -H 'Content-Type: application/json' \
-  -d '{"model":"mock/model","messages":[{"role":"user","content":"hi"}]}' "$base/v1/chat/completions")
-grep -q '"Hello from the mock"' <<<"$out" || fail "plain request: $out"
-ok "plain request"
-
-out=$(curl -sS -N --max-time 20 -H 'Content-Type: application/json' \
-  -d '{"model":"mock/model","stream":true}' "$base/chat/completions")
-[ "$(grep -c '^data: {' <<<"$out")" = 3 ] || fail "stream: $out"
-grep -q '^data: \[DONE\]' <<<"$out" || fail "stream has no [DONE]: $out"
-ok "streamed request"
-
-curl -sS --max-time 10 -d "{\"key\":\"$key1\",\"replies\":[\"429:60\"]}" "http://127.0.0.1:$mock_port/_mock/plan" > /dev/null
-curl -sS --max-time 10 -d "{\"key\":\"$key2\",\"replies\":[\"ok\"]}" "http://127.0.0.1:$mock_port/_mock/plan" > /dev/null
-code=$(curl -sS -o "$work/body" -w '%{http_code}' --max-time 20 -d '{"model":"mock/model"}' "$base/api/v1/chat/completions")
-[ "$code" = 200 ] || fail "rotation: HTTP $code $(cat "$work/body")"
-wait_for "$work/proxy.log" "key 'one' (sk-or-v1-sm…0001) rests for"
-ok "rotation past a 429"
+check_requests "$base" "$mock_port"
 
 # 6. Hot reload: a key added by the keys command reaches the running proxy.
 w "$bin/roo-proxy.exe" keys add "$key3" --label three > /dev/null 2> "$work/cmd.err" || fail "keys add while running"
@@ -173,8 +124,7 @@ kill -0 "$proxy" 2>/dev/null && fail "the proxy did not stop on Ctrl-C"
 grep -q "stopped" "$work/proxy.log" || fail "no 'stopped' line after Ctrl-C"
 ok "stop on Ctrl-C"
 
-if grep -q -e "$key1" -e "$key2" -e "$key3" "$work/proxy.out" "$work/proxy.log"; then fail "a key leaked into the output"; fi
-ok "no key in the logs"
+check_no_key_printed "$key1" "$key2" "$key3"
 
 echo "smoke-windows: took $SECONDS s"
 echo "smoke-windows: $passed passed, 0 failed"

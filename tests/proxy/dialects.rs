@@ -9,18 +9,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// `/_roo/status`'s entry for key `n` (masked).
-fn key_status(proxy: &Proxy, n: usize) -> Value {
-    let status = proxy.get("/_roo/status").json();
-    status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key"] == masked(n))
-        .cloned()
-        .unwrap_or_else(|| panic!("key {n} not in {status}"))
-}
-
 /// Seconds left of key `n`'s rest.
 fn rest_of(proxy: &Proxy, n: usize) -> u64 {
     let k = key_status(proxy, n);
@@ -61,17 +49,8 @@ fn each_providers_announced_reset_sets_the_rest() {
         assert_eq!(proxy.chat().status, 200, "{reply}");
         assert_eq!(mock.keys_used(), [bearer(1), bearer(2)], "{reply}");
         // Gemini's quota is per model: the key rests for the request's model only.
-        let k = key_status(&proxy, 1);
-        let left = match reply.starts_with("gemini") {
-            true => k["model_rests"][0]["seconds_left"].as_u64(),
-            false => k["seconds_left"].as_u64(),
-        };
-        let left = left.unwrap_or_else(|| panic!("{reply}: not resting: {k}"));
-        // A slow machine may take some seconds between the 429 and this look.
-        assert!(
-            left <= announced && left + 60 >= announced,
-            "{reply}: rests {left} s, announced {announced} s"
-        );
+        let per_model = reply.starts_with("gemini");
+        assert_rests_as_announced(&proxy, 1, per_model, announced, reply);
     }
 }
 

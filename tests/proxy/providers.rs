@@ -114,18 +114,6 @@ fn send(proxy: &Proxy, case: &Case) -> Reply {
     )
 }
 
-/// `/_roo/status`'s entry for key `n` (masked).
-fn key_status(proxy: &Proxy, n: usize) -> Value {
-    let status = proxy.get("/_roo/status").json();
-    status["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key"] == masked(n))
-        .cloned()
-        .unwrap_or_else(|| panic!("key {n} not in {status}"))
-}
-
 #[test]
 fn each_preset_sends_one_key_in_its_form_and_rests_on_its_dialect() {
     for case in cases() {
@@ -165,16 +153,7 @@ fn each_preset_sends_one_key_in_its_form_and_rests_on_its_dialect() {
         }
 
         let (reply, announced, per_model) = case.limit;
-        let k = key_status(&proxy, 1);
-        let left = match per_model {
-            true => k["model_rests"][0]["seconds_left"].as_u64(),
-            false => k["seconds_left"].as_u64(),
-        };
-        let left = left.unwrap_or_else(|| panic!("{p} {reply}: not resting: {k}"));
-        assert!(
-            left <= announced && left + 60 >= announced,
-            "{p} {reply}: rests {left} s, announced {announced} s"
-        );
+        assert_rests_as_announced(&proxy, 1, per_model, announced, &format!("{p} {reply}"));
     }
 }
 

@@ -666,3 +666,37 @@ pub fn make_fifo(path: &Path) {
     let made = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(made.success(), "mkfifo {}", path.display());
 }
+
+/// `/_roo/status`'s entry for key `n` (masked).
+pub fn key_status(proxy: &Proxy, n: usize) -> Value {
+    let status = proxy.get("/_roo/status").json();
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == masked(n))
+        .cloned()
+        .unwrap_or_else(|| panic!("key {n} not in {status}"))
+}
+
+/// Asserts that key `n` rests for the `announced` seconds (for the request's model only
+/// when `per_model`), as `/_roo/status` shows it. `what` names the case in a failure.
+pub fn assert_rests_as_announced(
+    proxy: &Proxy,
+    n: usize,
+    per_model: bool,
+    announced: u64,
+    what: &str,
+) {
+    let k = key_status(proxy, n);
+    let left = match per_model {
+        true => k["model_rests"][0]["seconds_left"].as_u64(),
+        false => k["seconds_left"].as_u64(),
+    };
+    let left = left.unwrap_or_else(|| panic!("{what}: not resting: {k}"));
+    // A slow machine may take some seconds between the 429 and this look.
+    assert!(
+        left <= announced && left + 60 >= announced,
+        "{what}: rests {left} s, announced {announced} s"
+    );
+}
