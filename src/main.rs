@@ -77,7 +77,9 @@ fn parse_args(mut argv: Vec<String>) -> cli::Args {
 fn run(mut args: cli::Args) -> Result<u8, Error> {
     let env = |name: &str| std::env::var(name).ok();
     match args.command.take() {
-        Some(cli::Command::Keys(keys)) => return commands::run(keys.action, args.keys_file, env),
+        Some(cli::Command::Keys(keys)) => {
+            return commands::run(keys.action, args.keys_file, args.provider, env);
+        }
         Some(cli::Command::Status(status)) => return commands::status(status, &args, env),
         None => {}
     }

@@ -31,17 +31,20 @@ use crate::serve::error::Error;
 const MIN_PREFIX: usize = 8;
 
 /// Runs a `keys` command; the exit status is 0, or 1 when `check` found a bad key.
-/// `top_keys_file` is a `--keys-file` given before `keys`, used when the command has none.
+/// `top_keys_file` is a `--keys-file` given before `keys`, used when the command has none;
+/// `top_provider` a `--provider` given there, the default pool's provider.
 pub fn run(
     action: KeysAction,
     top_keys_file: Option<PathBuf>,
+    top_provider: Option<String>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<u8, Error> {
+    let default_provider = || default_provider(top_provider.clone(), &env);
     let file = |own: Option<PathBuf>| config::keys_file(own.or(top_keys_file.clone()), &env);
     match action {
-        KeysAction::Add(args) => add(file(args.keys_file.clone()), args, default_provider(&env)?),
+        KeysAction::Add(args) => add(file(args.keys_file.clone()), args, default_provider()?),
         KeysAction::Remove(args) => remove(file(args.keys_file.clone()), args),
-        KeysAction::List(args) => list(file(args.keys_file.clone()), args, default_provider(&env)?),
+        KeysAction::List(args) => list(file(args.keys_file.clone()), args, default_provider()?),
         KeysAction::Check(args) => check(file(args.keys_file.clone()), args, &env),
         KeysAction::Disable(args) => set_enabled(file(args.keys_file.clone()), args.into(), false),
         KeysAction::Enable(args) => set_enabled(file(args.keys_file.clone()), args.into(), true),
@@ -50,10 +53,14 @@ pub fn run(
     }
 }
 
-/// The default pool's provider as a running proxy would have it: `ROO_PROXY_PROVIDER`,
-/// else OpenRouter (a `--provider` on the proxy's command line is not known here).
-fn default_provider(env: impl Fn(&str) -> Option<String>) -> Result<Provider, Error> {
-    Ok(config::upstream(None, Some(String::from("https://x.invalid")), env)?.0)
+/// The default pool's provider as a proxy started the same way would have it: a
+/// `--provider` before `keys`, else `ROO_PROXY_PROVIDER`, else OpenRouter.
+fn default_provider(
+    flag: Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Provider, Error> {
+    // The base URL is not needed here; a placeholder keeps `custom` from asking for one.
+    Ok(config::upstream(flag, Some(String::from("https://x.invalid")), env)?.0)
 }
 
 fn add(path: PathBuf, args: AddArgs, default: Provider) -> Result<u8, Error> {

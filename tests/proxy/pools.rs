@@ -352,6 +352,17 @@ fn keys_add_warns_when_the_key_looks_like_another_providers_and_refuses_mixed_po
         ran.all()
     );
     assert!(!ran.all().contains("AIzaSyD-0123"), "{}", ran.all());
+    // A proxy started with --provider gemini serves it in its default pool: no warning.
+    let other = "AIzaSyE-0123456789abcdef0123456789abcd";
+    let ran = run_in(
+        dir.path(),
+        PROXY,
+        &["--provider", "gemini", "keys", "add", other],
+        "",
+        &[],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.all());
+    assert!(!ran.stderr.contains("warning"), "{}", ran.all());
     // An unknown provider and a pool that would serve two providers are refused.
     let ran = keys_cmd(dir.path(), &["add", "--provider", "gemeni", &key(3)], "");
     assert_eq!(ran.code, Some(1), "{}", ran.all());
@@ -379,7 +390,7 @@ fn keys_add_warns_when_the_key_looks_like_another_providers_and_refuses_mixed_po
     );
     let ran = keys_cmd(dir.path(), &["add", "--pool", "Bad Name", &key(6)], "");
     assert_eq!(ran.code, Some(1), "{}", ran.all());
-    assert_eq!(keys_in(&user_keys_file_in(dir.path())).len(), 2);
+    assert_eq!(keys_in(&user_keys_file_in(dir.path())).len(), 3);
 }
 
 #[test]
