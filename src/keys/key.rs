@@ -161,52 +161,100 @@ pub fn redact_bytes<'t, 'a>(
 /// The byte ranges of `text` made of runs of `key`'s characters at least [`MIN_RUN`]
 /// long (a key shorter than that: its whole occurrences), in order, not overlapping.
 ///
-/// Every window of `text` is looked up by a rolling hash among the key's windows, and
-/// compared byte by byte only on a match: a few instructions per byte of text, where
-/// comparing each window with each of the key's took thousands (an event stream's held
-/// start is masked before its first event goes out).
+/// Only a stretch of text made of the key's characters alone can hold a piece of it:
+/// most text (a header value, an event's JSON) has none long enough and costs a table
+/// look-up per byte. In a stretch, each window is looked up by a rolling hash among the
+/// key's windows and compared byte by byte only on a match. (Comparing each window with
+/// each of the key's took thousands of instructions per byte; an event stream's held
+/// start is masked before its first event goes out.)
 fn key_runs(text: &[u8], key: &[u8]) -> Vec<(usize, usize)> {
     let width = MIN_RUN.min(key.len());
     let mut runs: Vec<(usize, usize)> = Vec::new();
     if width == 0 || text.len() < width {
         return runs;
     }
-    let hash = |window: &[u8]| {
+    let mut in_key = [false; 256];
+    for b in key {
+        in_key[usize::from(*b)] = true;
+    }
+    let mut pieces = None;
+    let mut at = 0;
+    while at < text.len() {
+        let stretch = text[at..]
+            .iter()
+            .position(|b| !in_key[usize::from(*b)])
+            .unwrap_or(text.len() - at);
+        if stretch >= width {
+            let pieces = pieces.get_or_insert_with(|| Pieces::of(key, width));
+            pieces.find(&text[at..at + stretch], key, at, &mut runs);
+        }
+        at += stretch + 1;
+    }
+    runs
+}
+
+/// A key's windows of [`key_runs`]' width, by rolling hash, sorted.
+struct Pieces {
+    width: usize,
+    /// The weight of a window's first byte in its hash, to roll it out.
+    first: u64,
+    hashes: Vec<(u64, usize)>,
+}
+
+impl Pieces {
+    fn of(key: &[u8], width: usize) -> Pieces {
+        let first = (1..width).fold(1u64, |w, _| w.wrapping_mul(HASH_BASE));
+        let mut pieces = Pieces {
+            width,
+            first,
+            hashes: Vec::with_capacity(key.len() - width + 1),
+        };
+        let mut h = pieces.hash(&key[..width]);
+        for at in 0..=key.len() - width {
+            if at > 0 {
+                h = pieces.roll(h, key[at - 1], key[at + width - 1]);
+            }
+            pieces.hashes.push((h, at));
+        }
+        pieces.hashes.sort_unstable();
+        pieces
+    }
+
+    fn hash(&self, window: &[u8]) -> u64 {
         window.iter().fold(0u64, |h, b| {
             h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(*b))
         })
-    };
-    // The weight of a window's first byte in its hash, to roll it out.
-    let first = (1..width).fold(1u64, |w, _| w.wrapping_mul(HASH_BASE));
-    let mut pieces: Vec<(u64, usize)> = key
-        .windows(width)
-        .enumerate()
-        .map(|(at, piece)| (hash(piece), at))
-        .collect();
-    pieces.sort_unstable();
-    let mut h = hash(&text[..width]);
-    for (start, window) in text.windows(width).enumerate() {
-        if start > 0 {
-            let gone = u64::from(text[start - 1]).wrapping_mul(first);
-            h = h
-                .wrapping_sub(gone)
-                .wrapping_mul(HASH_BASE)
-                .wrapping_add(u64::from(window[width - 1]));
-        }
-        let from = pieces.partition_point(|(p, _)| *p < h);
-        let found = pieces[from..]
-            .iter()
-            .take_while(|(p, _)| *p == h)
-            .any(|(_, at)| key[*at..*at + width] == *window);
-        if !found {
-            continue;
-        }
-        match runs.last_mut() {
-            Some(last) if start <= last.1 => last.1 = start + width,
-            _ => runs.push((start, start + width)),
+    }
+
+    fn roll(&self, h: u64, gone: u8, new: u8) -> u64 {
+        h.wrapping_sub(u64::from(gone).wrapping_mul(self.first))
+            .wrapping_mul(HASH_BASE)
+            .wrapping_add(u64::from(new))
+    }
+
+    /// Adds the runs in `stretch` (which starts at `offset` of the text) to `runs`.
+    fn find(&self, stretch: &[u8], key: &[u8], offset: usize, runs: &mut Vec<(usize, usize)>) {
+        let width = self.width;
+        let mut h = self.hash(&stretch[..width]);
+        for (start, window) in stretch.windows(width).enumerate() {
+            if start > 0 {
+                h = self.roll(h, stretch[start - 1], window[width - 1]);
+            }
+            let from = self.hashes.partition_point(|(p, _)| *p < h);
+            let found = self.hashes[from..]
+                .iter()
+                .take_while(|(p, _)| *p == h)
+                .any(|(_, at)| key[*at..*at + width] == *window);
+            if !found {
+                continue;
+            }
+            let start = offset + start;
+            match runs.last_mut() {
+                Some(last) if start <= last.1 => last.1 = start + width,
+                _ => runs.push((start, start + width)),
+            }
         }
     }
-    runs
 }
 
 /// The multiplier of the rolling hash in [`key_runs`] (FNV-1's 64-bit prime: odd, with
