@@ -43,7 +43,8 @@
 //!   whose message says "Please try again in DUR" (e.g. `2m59.56s`); `openai429:DUR` a
 //!   429 with `x-ratelimit-remaining-requests: 0` and `x-ratelimit-reset-requests: DUR`;
 //!   `anthropic429:S` Anthropic's `anthropic-ratelimit-requests-reset` (RFC 3339, S
-//!   seconds away); `cerebras429:SECS` `x-ratelimit-reset-requests-day` in float seconds;
+//!   seconds away); `anthropicsse429` a 200 stream whose first event is
+//!   Anthropic's `event: error` with a `rate_limit_error`; `cerebras429:SECS` `x-ratelimit-reset-requests-day` in float seconds;
 //!   `gemini429:S` Gemini's per-model quota body (a JSON list) with `retryDelay: "Ss"`;
 //!   `slow429:S:MS` OpenRouter's 429 (reset S seconds away) after MS milliseconds.
 //! - Budgets on successes: `budget:N:S` `ok` with `X-RateLimit-Remaining: N` and
@@ -479,6 +480,17 @@ fn dialect_reply(out: &mut TcpStream, kind: &str, arg: &str) -> Option<io::Resul
                 ],
                 &json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit"}}),
             )
+        }
+        "anthropicsse429" => {
+            let error = json!({"type": "error", "error": {"type": "rate_limit_error",
+                "message": "Number of requests has exceeded your rate limit"}});
+            let start = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let done = out
+                .write_all(start)
+                .and_then(|()| chunk(out, anthropic_event(error).as_bytes()))
+                .and_then(|()| out.write_all(b"0\r\n\r\n"))
+                .and_then(|()| out.flush());
+            done.map(|()| true)
         }
         "cerebras429" => json_reply(
             out,

@@ -84,7 +84,9 @@ pub fn classify(
 }
 
 /// An error in the first event of a 200 stream, as OpenRouter sends it when a request
-/// fails after the stream began: `{"error":{"code":429,"message":…},"choices":[…]}`.
+/// fails after the stream began: `{"error":{"code":429,"message":…},"choices":[…]}`, or
+/// as Anthropic does, with a type for a code: `event: error` with
+/// `{"type":"error","error":{"type":"rate_limit_error",…}}`.
 /// Rate limits (429) and spent credits (402) are judged as if they had come as the HTTP
 /// status; anything else is not for us to judge (`None`: pass the stream on).
 pub fn stream_error(
@@ -95,10 +97,11 @@ pub fn stream_error(
 ) -> Option<Verdict> {
     let json: Value = serde_json::from_slice(data).ok()?;
     let error = json.get("error")?;
-    let code = match error.get("code")? {
-        Value::Number(n) => n.as_u64()?,
-        Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
+    let code = match error.get("code") {
+        Some(Value::Number(n)) => n.as_u64()?,
+        Some(Value::String(s)) => s.trim().parse().ok()?,
+        Some(_) => return None,
+        None => anthropic_code(error)?,
     };
     if code != 429 && code != 402 {
         return None;
@@ -110,11 +113,22 @@ pub fn stream_error(
     }
 }
 
+/// The status an Anthropic error event's type stands for, for the two a key's next
+/// request depends on (its API reference, "Errors").
+fn anthropic_code(error: &Value) -> Option<u64> {
+    match error.get("type")?.as_str()? {
+        "rate_limit_error" => Some(429),
+        "billing_error" => Some(402),
+        _ => None,
+    }
+}
+
 /// The message of an error event in a stream, for logs.
 pub fn stream_error_message(data: &[u8]) -> Option<String> {
     let json: Value = serde_json::from_slice(data).ok()?;
     let code = json
         .pointer("/error/code")
+        .or_else(|| json.pointer("/error/type"))
         .map(|c| c.to_string())
         .unwrap_or_default();
     let message = json
@@ -797,6 +811,23 @@ mod tests {
         ));
         let provider = br#"{"error":{"code":429,"message":"Provider returned error","metadata":{"provider_name":"X"}}}"#;
         assert_eq!(stream_error(provider, &h, now(), COOLDOWN), None);
+        // Anthropic's error event names a type instead of a code.
+        let anthropic = br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#;
+        assert!(matches!(
+            stream_error(anthropic, &h, now(), COOLDOWN),
+            Some(Verdict::Retry(Outcome::RateLimited { .. }))
+        ));
+        assert_eq!(
+            stream_error_message(anthropic).unwrap(),
+            "rate_limit_error Number of requests has exceeded your rate limit"
+        );
+        let billing = br#"{"type":"error","error":{"type":"billing_error","message":"x"}}"#;
+        assert!(matches!(
+            stream_error(billing, &h, now(), COOLDOWN),
+            Some(Verdict::Retry(Outcome::OutOfCredits { .. }))
+        ));
+        let overloaded = br#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#;
+        assert_eq!(stream_error(overloaded, &h, now(), COOLDOWN), None);
         for other in [
             &br#"{"error":{"code":500,"message":"x"}}"#[..],
             br#"{"choices":[]}"#,

@@ -92,6 +92,47 @@ fn a_rate_limit_inside_a_200_stream_is_retried_before_the_client_sees_it() {
 }
 
 #[test]
+fn anthropics_rate_limit_event_at_a_streams_start_is_retried_too() {
+    let mock = Mock::start();
+    mock.plan(&key(1), &["anthropicsse429"]);
+    let proxy = Proxy::with(&mock)
+        .keys(2)
+        .arg("--provider")
+        .arg("anthropic")
+        .start();
+    let body = r#"{"model":"claude-sonnet-4","max_tokens":8,"stream":true}"#;
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !bytes.ends_with(b"\r\n0\r\n\r\n") {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains("error"),
+        "the client saw the error event:\n{text}"
+    );
+    assert!(text.contains("event: message_stop"), "{text}");
+    let used: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| header_of(r, "x-api-key").unwrap_or_default())
+        .collect();
+    assert_eq!(used, [key(1), key(2)]);
+    proxy.wait_for_log("an error in the stream: rate_limit_error Number of requests");
+}
+
+#[test]
 fn other_errors_inside_a_stream_reach_the_client_untouched() {
     let mock = Mock::start();
     let proxy = Proxy::with(&mock).keys(2).start();
