@@ -985,7 +985,7 @@ fn entry_from(item: &Value) -> Result<KeyEntry, String> {
 /// The first path segments of API paths the default pool serves at the bare base URL
 /// (`/v1/…`, `/api/v1/…`, `/chat/completions`, `/key`, …): a pool of that name would
 /// take them over, so no pool may have one.
-pub const RESERVED_POOL_NAMES: [&str; 16] = [
+pub const RESERVED_POOL_NAMES: &[&str] = &[
     "api",
     "v1",
     "v1beta",
@@ -1002,6 +1002,22 @@ pub const RESERVED_POOL_NAMES: [&str; 16] = [
     "files",
     "moderations",
     "generation",
+    // Further first segments of the presets' APIs: OpenAI's and Mistral's, DeepSeek's
+    // beta, Google's upload path, OpenRouter's.
+    "assistants",
+    "auth",
+    "batches",
+    "beta",
+    "credits",
+    "fim",
+    "fine_tuning",
+    "fine-tuning",
+    "providers",
+    "realtime",
+    "threads",
+    "upload",
+    "uploads",
+    "vector_stores",
 ];
 
 /// The longest pool name.

@@ -6,8 +6,9 @@
 //! with no keys, so the bare base URL always has a pool. One pool serves one provider at
 //! one upstream. A reload keeps a pool (its `Pool`, hence its state) when its name,
 //! provider and upstream stay, and replaces its keys as `Pool::replace` does; pools
-//! appear and disappear with the file. Requests hold their pool by `Arc`, so one in
-//! flight when its pool goes finishes on it. Grouping is pure.
+//! appear and disappear with the file. A pool that goes is emptied: a request still
+//! holding it by `Arc` (a retry, a waiter) finds no key, so a removed key is never sent
+//! again. Grouping is pure.
 
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -38,7 +39,9 @@ impl Upstreams {
         if let Some((_, url)) = self.overrides.iter().find(|(n, _)| n == name) {
             return Ok(url.clone());
         }
-        if name == self.default.name() {
+        // A pool of `--provider`'s goes where `--upstream` sends the default pool: keys
+        // meant for a self-hosted gateway never go to the public API behind its back.
+        if provider == self.default {
             return Ok(self.default_url.clone());
         }
         provider.base_url().map(str::to_string).ok_or_else(|| {
@@ -172,6 +175,9 @@ pub struct Pools {
     members: RwLock<Arc<[Arc<Member>]>>,
     /// Where the pools' facts go with `--redis` (see [`Sharing`]); new pools share too.
     outbox: Mutex<Option<SyncSender<Fact>>>,
+    /// Every pool name this process has served: a request for one that has (for now) no
+    /// keys gets 404, never the default pool's key and upstream.
+    seen: Mutex<Vec<String>>,
 }
 
 impl Pools {
@@ -183,15 +189,17 @@ impl Pools {
         strategy: Strategy,
         now: Now,
     ) -> Result<Pools, String> {
-        let members = group(entries, &upstreams)?
+        let members: Arc<[Arc<Member>]> = group(entries, &upstreams)?
             .into_iter()
             .map(|g| Arc::new(Member::new(g, remembered, strategy, now)))
             .collect();
+        let seen = members.iter().map(|m| m.name.clone()).collect();
         Ok(Pools {
             upstreams,
             strategy,
             members: RwLock::new(members),
             outbox: Mutex::new(None),
+            seen: Mutex::new(seen),
         })
     }
 
@@ -210,6 +218,20 @@ impl Pools {
         self.all().iter().find(|m| m.name == name).cloned()
     }
 
+    /// Whether a path's first segment `name` stands for a pool, with keys or not: a
+    /// preset's name, a `--pool-upstream` name, or a pool this process has served. A
+    /// request for one that is not here gets 404 rather than the default pool.
+    pub fn is_pool_name(&self, name: &str) -> bool {
+        is_provider_name(name)
+            || self.upstreams.overrides.iter().any(|(n, _)| n == name)
+            || self
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|n| n == name)
+    }
+
     /// The pools' names, for messages: `openrouter, gemini, work`.
     pub fn names(&self) -> String {
         self.all()
@@ -226,11 +248,15 @@ impl Pools {
     }
 
     /// Replaces the keys (the keys file changed): each pool that stays keeps its state
-    /// (see `Pool::replace`); new pools start ready. Nothing changes when the new keys do
-    /// not group.
+    /// (see `Pool::replace`); a new pool (or one whose provider or upstream changed)
+    /// starts from what the old pools knew of its keys, so a key moved between pools
+    /// keeps its rest. A pool that goes is emptied and its waiters woken: a request still
+    /// holding it (a retry, a waiter) finds no key, and no removed or moved key is sent
+    /// again. Nothing changes when the new keys do not group.
     pub fn replace(&self, entries: Vec<KeyEntry>, now: Now) -> Result<Vec<PoolChange>, String> {
         let groups = group(entries, &self.upstreams)?;
         let old = self.all();
+        let mut remembered: Option<StateFile> = None;
         let mut changes = Vec::new();
         let mut members = Vec::with_capacity(groups.len());
         for group in groups {
@@ -245,7 +271,8 @@ impl Pools {
                 }
                 None => {
                     changes.push(PoolChange::New(group.name.clone(), group.entries.len()));
-                    let fresh = Member::new(group, &StateFile::default(), self.strategy, now);
+                    let remembered = remembered.get_or_insert_with(|| self.snapshot(now));
+                    let fresh = Member::new(group, remembered, self.strategy, now);
                     let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some(outbox) = outbox.as_ref() {
                         share_keys_only(&fresh, outbox.clone());
@@ -254,12 +281,26 @@ impl Pools {
                 }
             }
         }
-        for gone in old.iter() {
-            if !members.iter().any(|m| Arc::ptr_eq(m, gone)) {
-                changes.push(PoolChange::Gone(gone.name.clone()));
+        let mut gone = Vec::new();
+        for member in old.iter() {
+            if !members.iter().any(|m| Arc::ptr_eq(m, member)) {
+                changes.push(PoolChange::Gone(member.name.clone()));
+                gone.push(Arc::clone(member));
+            }
+        }
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            for member in &members {
+                if !seen.contains(&member.name) {
+                    seen.push(member.name.clone());
+                }
             }
         }
         *self.members.write().unwrap_or_else(PoisonError::into_inner) = members.into();
+        for member in gone {
+            member.pool.replace(Vec::new());
+            member.room.wake();
+        }
         Ok(changes)
     }
 
@@ -593,5 +634,66 @@ mod tests {
         assert!(changes.contains(&PoolChange::Gone("gemini".into())));
         assert_eq!(pools.names(), "openrouter");
         assert_eq!(pools.default_pool().pool.len(), 0);
+    }
+
+    #[test]
+    fn a_pool_that_goes_is_emptied_and_a_moved_key_keeps_its_rest() {
+        let now = Now::read();
+        let pools = Pools::new(
+            vec![
+                key("sk-or-1", None, Some("team")),
+                key("AIza-1", Some(Provider::Gemini), None),
+            ],
+            upstreams(),
+            &StateFile::default(),
+            Strategy::default(),
+            now,
+        )
+        .unwrap();
+        // A request in flight holds the Gemini pool, and rests its key.
+        let held = pools.find("gemini").unwrap();
+        let (ticket, _) = held.pool.pick(now, &[], None).unwrap();
+        let rest = crate::rotation::policy::Outcome::RateLimited {
+            rest: std::time::Duration::from_secs(600),
+            longest: std::time::Duration::from_secs(86_400),
+            scope: crate::rotation::policy::Scope::Key,
+        };
+        ticket.finish(rest, None, now);
+        // The key moves to the pool g2; the pool team goes.
+        pools
+            .replace(vec![key("AIza-1", Some(Provider::Gemini), Some("g2"))], now)
+            .unwrap();
+        // The request's retry finds no key in the pool that went.
+        assert_eq!(held.pool.len(), 0);
+        assert!(held.pool.pick(now, &[], None).is_none());
+        // The moved key still rests in its new pool.
+        let moved = pools.find("g2").unwrap().pool.report(now);
+        assert_eq!(moved.keys.len(), 1);
+        assert!(
+            moved.keys[0].seconds_left.is_some_and(|s| s > 500),
+            "{:?}",
+            moved.keys[0].seconds_left
+        );
+        // A pool that went (or is named for later) is still a pool name, not the
+        // default pool's path; other names are not.
+        assert!(pools.find("team").is_none());
+        assert!(pools.is_pool_name("team"));
+        assert!(pools.is_pool_name("work"));
+        assert!(pools.is_pool_name("anthropic"));
+        assert!(!pools.is_pool_name("nobody"));
+    }
+
+    #[test]
+    fn a_named_pool_of_the_default_provider_goes_where_the_default_pool_goes() {
+        let groups = group(vec![key("sk-or-1", None, Some("team2"))], &upstreams()).unwrap();
+        assert_eq!(groups[1].name, "team2");
+        assert_eq!(groups[1].upstream, "http://127.0.0.1:1/api/v1");
+        // Another provider's pool goes to its own base URL.
+        let groups = group(
+            vec![key("gsk-1", Some(Provider::Groq), Some("fast"))],
+            &upstreams(),
+        )
+        .unwrap();
+        assert_eq!(groups[1].upstream, Provider::Groq.base_url().unwrap());
     }
 }

@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::rotation::provider::Provider;
-use crate::serve::error::{self, Reply};
+use crate::serve::error::{Reply, Shape};
 use crate::serve::http1::{self, BodyLength, Chunked, Head, Limits};
 use crate::serve::{spare, stream};
 
@@ -27,17 +27,24 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// Read size from a client socket: a thread's spare buffer.
 const READ_SIZE: usize = spare::SIZE;
 
+/// The error shape of the proxy's own answer to a request for a target (`None`: the
+/// request line is unknown): the provider's of the pool its path names.
+pub type ShapeFor = dyn Fn(Option<&str>) -> Shape + Send + Sync;
+
 /// How client connections are treated.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Settings {
     pub limits: Limits,
     /// Time a client has to send a whole request (head and body) once it began.
     pub client_timeout: Duration,
     /// Time a connection may sit between requests.
     pub idle_timeout: Duration,
-    /// The default provider (`--provider`): its error shape answers a request whose
-    /// path names no preset ([`error::shape_for`]).
+    /// The default provider (`--provider`): its error shape answers a connection
+    /// refused before anything was read.
     pub provider: Provider,
+    /// The shape of the answer to a refused head or a handler's panic: the server's
+    /// (pools by name, then presets, then `provider`), as [`crate::serve::error::shape_for`] says.
+    pub shape_for: std::sync::Arc<ShapeFor>,
 }
 
 /// Why reading a request body failed.
@@ -95,7 +102,7 @@ pub fn serve(socket: TcpStream, settings: &Settings, handler: &dyn Fn(&Head, &mu
             Err(reply) => {
                 // The head is refused, but its request line may name a preset.
                 let target = http1::request_target(&conn.buf[conn.at..conn.end]);
-                let shape = error::shape_for(target, settings.provider);
+                let shape = (settings.shape_for)(target);
                 let _ = stream::write_reply(&mut conn, &reply, true, shape);
                 conn.linger();
                 return;
@@ -109,7 +116,7 @@ pub fn serve(socket: TcpStream, settings: &Settings, handler: &dyn Fn(&Head, &mu
             log::error!("a request handler panicked; the proxy goes on");
             if !conn.wrote {
                 let reply = Reply::new(500, "internal error while handling this request");
-                let shape = error::shape_for(Some(&head.target), settings.provider);
+                let shape = (settings.shape_for)(Some(&head.target));
                 let _ = stream::write_reply(&mut conn, &reply, true, shape);
             }
             return;

@@ -131,8 +131,8 @@ pub fn shape_for(target: Option<&str>, default: Provider) -> Shape {
                 .find(|p| p.name() == named)
                 .map(|p| (p, rest))
         })
-        .unwrap_or((default, target));
-    if is_messages_api(rest) {
+        .unwrap_or((default, target.into()));
+    if is_messages_api(&rest) {
         Shape::Anthropic
     } else {
         provider.shape()

@@ -63,9 +63,10 @@ pub fn model_of(path: &str, body: &[u8]) -> Option<String> {
 }
 
 /// The target's first path segment and the target after it (`/gemini/v1beta/…` →
-/// `gemini`, `/v1beta/…`; `/anthropic` → `anthropic`, `/`): the pool it names, if a pool
-/// has that name. The server decides; the bare base URL names no pool.
-pub fn pool_prefix(target: &str) -> Option<(&str, &str)> {
+/// `gemini`, `/v1beta/…`; `/anthropic` → `anthropic`, `/`; `/work?x=1` → `work`,
+/// `/?x=1`): the pool it names, if a pool has that name. The server decides; the bare
+/// base URL names no pool.
+pub fn pool_prefix(target: &str) -> Option<(&str, std::borrow::Cow<'_, str>)> {
     let rest = target.strip_prefix('/')?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     if end == 0 {
@@ -74,7 +75,10 @@ pub fn pool_prefix(target: &str) -> Option<(&str, &str)> {
     let after = &rest[end..];
     Some((
         &rest[..end],
-        if after.starts_with('/') { after } else { "/" },
+        match after.as_bytes().first() {
+            Some(b'/') => after.into(),
+            _ => format!("/{after}").into(),
+        },
     ))
 }
 
@@ -201,13 +205,47 @@ pub const CREDENTIAL_HEADERS: [&str; 4] =
 /// The query parameter Google's clients put an API key in (`?key=…`).
 pub const CREDENTIAL_PARAM: &str = "key";
 
+/// The query parameters that carry a client's credential, none of which goes upstream:
+/// Google's API key and its OAuth access token.
+const CREDENTIAL_PARAMS: [&str; 2] = [CREDENTIAL_PARAM, "access_token"];
+
+/// The name of a query pair (`name=value`) as the upstream reads it: percent-decoded, so
+/// `k%65y` is `key`. A name that does not decode to text is kept as written.
+fn param_name(pair: &str) -> std::borrow::Cow<'_, str> {
+    let name = pair.split('=').next().unwrap_or_default();
+    if !name.contains('%') {
+        return name.into();
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_or(name.into(), Into::into)
+}
+
 /// Whether a client request header goes upstream. Besides hop-by-hop headers, the
 /// client's own credentials are dropped (the pool key replaces them), and the framing
-/// headers the HTTP client computes itself.
+/// headers the HTTP client computes itself. `Cookie` stays too: a browser sends the
+/// cookies of every other program on localhost with it, and no API reads them.
 pub fn forward_request_header(name: &str, named_by_connection: &[String]) -> bool {
     let is = |other: &str| name.eq_ignore_ascii_case(other);
     !(is_hop_by_hop(name, named_by_connection)
-        || ["host", "content-length", "expect"]
+        || ["host", "content-length", "expect", "cookie"]
             .iter()
             .chain(CREDENTIAL_HEADERS.iter())
             .any(|h| is(h)))
@@ -219,15 +257,17 @@ pub fn credential_param(target: &str) -> Option<&str> {
     let (_, query) = target.split_once('?')?;
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix(CREDENTIAL_PARAM)?.strip_prefix('='))
+        .find(|pair| param_name(pair) == CREDENTIAL_PARAM)
+        .and_then(|pair| pair.split_once('=').map(|(_, value)| value))
 }
 
-/// The query without any `key` parameter (the client's credential), other parameters
-/// in their order and spelling; `None` when nothing is left.
+/// The query without any credential parameter ([`CREDENTIAL_PARAMS`], however
+/// percent-encoded), other parameters in their order and spelling; `None` when nothing
+/// is left.
 fn without_credential(query: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split('=').next() != Some(CREDENTIAL_PARAM))
+        .filter(|pair| !CREDENTIAL_PARAMS.contains(&&*param_name(pair)))
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
 }
@@ -344,15 +384,18 @@ mod tests {
     fn a_pool_is_named_by_the_first_segment_only() {
         assert_eq!(
             pool_prefix("/gemini/v1beta/models/g:generateContent"),
-            Some(("gemini", "/v1beta/models/g:generateContent"))
+            Some(("gemini", "/v1beta/models/g:generateContent".into()))
         );
         assert_eq!(
             pool_prefix("/gemini-openai/v1/chat/completions"),
-            Some(("gemini-openai", "/v1/chat/completions"))
+            Some(("gemini-openai", "/v1/chat/completions".into()))
         );
-        assert_eq!(pool_prefix("/anthropic"), Some(("anthropic", "/")));
-        assert_eq!(pool_prefix("/work?x=1"), Some(("work", "/")));
-        assert_eq!(pool_prefix("/v1/gemini/x"), Some(("v1", "/gemini/x")));
+        assert_eq!(pool_prefix("/anthropic"), Some(("anthropic", "/".into())));
+        assert_eq!(pool_prefix("/work?x=1"), Some(("work", "/?x=1".into())));
+        assert_eq!(
+            pool_prefix("/v1/gemini/x"),
+            Some(("v1", "/gemini/x".into()))
+        );
         for target in ["/", "//x", "*", "", "/?x"] {
             assert_eq!(pool_prefix(target), None, "{target}");
         }
@@ -377,11 +420,26 @@ mod tests {
                 "/x?keys=1&monkey=2&key=3",
                 "https://openrouter.ai/api/v1/x?keys=1&monkey=2",
             ),
+            // Encoded as the upstream decodes it, and Google's OAuth token.
+            (
+                "/x?k%65y=a&%6Bey=b&%6b%65%79=c",
+                "https://openrouter.ai/api/v1/x",
+            ),
+            (
+                "/x?access_token=a&alt=sse&access%5Ftoken=b",
+                "https://openrouter.ai/api/v1/x?alt=sse",
+            ),
+            // Not a credential's name, decoded or not.
+            (
+                "/x?k%6=1&%ZZ=2&ke%79s=3",
+                "https://openrouter.ai/api/v1/x?k%6=1&%ZZ=2&ke%79s=3",
+            ),
         ] {
             assert_eq!(upstream_url(BASE, OPENAI, target).unwrap(), url, "{target}");
         }
         assert_eq!(credential_param("/x?alt=sse&key=dummy"), Some("dummy"));
         assert_eq!(credential_param("/x?keys=1&monkey=2"), None);
+        assert_eq!(credential_param("/x?k%65y=dummy"), Some("dummy"));
         assert_eq!(credential_param("/x"), None);
     }
 

@@ -205,6 +205,13 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         client_timeout: proxy.config.client_timeout,
         idle_timeout: proxy.config.idle_timeout,
         provider: proxy.config.provider,
+        shape_for: {
+            let proxy = Arc::clone(&proxy);
+            Arc::new(move |target| match target {
+                Some(target) => proxy.shape_for(target),
+                None => proxy.config.provider.shape(),
+            })
+        },
     };
     let max_connections = proxy.config.max_connections;
     Err(Error::Serve(workers::run(
@@ -548,15 +555,15 @@ impl Proxy {
         // A pool named in the path (`/gemini/v1beta/…`, `/work/v1/chat/completions`)
         // serves the request; the bare base URL is the default pool. A provider's name
         // that is no pool here gets the list of pools.
-        let mut target = incoming.target;
+        let mut target = std::borrow::Cow::Borrowed(incoming.target);
         let mut member = None;
-        if let Some((named, rest)) = route::pool_prefix(target) {
+        if let Some((named, rest)) = route::pool_prefix(incoming.target) {
             match self.pools.find(named) {
                 Some(found) => {
                     member = Some(found);
                     target = rest;
                 }
-                None if pools::is_provider_name(named) => {
+                None if self.pools.is_pool_name(named) => {
                     return Err(Reply::new(
                         404,
                         format!(
@@ -569,7 +576,7 @@ impl Proxy {
             }
         }
         let member = member.unwrap_or_else(|| self.pools.default_pool());
-        let url = route::upstream_url(&member.upstream, member.provider.base_prefixes(), target)
+        let url = route::upstream_url(&member.upstream, member.provider.base_prefixes(), &target)
             .map_err(|e| Reply::new(400, e.to_string()))?;
         // Every Connection header names headers that stop here.
         let named: Vec<String> = head
@@ -958,7 +965,7 @@ impl Proxy {
         match route::pool_prefix(target)
             .and_then(|(named, rest)| Some((self.pools.find(named)?, rest)))
         {
-            Some((member, rest)) => error::shape_for(Some(rest), member.provider),
+            Some((member, rest)) => error::shape_for(Some(&rest), member.provider),
             None => error::shape_for(Some(target), self.config.provider),
         }
     }

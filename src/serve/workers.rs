@@ -262,6 +262,12 @@ mod tests {
             client_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
             provider: crate::rotation::provider::Provider::OpenRouter,
+            shape_for: std::sync::Arc::new(|target| {
+                crate::serve::error::shape_for(
+                    target,
+                    crate::rotation::provider::Provider::OpenRouter,
+                )
+            }),
         }
     }
 
