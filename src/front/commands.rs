@@ -112,9 +112,15 @@ fn add(path: PathBuf, args: AddArgs, default: Provider) -> Result<u8, Error> {
         .filter(|shaped| !shaped.contains(&goes_to) && goes_to != Provider::Custom)
     {
         errln!(
-            "warning: the key looks like a {} key, but it goes to the pool '{pool_name}' for {goes_to}; if that is wrong, remove it and add it again with --provider {}",
+            "warning: the key looks like one for {}, but it goes to the pool '{pool_name}' for {goes_to}; if that is wrong, remove it and add it again with --provider {}",
             shaped[0],
             shaped[0]
+        );
+    }
+    // A pool of `--provider`'s goes to `--upstream`; another custom pool needs its own.
+    if goes_to == Provider::Custom && default != Provider::Custom {
+        errln!(
+            "note: the pool '{pool_name}' is for custom, which has no base URL of its own: start the proxy with --pool-upstream {pool_name}=https://…/v1, or it will not load this keys file"
         );
     }
 

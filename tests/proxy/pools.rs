@@ -346,7 +346,7 @@ fn keys_add_warns_when_the_key_looks_like_another_providers_and_refuses_mixed_po
     assert_eq!(ran.code, Some(0), "{}", ran.all());
     assert!(
         ran.stderr.contains(
-            "warning: the key looks like a gemini key, but it goes to the pool 'openrouter'"
+            "warning: the key looks like one for gemini, but it goes to the pool 'openrouter'"
         ),
         "{}",
         ran.all()
@@ -391,6 +391,20 @@ fn keys_add_warns_when_the_key_looks_like_another_providers_and_refuses_mixed_po
     let ran = keys_cmd(dir.path(), &["add", "--pool", "Bad Name", &key(6)], "");
     assert_eq!(ran.code, Some(1), "{}", ran.all());
     assert_eq!(keys_in(&user_keys_file_in(dir.path())).len(), 3);
+    // A custom pool is added, with a note that the proxy needs its base URL.
+    let ran = keys_cmd(
+        dir.path(),
+        &["add", "--provider", "custom", "--pool", "lab", &key(7)],
+        "",
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.all());
+    assert!(
+        ran.stderr
+            .contains("start the proxy with --pool-upstream lab="),
+        "{}",
+        ran.all()
+    );
+    assert_eq!(keys_in(&user_keys_file_in(dir.path())).len(), 4);
 }
 
 #[test]
