@@ -277,6 +277,11 @@ pub struct CheckArgs {
     #[argh(option)]
     pub upstream: Option<String>,
 
+    /// NAME=URL: the API base to ask about the keys of pool NAME, as the proxy's flag
+    /// (repeatable)
+    #[argh(option)]
+    pub pool_upstream: Vec<String>,
+
     /// the keys file (default: keys.json here if there is one, else the per-user one)
     #[argh(option)]
     pub keys_file: Option<PathBuf>,

@@ -842,37 +842,58 @@ fn check(
         .timeout_global(Some(CHECK_TIMEOUT))
         .build()
         .into();
-    let url = match provider.check() {
-        Check::Credit => format!("{upstream}/key"),
-        Check::Models(path) => format!("{upstream}{path}"),
+    // Each key is asked at its pool's base URL, as the proxy would send it: the pool's
+    // --pool-upstream, else --upstream for --provider's pools, else its provider's.
+    let upstreams = pools::Upstreams {
+        default: provider,
+        default_url: upstream,
+        overrides: config::pool_upstreams(&args.pool_upstream, true, env)?,
     };
-    outln!("provider: {provider}, asking {url}");
-    // Keys for another provider (a `"provider"` in the file) are asked with theirs.
-    let (mine, others): (Vec<&KeyEntry>, Vec<&KeyEntry>) = file
+    let asks: Vec<(&KeyEntry, Provider, Result<String, String>)> = file
         .entries
         .iter()
-        .partition(|e| pools::home_of(e, provider).1 == provider);
-    let keys: Vec<&ApiKey> = mine.iter().map(|e| &e.key).collect();
-    let results = in_parallel(&keys, CHECK_WORKERS, |key| {
-        check_one(&agent, &url, key, provider)
-    });
-    let mut bad = 0;
-    for (entry, (valid, text)) in mine.iter().zip(results) {
-        bad += usize::from(!valid);
-        outln!("{}  {text}", entry.name());
+        .map(|entry| {
+            let (pool, theirs) = pools::home_of(entry, provider);
+            let url = upstreams
+                .of(&pool, theirs)
+                .map(|base| match theirs.check() {
+                    Check::Credit => format!("{base}/key"),
+                    Check::Models(path) => format!("{base}{path}"),
+                });
+            (entry, theirs, url)
+        })
+        .collect();
+    let mut told: Vec<String> = Vec::new();
+    for (entry, theirs, url) in &asks {
+        let (pool, _) = pools::home_of(entry, provider);
+        if !told.contains(&pool) {
+            match url {
+                Ok(url) => outln!("pool {pool} ({theirs}): asking {url}"),
+                Err(why) => outln!("pool {pool} ({theirs}): not checked: {why}"),
+            }
+            told.push(pool);
+        }
     }
-    for entry in &others {
-        let theirs = pools::home_of(entry, provider).1;
-        outln!(
-            "{}  not checked: for {theirs} (check it with --provider {theirs})",
-            entry.name()
-        );
+    let results = in_parallel(&asks, CHECK_WORKERS, |(entry, theirs, url)| {
+        let url = url.as_ref().ok()?;
+        Some(check_one(&agent, url, &entry.key, *theirs))
+    });
+    let (mut checked, mut bad) = (0, 0);
+    for ((entry, _, _), result) in asks.iter().zip(results) {
+        match result {
+            Some((valid, text)) => {
+                checked += 1;
+                bad += usize::from(!valid);
+                outln!("{}  {text}", entry.name());
+            }
+            None => outln!("{}  not checked: its pool has no base URL", entry.name()),
+        }
     }
     outln!(
         "{} of {} key{} valid",
-        mine.len() - bad,
-        mine.len(),
-        plural(mine.len())
+        checked - bad,
+        checked,
+        plural(checked)
     );
     Ok(u8::from(bad > 0))
 }

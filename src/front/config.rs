@@ -301,7 +301,7 @@ fn check_redis(url: &str) -> Result<String, String> {
 
 /// `--pool-upstream NAME=URL` (repeatable; else `ROO_PROXY_POOL_UPSTREAM`,
 /// comma-separated): each a pool name and an API base checked like `--upstream`'s.
-fn pool_upstreams(
+pub fn pool_upstreams(
     flags: &[String],
     allow_insecure: bool,
     env: impl Fn(&str) -> Option<String>,

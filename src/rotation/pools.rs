@@ -35,7 +35,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// The base URL of pool `name` serving `provider`, or why it has none.
-    fn of(&self, name: &str, provider: Provider) -> Result<String, String> {
+    pub fn of(&self, name: &str, provider: Provider) -> Result<String, String> {
         if let Some((_, url)) = self.overrides.iter().find(|(n, _)| n == name) {
             return Ok(url.clone());
         }

@@ -506,30 +506,73 @@ fn status_metrics_and_the_status_command_show_the_pools() {
 }
 
 #[test]
-fn keys_check_asks_each_provider_about_its_own_keys_only() {
+fn keys_check_asks_about_each_key_at_its_pools_upstream_in_its_form() {
     let mock = Mock::start();
     let dir = TempDir::new();
     let file = dir.path().join("keys.json");
     fs::write(
         &file,
-        json!([key(1), {"key": key(2), "provider": "gemini"}]).to_string(),
+        json!([
+            key(1),
+            {"key": key(2), "provider": "gemini"},
+            {"key": key(3), "provider": "custom", "pool": "lab"}
+        ])
+        .to_string(),
     )
     .unwrap();
     let file = file.to_str().unwrap();
+    let asked = |from: usize| {
+        let mut asked: Vec<(String, String, String)> = mock.requests()[from..]
+            .iter()
+            .map(|r| {
+                let (form, k) = key_seen(r);
+                (r["target"].as_str().unwrap().to_string(), form, k)
+            })
+            .collect();
+        asked.sort();
+        asked
+    };
+    let gemini_pool = format!("gemini={}", root(&mock));
     let ran = keys_cmd(
         dir.path(),
-        &["check", "--keys-file", file, "--upstream", &mock.base()],
+        &[
+            "check",
+            "--keys-file",
+            file,
+            "--upstream",
+            &mock.base(),
+            "--pool-upstream",
+            &gemini_pool,
+        ],
         "",
     );
     assert_eq!(ran.code, Some(0), "{}", ran.all());
+    // Each key at its pool's upstream, in its provider's form; the custom pool has no
+    // base URL, so its key is named and not sent anywhere.
+    assert_eq!(
+        asked(0),
+        [
+            (
+                "/api/v1/key".to_string(),
+                "authorization".to_string(),
+                key(1)
+            ),
+            (
+                "/v1beta/models".to_string(),
+                "x-goog-api-key".to_string(),
+                key(2)
+            ),
+        ]
+    );
     assert!(
-        ran.stdout
-            .contains("not checked: for gemini (check it with --provider gemini)"),
+        ran.stdout.contains("pool lab (custom): not checked:")
+            && ran.stdout.contains("--pool-upstream lab="),
         "{}",
         ran.stdout
     );
-    assert!(ran.stdout.contains("1 of 1 key valid"), "{}", ran.stdout);
-    assert_eq!(mock.keys_used(), [format!("Bearer {}", key(1))]);
+    assert!(ran.stdout.contains("2 of 2 keys valid"), "{}", ran.stdout);
+    // A key without "provider" is for the --provider given, as the proxy would take it.
+    let before = mock.requests().len();
     let ran = keys_cmd(
         dir.path(),
         &[
@@ -544,15 +587,6 @@ fn keys_check_asks_each_provider_about_its_own_keys_only() {
         "",
     );
     assert_eq!(ran.code, Some(0), "{}", ran.all());
-    // A key without "provider" is for the --provider given, as the proxy would take it.
-    let mut asked: Vec<(String, String, String)> = mock.requests()[1..]
-        .iter()
-        .map(|r| {
-            let (form, k) = key_seen(r);
-            (r["target"].as_str().unwrap().to_string(), form, k)
-        })
-        .collect();
-    asked.sort();
     let gemini = |n| {
         (
             "/v1beta/models".to_string(),
@@ -560,7 +594,7 @@ fn keys_check_asks_each_provider_about_its_own_keys_only() {
             key(n),
         )
     };
-    assert_eq!(asked, [gemini(1), gemini(2)]);
+    assert_eq!(asked(before), [gemini(1), gemini(2)]);
 }
 
 #[test]
