@@ -47,8 +47,8 @@
 //!   Anthropic's `event: error` with a `rate_limit_error`; `cerebras429:SECS` `x-ratelimit-reset-requests-day` in float seconds;
 //!   `gemini429:S` Gemini's per-model quota body (a JSON list) with `retryDelay: "Ss"`;
 //!   `slow429:S:MS` OpenRouter's 429 (reset S seconds away) after MS milliseconds.
-//! - Budgets on successes: `budget:N:S` `ok` with `X-RateLimit-Remaining: N` and
-//!   `X-RateLimit-Reset` S seconds away (epoch ms); `oaibudget:N:DUR` `ok` with
+//! - Budgets on successes: `budget:N:S[:MS]` `ok` with `X-RateLimit-Remaining: N` and
+//!   `X-RateLimit-Reset` S seconds away (epoch ms), after MS milliseconds; `oaibudget:N:DUR` `ok` with
 //!   `x-ratelimit-remaining-requests: N`, `x-ratelimit-reset-requests: DUR`.
 //! - Faults: `hang:S` reads the request and says nothing for S seconds (default 30), then
 //!   closes; `stall:S` sends a stream's head and first event, then nothing for S seconds;
@@ -525,6 +525,8 @@ fn dialect_reply(out: &mut TcpStream, kind: &str, arg: &str) -> Option<io::Resul
             )
         }
         "budget" => {
+            let (second, delay) = second.split_once(':').unwrap_or((second, "0"));
+            thread::sleep(Duration::from_millis(delay.parse().unwrap_or(0)));
             let reset = (now_ms() + secs(second) * 1000).to_string();
             json_reply(
                 out,

@@ -13,6 +13,10 @@
 //!   it, if that one is back before its wait is over, then starts a new round. Waiting
 //!   requests go in arrival order: one with others waiting ahead of it waits, even when a
 //!   key is ready, until those have taken theirs (or its own wait is over).
+//! - A request whose keys are held back by the slow start (policy.rs: their account's
+//!   first attempt is under way and its budget unknown) waits for that attempt's answer,
+//!   at most `PATIENCE`, with or without `--wait`: it would have been sent otherwise,
+//!   so the hold must not turn it into a 429.
 //! - No waiting when the upstream is failing (a connection error or a 5xx and keys
 //!   ready): that is 502 at once.
 //! - `Retry-After` on an exhausted pool is the time until a key that could serve this
@@ -154,6 +158,11 @@ impl<'r, K: Clone> Attempts<'r, K> {
                     self.made
                 ),
             ));
+        }
+        if let Some(held) = view.pool.held_until {
+            // Keys wait for their account's first answer (the slow start): a moment,
+            // with or without --wait; without the hold this request would have gone.
+            return Next::Wait(view.pool.next_free.map_or(held, |at| at.min(held)));
         }
         match view.pool.next_free {
             Some(at) if at <= self.deadline => Next::Wait(at),
@@ -495,6 +504,32 @@ mod tests {
             "{}",
             reply.message
         );
+    }
+
+    #[test]
+    fn keys_held_by_the_slow_start_are_waited_for_even_without_wait() {
+        let t = Instant::now();
+        let held = t + 2 * SEC;
+        let view = of(Outlook {
+            total: 2,
+            booked: 2,
+            held_until: Some(held),
+            ..Outlook::default()
+        });
+        for wait in [Duration::ZERO, 10 * SEC] {
+            let rules = rules(wait, None);
+            let a: Attempts<u8> = Attempts::new(&rules, t);
+            assert_eq!(a.next(t, &view), Next::Wait(held), "--wait {wait:?}");
+            // A key of another account back sooner: look again then.
+            let sooner = View {
+                pool: Outlook {
+                    next_free: Some(t + SEC),
+                    ..view.pool
+                },
+                ..view
+            };
+            assert_eq!(a.next(t, &sooner), Next::Wait(t + SEC));
+        }
     }
 
     #[test]

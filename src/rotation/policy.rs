@@ -23,9 +23,17 @@
 //!   only; the key keeps serving other models.
 //! - Budget: a success that announces the account's remaining requests caps the attempts
 //!   in flight with its keys at that number until the reset; at 0 the account rests until
-//!   the reset without waiting for a 429. After the reset, the window's whole budget
+//!   the reset without waiting for a 429. The latest-sent answer speaks, but within one
+//!   window the fewest left count (the upstream admits attempts sent at once in any
+//!   order). After the reset, the window's whole budget
 //!   (when answers say it) caps them until an answer says what is left: requests let go
 //!   at the reset do not overfill the new window.
+//! - Slow start: while an account's budget is unknown (no answer has come back from it
+//!   since the start), [`SLOW_START`] attempt goes to it at a time, as TCP probes a
+//!   window: the first answer says whether answers announce a budget and how much is
+//!   left, so a burst of requests at the start does not overfill a window it cannot
+//!   see. The hold lasts until that answer, or [`PATIENCE`] after its attempt went
+//!   out; then the account takes every attempt again, as if it had answered.
 //! - When every usable key is resting from 429s that came within [`STORM_WINDOW`] (an
 //!   IP-wide or upstream-wide limit), nothing is sent until the shortest of those rests
 //!   ends; if the first attempt sent after that pause gets a 429 too, the pause doubles.
@@ -40,6 +48,14 @@ pub type KeyId = usize;
 
 /// 429s on every key within this window mean the limit is not the keys'.
 pub const STORM_WINDOW: Duration = Duration::from_secs(10);
+
+/// Attempts in flight with an account whose budget is unknown (see the slow start).
+pub const SLOW_START: u32 = 1;
+
+/// How long the slow start holds an account's other attempts back while its first one
+/// is under way: an answer that takes longer (a long completion that is not streamed)
+/// does not keep the rest of a burst waiting for it.
+pub const PATIENCE: Duration = Duration::from_secs(2);
 
 /// Model rests that ended this long ago are forgotten (their echoes are long over).
 const FORGET_MODEL_REST: Duration = Duration::from_secs(600);
@@ -211,7 +227,7 @@ pub struct ModelRest {
     pub strikes: u32,
 }
 
-/// The remaining budget of a key's account, as the latest-sent answer announced it.
+/// The remaining budget of a key's account, as answers announced it (see [`combine`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allowance {
     pub remaining: u32,
@@ -249,6 +265,13 @@ pub struct Slot {
     /// When the rest before the latest one ended: a success sent between the two says
     /// the key came back on time.
     pub back_at: Option<Instant>,
+    /// An answer came back from this key's account: its budget, if answers announce
+    /// one, is known, and the slow start is over.
+    pub answered: bool,
+    /// When the account's probe (its first attempt in flight while nothing was known of
+    /// its budget) went out: the slow start holds other attempts until
+    /// [`PATIENCE`] after it.
+    pub probe: Option<Instant>,
 }
 
 impl Slot {
@@ -264,7 +287,15 @@ impl Slot {
             in_flight: 0,
             first_back: None,
             back_at: None,
+            answered: false,
+            probe: None,
         }
+    }
+
+    /// Whether the slow start holds attempts with this key's account back at `now`
+    /// (one is under way, and nothing is known of its budget).
+    fn held(&self, now: Instant) -> bool {
+        self.allowance.is_none() && !self.answered && self.probe.is_some_and(|p| now < p + PATIENCE)
     }
 
     /// The model rests still running at `now`.
@@ -289,6 +320,9 @@ pub struct Outlook {
     /// Keys that could serve but have as many attempts in flight as their account's
     /// remaining budget: one is free again when such an attempt ends.
     pub booked: usize,
+    /// When the slow start lets attempts go again with the first of the `booked` keys
+    /// it holds back (or earlier, when the probe's answer comes).
+    pub held_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -312,10 +346,25 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A pool of `keys` keys, each its own account, that have all answered once (the
+    /// slow start is over).
     #[cfg(test)]
     pub fn new(keys: usize) -> Policy {
         let slots = (0..keys).map(|id| Slot::new(KeyState::Ready, id)).collect();
-        Policy::with_slots(slots, 0, Strategy::RoundRobin)
+        Policy::answered(slots, Strategy::RoundRobin)
+    }
+
+    /// A pool of `slots` whose accounts have all answered once (the slow start is over).
+    #[cfg(test)]
+    pub fn answered(slots: Vec<Slot>, strategy: Strategy) -> Policy {
+        let slots = slots
+            .into_iter()
+            .map(|slot| Slot {
+                answered: true,
+                ..slot
+            })
+            .collect();
+        Policy::with_slots(slots, 0, strategy)
     }
 
     /// A pool whose keys start as `slots` say (remembered, or carried over when the keys
@@ -373,12 +422,13 @@ impl Policy {
         self.loads.get(&group).copied().unwrap_or(0)
     }
 
-    /// Whether the key's account has as many attempts in flight as its budget allows.
+    /// Whether the key's account has as many attempts in flight as its budget allows
+    /// (or, while the budget is unknown, as the slow start allows).
     fn booked(&self, slot: &Slot, now: Instant) -> bool {
         let cap = match slot.allowance {
             Some(a) if now < a.reset => Some(a.remaining),
             Some(a) => a.limit,
-            None => None,
+            None => slot.held(now).then_some(SLOW_START),
         };
         cap.is_some_and(|cap| self.load(slot.group) >= cap)
     }
@@ -420,6 +470,13 @@ impl Policy {
                 // Once per rest: the account's first attempt since it ended.
                 for other in members(&self.ring, id) {
                     self.slots[other].first_back.get_or_insert(now);
+                }
+            }
+            let slot = &self.slots[id];
+            if slot.allowance.is_none() && !slot.answered && self.load(slot.group) == 0 {
+                // Nothing known of the account's budget: this attempt is its probe.
+                for other in members(&self.ring, id) {
+                    self.slots[other].probe = Some(now);
                 }
             }
             let slot = &mut self.slots[id];
@@ -515,6 +572,12 @@ impl Policy {
         sent: Sent<'_>,
         now: Instant,
     ) -> Option<Change> {
+        if !self.slots[id].answered {
+            // The slow start is over for the account.
+            for other in members(&self.ring, id) {
+                self.slots[other].answered = true;
+            }
+        }
         let slot = &mut self.slots[id];
         let news = slot.rest_end.is_none_or(|end| sent.at >= end);
         // Sent after the key came back from the rest before the latest: it came back on
@@ -545,19 +608,17 @@ impl Policy {
         let mut newest = false;
         for other in members(&self.ring, id) {
             let s = &mut self.slots[other];
-            // Only the latest-sent attempt's word counts (answers overtake each other),
-            // unless the word we had has run out.
-            let stale = s
-                .allowance
-                .is_none_or(|a| a.sent <= sent.at || now >= a.reset);
-            if stale {
-                s.allowance = Some(allowance);
+            let kept = combine(s.allowance, allowance, now);
+            if s.allowance != Some(kept) {
+                s.allowance = Some(kept);
                 newest = true;
             }
         }
-        if !newest || budget.remaining > 0 || budget.reset.is_zero() {
+        let kept = self.slots[id].allowance?;
+        if !newest || kept.remaining > 0 || kept.reset <= now {
             return None;
         }
+        let allowance = kept;
         // Spent: the account rests until the reset, without asking for a 429.
         let until = allowance.reset;
         self.rest_group(id, until, now, None)
@@ -782,11 +843,14 @@ impl Policy {
                 .filter(|id| self.serves(*id, model, now))
                 .count()
         };
-        let booked = self
+        let (booked, held_until) = self
             .slots
             .iter()
             .filter(|s| s.state.ready_at(now) && !s.rested_for(model, now) && self.booked(s, now))
-            .count();
+            .fold((0, None), |(booked, held): (usize, Option<Instant>), s| {
+                let until = s.probe.filter(|_| s.held(now)).map(|p| p + PATIENCE);
+                (booked + 1, held.into_iter().chain(until).min())
+            });
         // When each usable key could serve this request again (None: it can now, or
         // only when an attempt in flight ends).
         let resting = self
@@ -822,6 +886,7 @@ impl Policy {
             disabled: count(|s| *s == KeyState::Disabled),
             next_free,
             booked,
+            held_until,
         }
     }
 }
@@ -940,13 +1005,12 @@ impl Policy {
     /// wins, as with this instance's own answers.
     pub fn merge_allowance(&mut self, id: KeyId, allowance: Allowance, now: Instant) -> bool {
         let slot = &mut self.slots[id];
-        let stale = slot
-            .allowance
-            .is_none_or(|a| a.sent < allowance.sent || now >= a.reset);
-        let news = stale && now < allowance.reset && slot.allowance != Some(allowance);
-        if news {
-            slot.allowance = Some(allowance);
+        if now >= allowance.reset {
+            return false;
         }
+        let kept = combine(slot.allowance, allowance, now);
+        let news = slot.allowance != Some(kept);
+        slot.allowance = Some(kept);
         news
     }
 
@@ -986,6 +1050,40 @@ fn members(ring: &[KeyId], id: KeyId) -> impl Iterator<Item = KeyId> + '_ {
         at = Some(ring[this]).filter(|next| *next != id);
         Some(this)
     })
+}
+
+/// Answers whose resets are this close announce the same window.
+pub const SAME_WINDOW: Duration = Duration::from_millis(500);
+
+/// What is known of an account's budget once an answer announced `new`, where `old` was
+/// known. The latest-sent answer speaks (answers overtake each other), except within one
+/// window (resets [`SAME_WINDOW`] apart at most): there the fewest requests left count,
+/// whatever the send order, because the upstream admits attempts sent at once in an
+/// order their send instants do not tell, and an answer admitted earlier counts fewer
+/// of its neighbours. Taking the larger number would let attempts go that the window has
+/// no room for.
+fn combine(old: Option<Allowance>, new: Allowance, now: Instant) -> Allowance {
+    let Some(old) = old.filter(|a| now < a.reset) else {
+        return new;
+    };
+    let apart = if old.reset > new.reset {
+        old.reset - new.reset
+    } else {
+        new.reset - old.reset
+    };
+    if apart <= SAME_WINDOW {
+        let fewer = if new.remaining < old.remaining {
+            new
+        } else {
+            old
+        };
+        return Allowance {
+            sent: old.sent.max(new.sent),
+            limit: new.limit.or(old.limit),
+            ..fewer
+        };
+    }
+    if new.sent >= old.sent { new } else { old }
 }
 
 /// The rest after `strikes` refusals in a row: doubled for each, up to `longest` (but
@@ -1059,16 +1157,22 @@ mod tests {
         p.pick(now, tried, None)
     }
 
-    /// A pool of keys in the given account groups.
+    /// A pool of keys in the given account groups, past the slow start.
     fn grouped(groups: &[usize], strategy: Strategy) -> Policy {
-        Policy::with_slots(
-            groups
-                .iter()
-                .map(|g| Slot::new(KeyState::Ready, *g))
-                .collect(),
-            0,
-            strategy,
-        )
+        let slots = groups
+            .iter()
+            .map(|g| Slot::new(KeyState::Ready, *g))
+            .collect();
+        Policy::answered(slots, strategy)
+    }
+
+    /// A pool of keys in the given account groups, none of which has answered yet.
+    fn fresh(groups: &[usize]) -> Policy {
+        let slots = groups
+            .iter()
+            .map(|g| Slot::new(KeyState::Ready, *g))
+            .collect();
+        Policy::with_slots(slots, 0, Strategy::RoundRobin)
     }
 
     #[test]
@@ -1651,6 +1755,58 @@ mod tests {
         assert!(pick(&mut p, t1, &[2]).is_some());
     }
 
+    /// While nothing is known of an account's budget, one attempt goes to it; its answer
+    /// says how many more may go (or, announcing nothing, that any number may).
+    #[test]
+    fn the_slow_start_sends_one_probe_per_account_until_it_answers() {
+        let t0 = Instant::now();
+        let mut p = fresh(&[0, 0, 1]);
+        let probes: Vec<KeyId> = (0..2).map(|_| pick(&mut p, t0, &[]).unwrap().0).collect();
+        assert_eq!(probes, [0, 2], "one per account");
+        assert_eq!(pick(&mut p, t0, &[]), None, "both accounts hold the rest");
+        let o = p.outlook(t0 + ms(5), None);
+        assert_eq!((o.ready, o.booked, o.next_free), (0, 3, None));
+        assert_eq!(o.held_until, Some(t0 + PATIENCE));
+        // Account 0 answers with 3 left: three more go to it, no fourth.
+        let _ = p.record(0, served_with(3, secs(5)), at(t0), t0 + ms(100));
+        let now = t0 + ms(100);
+        let more: Vec<KeyId> = (0..3).map(|_| pick(&mut p, now, &[]).unwrap().0).collect();
+        assert_eq!(more, [0, 1, 0]);
+        assert_eq!(pick(&mut p, now, &[]), None, "account 1 still held");
+        // Account 1's answer announces no budget: the hold is over for good.
+        let _ = p.record(2, Outcome::SERVED, at(t0), now);
+        for _ in 0..5 {
+            assert_eq!(pick(&mut p, now, &[]).map(|p| p.0), Some(2));
+        }
+        assert_eq!(p.outlook(now, None).held_until, None);
+    }
+
+    /// A probe that takes long holds the others [`PATIENCE`] at most; one that fails
+    /// (never answered) leaves the budget unknown, and the next attempt is a new probe.
+    #[test]
+    fn the_slow_start_waits_for_a_probe_a_moment_at_most() {
+        let t0 = Instant::now();
+        let mut p = fresh(&[0, 0]);
+        let (probe, _) = pick(&mut p, t0, &[]).unwrap();
+        assert_eq!(pick(&mut p, t0 + PATIENCE - ms(1), &[]), None);
+        assert!(
+            pick(&mut p, t0 + PATIENCE, &[]).is_some(),
+            "patience is over"
+        );
+        assert!(pick(&mut p, t0 + PATIENCE, &[]).is_some());
+        let mut p = fresh(&[0, 0]);
+        let _ = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(probe, Outcome::Failed, at(t0), t0 + ms(50));
+        let later = t0 + ms(60);
+        assert!(pick(&mut p, later, &[]).is_some(), "a new probe");
+        assert_eq!(pick(&mut p, later, &[]), None);
+        assert_eq!(
+            p.outlook(later, None).held_until,
+            Some(later + PATIENCE),
+            "held from the new probe on"
+        );
+    }
+
     #[test]
     fn a_spent_budget_rests_the_account_until_its_reset_without_a_429() {
         let t0 = Instant::now();
@@ -1682,6 +1838,52 @@ mod tests {
         let _ = p.record(0, served_with(1, secs(5)), at(t0 + ms(1)), t0 + ms(11));
         assert_eq!(p.slot(0).allowance.unwrap().remaining, 0);
         assert_eq!(p.state(0).until(), Some(t0 + ms(5010)));
+    }
+
+    /// Ten attempts go at once; the upstream admits them in an order their send
+    /// instants do not tell. An answer sent earlier that says fewer are left is the
+    /// truer word for the window: attempts that go on a larger number are refused.
+    #[test]
+    fn within_one_window_the_fewest_left_count_whatever_the_send_order() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(1);
+        let sent: Vec<Instant> = (0..10).map(|i| t0 + ms(i)).collect();
+        for _ in 0..10 {
+            let _ = pick(&mut p, t0 + ms(10), &[]).unwrap();
+        }
+        let reset = t0 + secs(5);
+        // An answer recorded at `now` for the window that resets at `reset`.
+        let answer = |left: u32, reset: Instant, now: Instant| Outcome::Served {
+            budget: Some(Budget {
+                remaining: left,
+                reset: reset - now,
+                limit: Some(10),
+            }),
+        };
+        // The last sent was admitted first (9 left), the first sent later (5 left).
+        let now = t0 + ms(100);
+        let _ = p.record(0, answer(9, reset, now), at(sent[9]), now);
+        let _ = p.record(0, answer(5, reset, now + ms(1)), at(sent[0]), now + ms(1));
+        assert_eq!(p.slot(0).allowance.unwrap().remaining, 5);
+        // Eight still in flight against 5 left: none may go.
+        assert_eq!(pick(&mut p, now + ms(2), &[]), None);
+        // In the next window the latest-sent word speaks again: an answer from the old
+        // window that comes late changes nothing.
+        let next = reset + ms(100);
+        for _ in 0..8 {
+            p.abandon(0);
+        }
+        let _ = pick(&mut p, reset, &[]).unwrap();
+        let _ = p.record(0, answer(9, reset + secs(5), next), at(reset), next);
+        let late = Outcome::Served {
+            budget: Some(Budget {
+                remaining: 0,
+                reset: Duration::ZERO,
+                limit: Some(10),
+            }),
+        };
+        assert_eq!(p.record(0, late, at(sent[5]), next), None);
+        assert_eq!(p.slot(0).allowance.unwrap().remaining, 9);
     }
 
     fn model_limited(rest: Duration, scope: Scope) -> Outcome {

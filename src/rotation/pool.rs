@@ -1028,7 +1028,6 @@ mod tests {
     fn attempts_count_in_flight_until_finished_or_dropped() {
         let t = now();
         let pool = fresh(vec![entry(0)], t);
-        let (ticket, _) = pool.pick(t, &[], None).unwrap();
         // The upstream says one request is left: the attempt in flight takes it.
         let served = Outcome::Served {
             budget: Some(crate::rotation::policy::Budget {
@@ -1037,8 +1036,13 @@ mod tests {
                 limit: None,
             }),
         };
-        let (second, _) = pool.pick(t, &[], None).unwrap();
-        assert_eq!(second.finish(served, None, t), None);
+        let (first, _) = pool.pick(t, &[], None).unwrap();
+        assert!(
+            pool.pick(t, &[], None).is_none(),
+            "the slow start: one probe"
+        );
+        assert_eq!(first.finish(served, None, t), None);
+        let (ticket, _) = pool.pick(t, &[], None).unwrap();
         assert!(pool.pick(t, &[], None).is_none(), "one in flight, one left");
         drop(ticket);
         let (third, _) = pool

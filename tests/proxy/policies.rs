@@ -299,6 +299,42 @@ fn waiting_requests_are_served_in_arrival_order() {
     assert_eq!(waiting(), Some(0));
 }
 
+/// The slow start: while nobody knows an account's budget, one request goes to it; the
+/// others wait for its answer (without `--wait` too), which says one more is left. So
+/// the upstream sees two requests, not four, and refuses none; the two that do not fit
+/// get the proxy's own 429.
+#[test]
+fn a_burst_at_the_start_sends_one_request_until_the_budget_is_known() {
+    let mock = Mock::start();
+    // The first answer takes a while (less than the 2 s the slow start waits for it).
+    mock.plan(&key(1), &["budget:1:600:1500", "budget:0:600"]);
+    let proxy = Proxy::with(&mock).keys(1).start();
+    let addr = proxy.addr();
+    let probe = std::thread::spawn({
+        let addr = addr.clone();
+        move || chat_raw(&addr, "probe")
+    });
+    eventually("the first request reached the upstream", || {
+        mock.requests().len() == 1
+    });
+    let others: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            let addr = addr.clone();
+            std::thread::spawn(move || chat_raw(&addr, name))
+        })
+        .collect();
+    let mut statuses = vec![raw_status(probe.join().unwrap().as_bytes())];
+    statuses.extend(
+        others
+            .into_iter()
+            .map(|c| raw_status(c.join().unwrap().as_bytes())),
+    );
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(mock.requests().len(), 2, "one more on the probe's word");
+}
+
 /// A chat request with body `{"n":"NAME"}` on its own connection; the whole response.
 fn chat_raw(addr: &str, name: &str) -> String {
     let body = format!(r#"{{"n":"{name}"}}"#);
