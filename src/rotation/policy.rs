@@ -34,6 +34,13 @@
 //!   left, so a burst of requests at the start does not overfill a window it cannot
 //!   see. The hold lasts until that answer, or [`PATIENCE`] after its attempt went
 //!   out; then the account takes every attempt again, as if it had answered.
+//! - Windows counted: when answers announce no budget, the successes an account had
+//!   since its latest rest ended, up to the 429 that ended the window, are the size of
+//!   its window, and the time from that rest's end to the reset the 429 announced its
+//!   length. In the next window (no older than that length), once that many attempts
+//!   went, one at a time goes (a probe) until a 429 says the window is full: requests
+//!   let go at a reset do not all go at once into a window that holds fewer. A window
+//!   whose first attempt was refused (the rest escalates) teaches nothing.
 //! - When every usable key is resting from 429s that came within [`STORM_WINDOW`] (an
 //!   IP-wide or upstream-wide limit), nothing is sent until the shortest of those rests
 //!   ends; if the first attempt sent after that pause gets a 429 too, the pause doubles.
@@ -308,6 +315,31 @@ impl Slot {
     }
 }
 
+/// What is counted of an account's window when its answers announce no budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Window {
+    /// When the current window began: when the account's latest rest after a news 429
+    /// ended (`None`: nothing known, counting since the start).
+    since: Option<Instant>,
+    /// Attempts sent since then, and successes among them.
+    sent: u32,
+    served: u32,
+    /// The size (successes) and length of the window before, when a whole one was seen.
+    learned: Option<(u32, Duration)>,
+}
+
+impl Window {
+    /// Whether this window has taken as many attempts as the one before held, at `now`.
+    fn full(&self, now: Instant) -> bool {
+        match (self.learned, self.since) {
+            (Some((size, length)), Some(since)) => {
+                now >= since && now < since + length && self.sent >= size
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A summary of the pool, for the error a client gets when no key could serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Outlook {
@@ -343,6 +375,9 @@ pub struct Policy {
     /// The next key of each key's account group, in a ring (a key alone points at
     /// itself): what a rule applies to a whole account walks the account, not the pool.
     ring: Vec<KeyId>,
+    /// Windows counted per account group (for answers that announce no budget). Not
+    /// carried over a reload: a new pool counts again.
+    windows: HashMap<usize, Window>,
 }
 
 impl Policy {
@@ -388,6 +423,7 @@ impl Policy {
             storms: 0,
             first_after_pause: None,
             loads,
+            windows: HashMap::new(),
         }
     }
 
@@ -423,12 +459,18 @@ impl Policy {
     }
 
     /// Whether the key's account has as many attempts in flight as its budget allows
-    /// (or, while the budget is unknown, as the slow start allows).
+    /// (or, while the budget is unknown, as the slow start allows; or, once its window
+    /// took what the one before held, a probe).
     fn booked(&self, slot: &Slot, now: Instant) -> bool {
         let cap = match slot.allowance {
             Some(a) if now < a.reset => Some(a.remaining),
             Some(a) => a.limit,
-            None => slot.held(now).then_some(SLOW_START),
+            None if slot.held(now) => Some(SLOW_START),
+            None => self
+                .windows
+                .get(&slot.group)
+                .is_some_and(|w| w.full(now))
+                .then_some(1),
         };
         cap.is_some_and(|cap| self.load(slot.group) >= cap)
     }
@@ -482,6 +524,10 @@ impl Policy {
             let slot = &mut self.slots[id];
             slot.in_flight = slot.in_flight.saturating_add(1);
             *self.loads.entry(slot.group).or_insert(0) += 1;
+            if slot.allowance.is_none() {
+                let window = self.windows.entry(slot.group).or_default();
+                window.sent = window.sent.saturating_add(1);
+            }
             let change = if slot.state == KeyState::Ready {
                 None
             } else {
@@ -598,6 +644,11 @@ impl Policy {
         if self.paused_until.is_none_or(|p| sent.at >= p) {
             self.storms = 0;
         }
+        if let Some(window) = self.windows.get_mut(&self.slots[id].group)
+            && window.since.is_none_or(|since| sent.at >= since)
+        {
+            window.served = window.served.saturating_add(1);
+        }
         let budget = budget?;
         let allowance = Allowance {
             remaining: budget.remaining,
@@ -690,6 +741,24 @@ impl Policy {
             true => (escalate(rest, longest, strikes), strikes.saturating_add(1)),
             false => (rest, strikes),
         };
+        let group = slot.group;
+        if let Some(window) = self.windows.get_mut(&group) {
+            // The window is over: what it held is its size, unless its first attempt was
+            // refused (nothing served, or a reset announced too early).
+            window.learned = match window.since {
+                _ if again => None,
+                Some(since) if window.served > 0 => Some((
+                    window.served,
+                    (now + announced).saturating_duration_since(since),
+                )),
+                _ => window.learned,
+            };
+            *window = Window {
+                since: Some(now + rest),
+                learned: window.learned,
+                ..Window::default()
+            };
+        }
         let change = self.rest_group(id, now + rest, now, Some(strikes));
         let paused = self.storm(announced, sent, now);
         match change {
@@ -1838,6 +1907,71 @@ mod tests {
         let _ = p.record(0, served_with(1, secs(5)), at(t0 + ms(1)), t0 + ms(11));
         assert_eq!(p.slot(0).allowance.unwrap().remaining, 0);
         assert_eq!(p.state(0).until(), Some(t0 + ms(5010)));
+    }
+
+    /// Without budget headers, the window is counted: after a 429, as many attempts
+    /// go at once as the window before held (3 here), then one at a time, until a 429
+    /// says the window is full. The request let go at the reset in a crowd costs one
+    /// 429, not one per request waiting.
+    #[test]
+    fn without_budgets_the_window_before_caps_the_next_then_one_probe_at_a_time() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[0, 0], Strategy::RoundRobin);
+        // Window 1 (nothing known): its 429 rests the account until t1.
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(id, limited(secs(5)), at(t0), t0);
+        let t1 = t0 + secs(5);
+        // Window 2: three served, then the fourth refused: the window holds three.
+        for _ in 0..3 {
+            let (id, _) = pick(&mut p, t1, &[]).unwrap();
+            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        }
+        let (id, _) = pick(&mut p, t1 + ms(100), &[]).unwrap();
+        let t2 = t1 + secs(5);
+        let change = p.record(
+            id,
+            limited(secs(5) - ms(100)),
+            at(t1 + ms(100)),
+            t1 + ms(100),
+        );
+        assert_eq!(until_of(change), t2);
+        // Window 3: three go at once, no fourth while they are under way.
+        let burst: Vec<KeyId> = (0..3).map(|_| pick(&mut p, t2, &[]).unwrap().0).collect();
+        assert_eq!(pick(&mut p, t2, &[]), None, "the window held three");
+        assert_eq!(p.outlook(t2, None).booked, 2);
+        for id in burst {
+            let _ = p.record(id, Outcome::SERVED, at(t2), t2 + ms(100));
+        }
+        // Then one at a time: a probe.
+        let later = t2 + ms(100);
+        let (probe, _) = pick(&mut p, later, &[]).unwrap();
+        assert_eq!(pick(&mut p, later, &[]), None, "one probe at a time");
+        let _ = p.record(probe, Outcome::SERVED, at(later), later + ms(100));
+        assert!(
+            pick(&mut p, later + ms(100), &[]).is_some(),
+            "the next probe"
+        );
+        // A window no older than the length learned: once it is over, no cap.
+        let after = t2 + secs(5);
+        assert!(pick(&mut p, after, &[]).is_some());
+        assert!(pick(&mut p, after, &[]).is_some());
+    }
+
+    /// A window whose first attempt was refused (the rest doubles) teaches no size.
+    #[test]
+    fn a_window_refused_at_once_teaches_nothing() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(1);
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(id, limited(secs(5)), at(t0), t0);
+        let t1 = t0 + secs(5);
+        let (id, _) = pick(&mut p, t1, &[]).unwrap();
+        let change = p.record(id, limited(secs(5)), at(t1), t1);
+        let t2 = until_of(change);
+        assert_eq!(t2, t1 + secs(10), "escalated");
+        for _ in 0..4 {
+            assert!(pick(&mut p, t2, &[]).is_some(), "no cap");
+        }
     }
 
     /// Ten attempts go at once; the upstream admits them in an order their send

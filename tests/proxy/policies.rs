@@ -335,6 +335,42 @@ fn a_burst_at_the_start_sends_one_request_until_the_budget_is_known() {
     assert_eq!(mock.requests().len(), 2, "one more on the probe's word");
 }
 
+/// Without budget headers the proxy counts the window: the second held two answers
+/// before its 429, so at the next reset two waiting requests go (in arrival order), and
+/// the others wait while those are under way instead of all going into a window that
+/// holds two; then one at a time.
+#[test]
+fn at_a_reset_no_more_go_at_once_than_the_window_before_held() {
+    let mock = Mock::start();
+    // Window 1: refused (teaches nothing). Window 2: two answers, then refused. Window 3:
+    // the first two attempts hang a moment upstream; then answers.
+    mock.plan(&key(1), &["429:1", "ok", "ok", "429:3", "hang:2", "hang:2"]);
+    let proxy = Proxy::with(&mock).keys(1).arg("--wait").arg("60s").start();
+    assert_eq!(proxy.chat().status, 200, "after waiting out window 1");
+    assert_eq!(proxy.chat().status, 200);
+    let addr = proxy.addr();
+    let waiting = || proxy.get("/_roo/status").json()["requests_waiting"].as_u64();
+    let mut clients = Vec::new();
+    for (n, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let addr = addr.clone();
+        clients.push(std::thread::spawn(move || chat_raw(&addr, name)));
+        eventually(&format!("{name} waits"), || waiting() == Some(n as u64 + 1));
+    }
+    eventually("two went at the reset, three wait", || {
+        waiting() == Some(3) && mock.requests().len() == 6
+    });
+    let bodies: Vec<String> = mock.requests()[4..]
+        .iter()
+        .map(|r| r["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bodies, [r#"{"n":"a"}"#, r#"{"n":"b"}"#], "in arrival order");
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .map(|c| raw_status(c.join().unwrap().as_bytes()))
+        .collect();
+    assert!(statuses[2..].iter().all(|s| *s == 200), "{statuses:?}");
+}
+
 /// A chat request with body `{"n":"NAME"}` on its own connection; the whole response.
 fn chat_raw(addr: &str, name: &str) -> String {
     let body = format!(r#"{{"n":"{name}"}}"#);
