@@ -324,16 +324,28 @@ struct Window {
     /// Attempts sent since then, and successes among them.
     sent: u32,
     served: u32,
-    /// The size (successes) and length of the window before, when a whole one was seen.
-    learned: Option<(u32, Duration)>,
+    /// The window before, when a whole one was seen and its first attempt was not
+    /// refused.
+    before: Option<Before>,
+}
+
+/// A window that a 429 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Before {
+    since: Instant,
+    /// From its start to the reset its 429 announced.
+    length: Duration,
+    /// Successes of the attempts sent in it, counted as their answers come (a 429 is
+    /// often back before the answers sent with it).
+    served: u32,
 }
 
 impl Window {
     /// Whether this window has taken as many attempts as the one before held, at `now`.
     fn full(&self, now: Instant) -> bool {
-        match (self.learned, self.since) {
-            (Some((size, length)), Some(since)) => {
-                now >= since && now < since + length && self.sent >= size
+        match (self.before, self.since) {
+            (Some(before), Some(since)) if before.served > 0 => {
+                now >= since && now < since + before.length && self.sent >= before.served
             }
             _ => false,
         }
@@ -644,10 +656,14 @@ impl Policy {
         if self.paused_until.is_none_or(|p| sent.at >= p) {
             self.storms = 0;
         }
-        if let Some(window) = self.windows.get_mut(&self.slots[id].group)
-            && window.since.is_none_or(|since| sent.at >= since)
-        {
-            window.served = window.served.saturating_add(1);
+        if let Some(window) = self.windows.get_mut(&self.slots[id].group) {
+            if window.since.is_none_or(|since| sent.at >= since) {
+                window.served = window.served.saturating_add(1);
+            } else if let Some(before) = &mut window.before
+                && sent.at >= before.since
+            {
+                before.served = before.served.saturating_add(1);
+            }
         }
         let budget = budget?;
         let allowance = Allowance {
@@ -743,19 +759,20 @@ impl Policy {
         };
         let group = slot.group;
         if let Some(window) = self.windows.get_mut(&group) {
-            // The window is over: what it held is its size, unless its first attempt was
-            // refused (nothing served, or a reset announced too early).
-            window.learned = match window.since {
-                _ if again => None,
-                Some(since) if window.served > 0 => Some((
-                    window.served,
-                    (now + announced).saturating_duration_since(since),
-                )),
-                _ => window.learned,
+            // The window is over: what it served is its size (answers still under way
+            // count as they come), unless its first attempt was refused (a reset
+            // announced too early).
+            let before = match window.since {
+                Some(since) if !again => Some(Before {
+                    since,
+                    length: (now + announced).saturating_duration_since(since),
+                    served: window.served,
+                }),
+                _ => None,
             };
             *window = Window {
                 since: Some(now + rest),
-                learned: window.learned,
+                before,
                 ..Window::default()
             };
         }
@@ -1921,20 +1938,20 @@ mod tests {
         let (id, _) = pick(&mut p, t0, &[]).unwrap();
         let _ = p.record(id, limited(secs(5)), at(t0), t0);
         let t1 = t0 + secs(5);
-        // Window 2: three served, then the fourth refused: the window holds three.
-        for _ in 0..3 {
-            let (id, _) = pick(&mut p, t1, &[]).unwrap();
-            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
-        }
-        let (id, _) = pick(&mut p, t1 + ms(100), &[]).unwrap();
+        // Window 2: four go at once; the fourth is refused, and its 429 is back before
+        // the three answers: the window holds three.
+        let sent: Vec<KeyId> = (0..4).map(|_| pick(&mut p, t1, &[]).unwrap().0).collect();
         let t2 = t1 + secs(5);
         let change = p.record(
-            id,
-            limited(secs(5) - ms(100)),
-            at(t1 + ms(100)),
-            t1 + ms(100),
+            sent[3],
+            limited(secs(5) - ms(2)),
+            at(t1 + ms(1)),
+            t1 + ms(2),
         );
         assert_eq!(until_of(change), t2);
+        for &id in &sent[..3] {
+            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        }
         // Window 3: three go at once, no fourth while they are under way.
         let burst: Vec<KeyId> = (0..3).map(|_| pick(&mut p, t2, &[]).unwrap().0).collect();
         assert_eq!(pick(&mut p, t2, &[]), None, "the window held three");
