@@ -174,6 +174,8 @@ struct Inner {
     stats: Vec<KeyStats>,
     /// Fingerprints (the state file's key names), computed once per key.
     prints: Vec<String>,
+    /// The key of each fingerprint: a fact from another instance names its key so.
+    by_print: HashMap<String, KeyId>,
     /// A state worth saving changed since the last snapshot.
     dirty: bool,
     /// Only "last used" changed since the last snapshot.
@@ -213,7 +215,7 @@ impl Pool {
             slots.push(slot);
             last_used.push(saved.and_then(|s| s.last_used_ms).and_then(from_epoch_ms));
         }
-        let prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
+        let prints: Vec<String> = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         Pool {
             inner: Mutex::new(Inner {
@@ -223,6 +225,7 @@ impl Pool {
                 strategy,
                 last_used,
                 stats,
+                by_print: index_of_prints(&prints),
                 prints,
                 dirty: false,
                 used: false,
@@ -401,6 +404,7 @@ impl Pool {
             total: entries.len(),
         };
         inner.prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
+        inner.by_print = index_of_prints(&inner.prints);
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         let pause = inner.policy.pause();
         inner.policy = Policy::with_slots(slots, inner.policy.cursor(), inner.strategy);
@@ -464,7 +468,7 @@ impl Pool {
     pub fn apply(&self, fact: &Fact, now: Now) -> bool {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let find = |k: &str| inner.prints.iter().position(|p| p == k);
+        let find = |k: &str| inner.by_print.get(k).copied();
         // Another instance's word is cut to the longest rest this one gives (a day), like
         // a remembered one: a wrong clock or a damaged fact never locks a key out for long.
         let until = |ms: u64| clamp_remembered(now.to_mono(ms), now).filter(|u| *u > now.mono);
@@ -718,6 +722,15 @@ fn groups_of(entries: &[KeyEntry]) -> Vec<usize> {
         });
     }
     groups
+}
+
+/// Each fingerprint's first key (as a scan of `prints` would find it).
+fn index_of_prints(prints: &[String]) -> HashMap<String, KeyId> {
+    let mut index = HashMap::with_capacity(prints.len());
+    for (id, print) in prints.iter().enumerate() {
+        index.entry(print.clone()).or_insert(id);
+    }
+    index
 }
 
 fn index_of(entries: &[Arc<KeyEntry>]) -> HashMap<ApiKey, KeyId> {
