@@ -391,9 +391,10 @@ fn listen(team: &Team, pool: &dyn Sharing, client: &Client) -> redis::RedisResul
                     debug!("from instance {}: {:?}", message.from, message.fact);
                 }
             }
-            // Quiet for a while: make sure the server is still there.
+            // Quiet for a while: make sure the server is still there. A subscribed
+            // connection answers PING with an array (`pong`, ""), not a string.
             Err(e) if e.is_timeout() => {
-                let _: String = pubsub.ping()?;
+                let _: redis::Value = pubsub.ping()?;
             }
             Err(e) => return Err(e),
         }

@@ -592,3 +592,22 @@ fn raw_chat(addr: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_quiet_link_stays_up() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 2);
+    eventually("A reaches Redis", || linked(&a));
+    // Nothing is published for longer than the subscriber's quiet time (5 s), after
+    // which it checks the server with a PING: the link must stay up through it.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        assert!(linked(&a), "{}", a.logs());
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!a.logs().contains("unreachable"), "{}", a.logs());
+}
