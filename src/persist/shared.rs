@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rotation::policy::Share;
+
 /// Every Redis key and channel this proxy uses starts with this.
 pub const PREFIX: &str = "roo-proxy:";
 
@@ -256,6 +258,18 @@ pub struct Instance {
     pub rate_limited: u64,
 }
 
+/// This instance's part of every budget: its place among the live `instances` (sorted
+/// by start), or the whole of it when its own heartbeat is not among them.
+pub fn share_of(instances: &[Instance], me: &str) -> Share {
+    match instances.iter().position(|i| i.id == me) {
+        Some(rank) => Share {
+            rank: u32::try_from(rank).unwrap_or(0),
+            of: u32::try_from(instances.len()).unwrap_or(1),
+        },
+        None => Share::ALONE,
+    }
+}
+
 /// How this instance's link to Redis is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -390,6 +404,29 @@ mod tests {
                 .iter()
                 .any(|p| key.starts_with(p.trim_end_matches('*')))
         );
+    }
+
+    #[test]
+    fn each_live_instance_takes_its_own_part_of_a_budget() {
+        let instance = |id: &str| Instance {
+            id: id.into(),
+            listen: String::new(),
+            pid: 1,
+            version: String::new(),
+            started_ms: 0,
+            seen_ms: 0,
+            requests: 0,
+            rate_limited: 0,
+        };
+        let live = [instance("a"), instance("b"), instance("c")];
+        let parts: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .map(|me| share_of(&live, me).part(10))
+            .collect();
+        assert_eq!(parts, [4, 3, 3]);
+        // Not (yet) among them: the whole budget, as when alone.
+        assert_eq!(share_of(&live, "d"), Share::ALONE);
+        assert_eq!(share_of(&[], "a"), Share::ALONE);
     }
 
     #[test]

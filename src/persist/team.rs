@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 use redis::{Client, Connection, Script};
 
 use crate::persist::shared::{self, Action, Fact, Instance, Link, Message, TeamReport};
+use crate::rotation::policy::Share;
 use crate::rotation::pool::{Now, epoch_ms};
 use crate::rotation::pools::Sharing;
 
@@ -217,6 +218,8 @@ impl Writer {
                 Ok(()) => return,
                 Err(e) => {
                     debug!("redis writer: {e}");
+                    // Nobody to share budgets with that this instance can hear.
+                    self.pool.set_share(Share::ALONE);
                     self.team.set(true, Link::Down, Some(why(&e)));
                 }
             }
@@ -327,6 +330,7 @@ impl Writer {
             }
         }
         instances.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
+        self.pool.set_share(shared::share_of(&instances, &me.id));
         *self
             .team
             .instances

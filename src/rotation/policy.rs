@@ -390,6 +390,30 @@ pub struct Policy {
     /// Windows counted per account group (for answers that announce no budget). Not
     /// carried over a reload: a new pool counts again.
     windows: HashMap<usize, Window>,
+    /// This instance's part of every budget, when several share the pool.
+    share: Share,
+}
+
+/// Which part of an account's budget this instance may have in flight when `of`
+/// instances share the pool (`--redis`) and this one is the `rank`-th (from 0): each
+/// caps its own attempts at its part, and the parts add up to the budget, so together
+/// they never have more in flight than the upstream announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub rank: u32,
+    pub of: u32,
+}
+
+impl Share {
+    /// One instance alone: the whole budget.
+    pub const ALONE: Share = Share { rank: 0, of: 1 };
+
+    /// This instance's part of `budget`: an even split, the first ranks taking one
+    /// more each until the remainder is used up.
+    pub fn part(self, budget: u32) -> u32 {
+        let of = self.of.max(1);
+        budget / of + u32::from(self.rank % of < budget % of)
+    }
 }
 
 impl Policy {
@@ -436,6 +460,7 @@ impl Policy {
             first_after_pause: None,
             loads,
             windows: HashMap::new(),
+            share: Share::ALONE,
         }
     }
 
@@ -466,17 +491,27 @@ impl Policy {
         self.storms = storms;
     }
 
+    /// This instance's part of every budget (see [`Share`]).
+    pub fn share(&self) -> Share {
+        self.share
+    }
+
+    pub fn set_share(&mut self, share: Share) {
+        self.share = share;
+    }
+
     fn load(&self, group: usize) -> u32 {
         self.loads.get(&group).copied().unwrap_or(0)
     }
 
     /// Whether the key's account has as many attempts in flight as its budget allows
-    /// (or, while the budget is unknown, as the slow start allows; or, once its window
-    /// took what the one before held, a probe).
+    /// (this instance's part of an announced budget, when several share the pool; or,
+    /// while the budget is unknown, as the slow start allows; or, once its window took
+    /// what the one before held, a probe).
     fn booked(&self, slot: &Slot, now: Instant) -> bool {
         let cap = match slot.allowance {
-            Some(a) if now < a.reset => Some(a.remaining),
-            Some(a) => a.limit,
+            Some(a) if now < a.reset => Some(self.share.part(a.remaining)),
+            Some(a) => a.limit.map(|limit| self.share.part(limit)),
             None if slot.held(now) => Some(SLOW_START),
             None => self
                 .windows
@@ -1891,6 +1926,40 @@ mod tests {
             Some(later + PATIENCE),
             "held from the new probe on"
         );
+    }
+
+    #[test]
+    fn instances_sharing_a_pool_split_each_budget_without_exceeding_it() {
+        // The parts of every budget add up to it, however many instances.
+        for of in 1..=7 {
+            for budget in 0..=40 {
+                let parts: Vec<u32> = (0..of)
+                    .map(|rank| Share { rank, of }.part(budget))
+                    .collect();
+                assert_eq!(
+                    parts.iter().sum::<u32>(),
+                    budget,
+                    "{budget} over {of}: {parts:?}"
+                );
+                assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+            }
+        }
+        assert_eq!(Share::ALONE.part(3), 3);
+        // The second of three instances caps an announced 4 at 1 in flight.
+        let t0 = Instant::now();
+        let mut p = grouped(&[5, 5], Strategy::RoundRobin);
+        p.set_share(Share { rank: 1, of: 3 });
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(id, served_with(4, secs(10)), at(t0), t0);
+        assert!(pick(&mut p, t0, &[]).is_some());
+        assert_eq!(pick(&mut p, t0, &[]), None);
+        assert_eq!(p.outlook(t0, None).booked, 2);
+        // Alone again (Redis gone): the whole budget.
+        p.set_share(Share::ALONE);
+        assert!(pick(&mut p, t0, &[]).is_some());
+        assert!(pick(&mut p, t0, &[]).is_some());
+        assert!(pick(&mut p, t0, &[]).is_some());
+        assert_eq!(pick(&mut p, t0, &[]), None);
     }
 
     #[test]

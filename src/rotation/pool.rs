@@ -21,7 +21,7 @@ use crate::persist::state::{
 };
 use crate::rotation::policy::{Allowance, ModelRest, Models};
 use crate::rotation::policy::{
-    Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy,
+    Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Share, Slot, Strategy,
 };
 
 /// The clock, read once per event by the caller: monotonic for rests, wall-clock for what
@@ -407,7 +407,9 @@ impl Pool {
         inner.by_print = index_of_prints(&inner.prints);
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         let pause = inner.policy.pause();
+        let share = inner.policy.share();
         inner.policy = Policy::with_slots(slots, inner.policy.cursor(), inner.strategy);
+        inner.policy.set_share(share);
         // New or re-enabled keys are new capacity: a pool-wide pause does not hold them back.
         if reloaded.added == 0 && enabled == 0 {
             inner.policy.set_pause(pause);
@@ -429,6 +431,12 @@ impl Pool {
     /// Shares what this pool learns from now on through `outbox` (`--redis`).
     pub fn share(&self, outbox: SyncSender<Fact>) {
         self.lock().outbox = Some(outbox);
+    }
+
+    /// This instance's part of every budget from now on: the live instances sharing the
+    /// pool, as their heartbeats say, or [`Share::ALONE`] while Redis is away.
+    pub fn set_share(&self, share: Share) {
+        self.lock().policy.set_share(share);
     }
 
     /// Upstream attempts and 429s since the start, over every key.

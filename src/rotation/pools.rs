@@ -17,7 +17,7 @@ use std::thread;
 use crate::keys::store::KeyEntry;
 use crate::persist::shared::Fact;
 use crate::persist::state::StateFile;
-use crate::rotation::policy::Strategy;
+use crate::rotation::policy::{Share, Strategy};
 use crate::rotation::pool::{Now, Pool, Reloaded};
 use crate::rotation::provider::{self, Provider};
 use crate::rotation::waiting::Room;
@@ -348,6 +348,8 @@ pub trait Sharing: Send + Sync {
     fn apply(&self, fact: &Fact, now: Now) -> bool;
     /// Upstream attempts and 429s since the start.
     fn totals(&self) -> (u64, u64);
+    /// This instance's part of every budget from now on (see [`Share`]).
+    fn set_share(&self, share: Share);
 }
 
 impl Sharing for Pool {
@@ -365,6 +367,9 @@ impl Sharing for Pool {
     }
     fn totals(&self) -> (u64, u64) {
         Pool::totals(self)
+    }
+    fn set_share(&self, share: Share) {
+        Pool::set_share(self, share);
     }
 }
 
@@ -436,6 +441,13 @@ impl Sharing for Pools {
             let (attempts, limited) = m.pool.totals();
             (a + attempts, l + limited)
         })
+    }
+    /// Every pool's budgets are split alike (a pool a reload adds gets it with the next
+    /// heartbeat, two seconds at most).
+    fn set_share(&self, share: Share) {
+        for member in self.all().iter() {
+            member.pool.set_share(share);
+        }
     }
 }
 
