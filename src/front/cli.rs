@@ -135,6 +135,11 @@ pub struct Args {
     #[argh(option)]
     pub redis: Option<String>,
 
+    /// a PEM file of the certificate authority that signed the rediss:// server's
+    /// certificate, trusted instead of the public ones (a private CA)
+    #[argh(option)]
+    pub redis_ca: Option<PathBuf>,
+
     /// allow an http:// upstream on another machine (keys then travel in clear text)
     #[argh(switch)]
     pub allow_insecure_upstream: bool,

@@ -64,6 +64,9 @@ pub struct Config {
     pub allow_hosts: Vec<String>,
     /// The Redis that instances sharing the pool meet at (`--redis`), checked.
     pub redis: Option<String>,
+    /// The PEM file of the CA a `rediss://` server's certificate must chain to, in place
+    /// of the public roots (`--redis-ca`); read when the link starts.
+    pub redis_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -241,6 +244,22 @@ impl Config {
             })?),
             None => None,
         };
+        let redis_ca = match args.redis_ca {
+            Some(path) => Some((path, "--redis-ca")),
+            None => {
+                env("ROO_PROXY_REDIS_CA").map(|path| (PathBuf::from(path), "ROO_PROXY_REDIS_CA"))
+            }
+        };
+        let redis_ca = match (redis_ca, &redis) {
+            (None, _) => None,
+            (Some((path, _)), Some(url)) if tls_url(url) => Some(path),
+            (Some((path, source)), _) => {
+                return Err(Error::Config(format!(
+                    "{source} '{}' is for a Redis reached over TLS; give --redis rediss://host:6380 (or ROO_PROXY_REDIS) as well",
+                    path.display()
+                )));
+            }
+        };
         Ok(Config {
             host: host.trim().to_string(),
             port,
@@ -268,8 +287,16 @@ impl Config {
             allow_origins,
             allow_hosts,
             redis,
+            redis_ca,
         })
     }
+}
+
+/// Whether a Redis URL is reached over TLS.
+fn tls_url(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        matches!(scheme.to_ascii_lowercase().as_str(), "rediss" | "valkeys")
+    })
 }
 
 /// A Redis URL the client can use, or why not (without echoing the URL, which may hold
@@ -896,6 +923,12 @@ mod tests {
         row("--allow-host", "proxy.lan"),
         row("--redis", "redis://127.0.0.1:6379"),
         FlagRow {
+            flag: "--redis-ca",
+            value: Some("/etc/redis/ca.pem"),
+            variable_value: "/etc/redis/ca.pem",
+            base: &[("ROO_PROXY_REDIS", "rediss://127.0.0.1:6380")],
+        },
+        FlagRow {
             flag: "--allow-insecure-upstream",
             value: None,
             variable_value: "1",
@@ -972,12 +1005,23 @@ mod tests {
                 )
             );
             let by_default = format!("{:?}", Config::build(Args::default(), lookup(None)));
-            if row.flag == "--redis" && !cfg!(feature = "redis") {
-                // Without Redis support, flag and variable both say how to get it.
-                for (given, source) in [(&by_flag, row.flag), (&by_variable, variable.as_str())] {
+            if row.flag.starts_with("--redis") && !cfg!(feature = "redis") {
+                // Without Redis support, flag and variable both say how to get it (the
+                // CA's row fails on the Redis URL beside it).
+                let source = |own: &str| {
+                    if row.flag == "--redis" {
+                        own.to_string()
+                    } else {
+                        "ROO_PROXY_REDIS".into()
+                    }
+                };
+                for (given, source) in [
+                    (&by_flag, source(row.flag)),
+                    (&by_variable, source(&variable)),
+                ] {
                     assert!(
                         given.starts_with("Err(")
-                            && given.contains(source)
+                            && given.contains(&source)
                             && given.contains("--features redis"),
                         "{source}: {given}"
                     );

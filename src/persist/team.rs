@@ -13,6 +13,8 @@
 //! warning is logged per outage (not per request), and when Redis is back the whole
 //! state goes both ways (the merge), so what was learned meanwhile is shared.
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +22,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use redis::{Client, Connection, Script};
+
+use redis::{Client, Connection, Script, TlsCertificates};
 
 use crate::persist::shared::{self, Action, Fact, Instance, Link, Message, TeamReport};
 use crate::rotation::policy::Share;
@@ -67,13 +70,29 @@ pub struct Announce {
 
 impl Team {
     /// Connects this pool to the others through the Redis at `url` (checked by
-    /// `config.rs`), on two background threads. Redis need not be up.
+    /// `config.rs`), on two background threads. Redis need not be up. With `ca` (a PEM
+    /// file), a `rediss://` server's certificate must chain to it instead of the public
+    /// roots; verification is never turned off.
     pub fn start(
         url: &str,
+        ca: Option<&Path>,
         pool: Arc<dyn Sharing>,
         announce: Announce,
     ) -> std::io::Result<Arc<Team>> {
-        let client = Client::open(url).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let client = match ca {
+            None => Client::open(url),
+            Some(path) => {
+                let pem = read_ca(path)?;
+                Client::build_with_tls(
+                    url,
+                    TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         let team = Arc::new(Team {
             id: instance_id(),
             url: shared::masked_url(url),
@@ -175,6 +194,31 @@ impl LinkState {
         }
     }
 }
+
+/// The CA file of `--redis-ca`: PEM text holding at least one certificate.
+fn read_ca(path: &Path) -> std::io::Result<Vec<u8>> {
+    let named = |why: String| {
+        std::io::Error::other(format!(
+            "the Redis CA file '{}' (--redis-ca or ROO_PROXY_REDIS_CA) {why}",
+            path.display()
+        ))
+    };
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_end(&mut pem))
+        .map_err(|e| named(format!("cannot be read: {e}")))?;
+    if !pem
+        .windows(CERTIFICATE.len())
+        .any(|w| w == CERTIFICATE.as_bytes())
+    {
+        return Err(named(format!(
+            "holds no PEM certificate ({CERTIFICATE}…): give the CA certificate that signed your Redis server's"
+        )));
+    }
+    Ok(pem)
+}
+
+const CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
 
 /// A random name for this instance, 8 hex digits.
 fn instance_id() -> String {

@@ -166,7 +166,11 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
                 started_ms: crate::rotation::pool::epoch_ms(SystemTime::now()),
             };
             let shared: Arc<dyn crate::rotation::pools::Sharing> = Arc::clone(&pools) as _;
-            Some(Team::start(url, shared, announce).map_err(Error::Serve)?)
+            // Its errors (a CA file that cannot be used) are the user's to fix.
+            Some(
+                Team::start(url, config.redis_ca.as_deref(), shared, announce)
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            )
         }
         None => None,
     };

@@ -43,16 +43,34 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// Its port speaks TLS only, with the certificate of `tests/tls` (for 127.0.0.1,
+    /// signed by the test CA `tests/tls/ca.pem`).
+    tls: bool,
+}
+
+/// The test certificates' folder.
+fn tls_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls")
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(false)
+    }
+
+    /// A Redis reached over TLS only (`rediss://`).
+    fn start_tls() -> Redis {
+        Redis::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Redis {
         let dir = TempDir::new();
         let port = free_port();
         let mut redis = Redis {
             child: None,
             port,
             dir,
+            tls,
         };
         redis.run();
         redis
@@ -62,8 +80,23 @@ impl Redis {
     fn run(&mut self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let child = Command::new(SERVER)
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            let mut command = Command::new(SERVER);
+            if self.tls {
+                let tls = tls_dir();
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(tls.join("upstream.pem"))
+                    .arg("--tls-key-file")
+                    .arg(tls.join("upstream.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(tls.join("ca.pem"))
+                    .args(["--tls-auth-clients", "no"]);
+            } else {
+                command.args(["--port", &self.port.to_string()]);
+            }
+            let child = command
+                .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(self.dir.path())
@@ -106,12 +139,20 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `redis-cli` with `args`, its output.
     fn cli(&self, args: &[&str]) -> String {
-        cli_at(&["-p", &self.port.to_string()], args)
+        let port = self.port.to_string();
+        let ca = tls_dir().join("ca.pem");
+        let ca = ca.to_string_lossy();
+        let mut target = vec!["-p", port.as_str()];
+        if self.tls {
+            target.extend(["--tls", "--cacert", &*ca]);
+        }
+        cli_at(&target, args)
     }
 
     /// Every key and value stored now, as text.
@@ -591,6 +632,42 @@ fn raw_chat(addr: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+#[test]
+fn over_tls_instances_share_with_the_ca_they_are_given_and_never_without_it() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start_tls();
+    let mock = Mock::start();
+    let ca = tls_dir().join("ca.pem");
+    let with_ca = || {
+        Proxy::with(&mock)
+            .keys(2)
+            .arg("--redis")
+            .arg(&redis.url())
+            .arg("--redis-ca")
+            .arg(ca.to_str().unwrap())
+            .start()
+    };
+    let (a, b) = (with_ca(), with_ca());
+    // Without the CA the test certificate is trusted by nobody: no link, and it says so.
+    let stranger = proxy_on(&mock, &redis.url(), 2);
+    eventually("both reach Redis over TLS", || linked(&a) && linked(&b));
+    eventually("the one without the CA is refused", || {
+        stranger.get("/_roo/health").json()["redis"] == "down"
+    });
+    let why = stranger.get("/_roo/health").json()["redis_error"].to_string();
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+
+    mock.plan(&key(1), &["429:120"]);
+    assert_eq!(a.chat().status, 200);
+    assert_eq!(uses_of(&mock, 1), 1);
+    eventually("B sees key 1 resting", || key_state(&b, 1) == "cooling");
+    assert!(redis.cli(&["--scan"]).contains("roo-proxy:rest:"));
+    // The stranger learned nothing through Redis.
+    assert_eq!(key_state(&stranger, 1), "ready");
 }
 
 #[test]

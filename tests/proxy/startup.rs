@@ -270,7 +270,7 @@ fn durations_past_a_day_stop_the_start_with_a_clear_message() {
 }
 
 #[test]
-fn bad_redis_urls_are_refused_without_echoing_the_password() {
+fn bad_redis_urls_and_ca_files_stop_the_start_without_echoing_a_password() {
     let (status, _, err) = Proxy::bare()
         .keys(1)
         .arg("--redis")
@@ -296,6 +296,38 @@ fn bad_redis_urls_are_refused_without_echoing_the_password() {
             .run();
         assert!(!status.success());
         assert!(err.contains("--features redis"), "{err}");
+    }
+    if cfg!(feature = "redis") {
+        // A private CA only means something for a Redis reached over TLS.
+        let (status, _, err) = Proxy::bare()
+            .keys(1)
+            .arg("--redis")
+            .arg("redis://127.0.0.1:6379")
+            .arg("--redis-ca")
+            .arg("/x/ca.pem")
+            .run();
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(err.contains("--redis-ca '/x/ca.pem'"), "{err}");
+        assert!(err.contains("rediss://"), "{err}");
+        // A CA file that is missing, or holds no certificate, stops the start.
+        let dir = crate::support::TempDir::new();
+        let junk = dir.path().join("ca.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        for (file, why) in [
+            (dir.path().join("missing.pem"), "cannot be read"),
+            (junk, "holds no PEM certificate"),
+        ] {
+            let (status, _, err) = Proxy::bare()
+                .keys(1)
+                .arg("--redis")
+                .arg("rediss://127.0.0.1:6380")
+                .arg("--redis-ca")
+                .arg(file.to_str().unwrap())
+                .run();
+            assert_eq!(status.code(), Some(2), "{err}");
+            assert!(err.contains("Redis CA file"), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
     }
 }
 
