@@ -13,7 +13,6 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::rotation::provider::Provider;
 use crate::serve::error::{Reply, Shape};
 use crate::serve::http1::{self, BodyLength, Chunked, Head, Limits};
 use crate::serve::{spare, stream};
@@ -39,11 +38,9 @@ pub struct Settings {
     pub client_timeout: Duration,
     /// Time a connection may sit between requests.
     pub idle_timeout: Duration,
-    /// The default provider (`--provider`): its error shape answers a connection
-    /// refused before anything was read.
-    pub provider: Provider,
-    /// The shape of the answer to a refused head or a handler's panic: the server's
-    /// (pools by name, then presets, then `provider`), as [`crate::serve::error::shape_for`] says.
+    /// The shape of the proxy's own answer to a request for a target: the server's
+    /// (pools by name, then presets, then `--provider`'s), as
+    /// [`crate::serve::error::shape_for`] says; `None` (nothing read yet) is `--provider`'s.
     pub shape_for: std::sync::Arc<ShapeFor>,
 }
 
@@ -425,13 +422,13 @@ impl Write for Conn {
 
 /// Turns away a connection over `--max-connections`: a 503 in the error shape of the
 /// default provider (the request is not read), then close.
-pub fn refuse(socket: TcpStream, limit: usize, provider: Provider) {
+pub fn refuse(socket: TcpStream, limit: usize, shape: Shape) {
     let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
     let mut conn = Conn::new(socket);
     let reply = Reply::busy(format!(
         "too many connections at once (--max-connections {limit}); try again in a moment"
     ));
-    let _ = stream::write_reply(&mut conn, &reply, true, provider.shape());
+    let _ = stream::write_reply(&mut conn, &reply, true, shape);
     conn.linger();
 }
 

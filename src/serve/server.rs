@@ -208,7 +208,6 @@ pub fn serve(config: Config, keys: KeysFile, env: EnvKeys) -> Result<(), Error> 
         limits: proxy.config.limits,
         client_timeout: proxy.config.client_timeout,
         idle_timeout: proxy.config.idle_timeout,
-        provider: proxy.config.provider,
         shape_for: {
             let proxy = Arc::clone(&proxy);
             Arc::new(move |target| match target {

@@ -119,7 +119,8 @@ fn work(shared: &Arc<Shared>) {
         }
         let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
         if open > shared.max_connections {
-            connection::refuse(socket, shared.max_connections, shared.settings.provider);
+            let shape = (shared.settings.shape_for)(None);
+            connection::refuse(socket, shared.max_connections, shape);
         } else {
             connection::serve(socket, &shared.settings, &*shared.handler);
         }
@@ -261,7 +262,6 @@ mod tests {
             },
             client_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
-            provider: crate::rotation::provider::Provider::OpenRouter,
             shape_for: std::sync::Arc::new(|target| {
                 crate::serve::error::shape_for(
                     target,
