@@ -50,7 +50,11 @@ fn a_daily_limit_rests_until_midnight_utc() {
 }
 
 fn stream_request(addr: &str, reply: &str) -> String {
-    let request = streamed_request(reply);
+    chunked_exchange(addr, &streamed_request(reply))
+}
+
+/// Sends `request` and reads the answer to the end of its chunked body (or the close).
+fn chunked_exchange(addr: &str, request: &str) -> String {
     let mut socket = TcpStream::connect(addr).unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     socket.write_all(request.as_bytes()).unwrap();
@@ -105,18 +109,7 @@ fn anthropics_rate_limit_event_at_a_streams_start_is_retried_too() {
         "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut socket = TcpStream::connect(proxy.addr()).unwrap();
-    socket.set_read_timeout(Some(DEADLINE)).unwrap();
-    socket.write_all(request.as_bytes()).unwrap();
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !bytes.ends_with(b"\r\n0\r\n\r\n") {
-        match socket.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&bytes);
+    let text = chunked_exchange(&proxy.addr(), &request);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
         !text.contains("error"),
