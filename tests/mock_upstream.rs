@@ -49,7 +49,9 @@
 //!   `slow429:S:MS` OpenRouter's 429 (reset S seconds away) after MS milliseconds.
 //! - Budgets on successes: `budget:N:S[:MS]` `ok` with `X-RateLimit-Remaining: N` and
 //!   `X-RateLimit-Reset` S seconds away (epoch ms), after MS milliseconds; `oaibudget:N:DUR` `ok` with
-//!   `x-ratelimit-remaining-requests: N`, `x-ratelimit-reset-requests: DUR`.
+//!   `x-ratelimit-remaining-requests: N`, `x-ratelimit-reset-requests: DUR`;
+//!   `budgetgate:N:S:G` the same as `budget:N:S`, once `/_mock/release` has been called
+//!   G times in all (an attempt kept under way until the test lets it end).
 //! - Faults: `hang:S` reads the request and says nothing for S seconds (default 30), then
 //!   closes; `stall:S` sends a stream's head and first event, then nothing for S seconds;
 //!   `garbage` answers with bytes that are not HTTP; `bighead` sends 100 KiB of headers.
@@ -261,6 +263,24 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         }
         "dropmid" => sse(out, 2, 0, true, form),
         "ssegate" => sse_gated(out, arg.parse().unwrap_or(3), state),
+        "budgetgate" => {
+            let mut nums = arg.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
+            let (left, reset, gate) = (nums.next(), nums.next(), nums.next());
+            if !wait_for_release(gate.unwrap_or(1), state) {
+                return Ok(false);
+            }
+            let reset = (now_ms() + reset.unwrap_or(30) * 1000).to_string();
+            let left = left.unwrap_or(0).to_string();
+            json_reply(
+                out,
+                200,
+                &[
+                    ("X-RateLimit-Remaining", &left),
+                    ("X-RateLimit-Reset", &reset),
+                ],
+                &completion(),
+            )
+        }
         "sse429" | "sse402" | "sse500" => {
             let code: u16 = kind[3..].parse().unwrap_or(500);
             let reset = (now_ms() + secs * 1000).to_string();
@@ -732,6 +752,18 @@ fn sse(out: &mut TcpStream, events: u64, gap_ms: u64, die: bool, form: Form) -> 
     Ok(true)
 }
 
+/// Waits until `/_mock/release` has been called `n` times in all; false after a minute.
+fn wait_for_release(n: u64, state: &Shared) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while state.lock().unwrap().released < n {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// A stream of `events` events in lockstep with the test: event 0 at once, event N once
 /// `/_mock/release` has been called N times, so a test knows an event reached it before
 /// the next one existed. Waits at most a minute for a release, then breaks off.
@@ -741,12 +773,8 @@ fn sse_gated(out: &mut TcpStream, events: u64, state: &Shared) -> io::Result<boo
     )?;
     chunk(out, b": OPENROUTER PROCESSING\n\n")?;
     for i in 0..events {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while state.lock().unwrap().released < i {
-            if std::time::Instant::now() > deadline {
-                return Ok(false);
-            }
-            thread::sleep(Duration::from_millis(2));
+        if !wait_for_release(i, state) {
+            return Ok(false);
         }
         let event = json!({"id": "gen-mock", "object": "chat.completion.chunk", "model": "mock/model",
             "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});

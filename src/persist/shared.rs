@@ -10,8 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::rotation::policy::Share;
-
 /// Every Redis key and channel this proxy uses starts with this.
 pub const PREFIX: &str = "roo-proxy:";
 
@@ -105,9 +103,144 @@ pub fn channel() -> String {
     format!("{PREFIX}facts")
 }
 
+/// What comes before an instance's id in its heartbeat key.
+pub fn instance_prefix() -> String {
+    format!("{PREFIX}instance:")
+}
+
 /// The heartbeat key of instance `id`.
 pub fn instance_key(id: &str) -> String {
-    format!("{PREFIX}instance:{id}")
+    format!("{}{id}", instance_prefix())
+}
+
+/// How long an account's count of attempts under way lives after its last change: an
+/// instance renews its own part every heartbeat, so a count whose instances all went
+/// away is gone after this.
+pub const FLIGHT_TTL_MS: u64 = 600_000;
+
+/// The hash that counts the attempts under way with `account` (a key fingerprint, see
+/// `Flight`): a field `i:ID` per instance, the budget its answers announced (`r`, left
+/// until `t`, epoch ms), and `w` while a reservation waits for room.
+pub fn flight_key(account: &str) -> String {
+    format!("{PREFIX}flight:{account}")
+}
+
+/// What the release script publishes when a reservation was refused since the last one:
+/// an attempt with `account` ended, so a waiting instance looks again.
+pub fn freed_message(account: &str) -> String {
+    serde_json::json!({ "freed": account }).to_string()
+}
+
+/// The account of a message [`freed_message`] made.
+pub fn decode_freed(text: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Freed {
+        freed: String,
+    }
+    serde_json::from_slice::<Freed>(text).ok().map(|f| f.freed)
+}
+
+/// Reserves an attempt with an account: KEYS = [its flight key]; ARGV = [this instance,
+/// its own attempts under way with the account, the budget it knows (cap), that
+/// budget's reset (epoch ms), now (epoch ms), the heartbeat key prefix, the count's
+/// lifetime (ms), this reservation's number]. Counts the attempts of every other
+/// instance whose heartbeat lives (and forgets those of instances gone), takes the
+/// fewer of the two budgets when Redis holds one for the same or a later window, and
+/// counts one more for this instance if there is room, noting the highest number
+/// granted (`s:ID`, for [`MEND`]). Returns 1, or 0 when there is none; a refusal marks
+/// the account so that the next release announces that one ended.
+pub const RESERVE: &str = r"
+local me, mine, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local reset, now = tonumber(ARGV[4]), tonumber(ARGV[5])
+local others, r, t = 0, nil, nil
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  if f == 'r' then r = tonumber(v)
+  elseif f == 't' then t = tonumber(v)
+  elseif string.sub(f, 2, 2) == ':' then
+    local id = string.sub(f, 3)
+    if id == me then
+    elseif redis.call('EXISTS', ARGV[6] .. id) == 0 then redis.call('HDEL', KEYS[1], f)
+    elseif string.sub(f, 1, 1) == 'i' then others = others + (tonumber(v) or 0) end
+  end
+end
+if r and t and now < t and t + 500 >= reset and r < cap then cap = r end
+if others + mine >= cap then
+  redis.call('HSET', KEYS[1], 'w', '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'i:' .. me, 1)
+local seq = tonumber(ARGV[8])
+if seq > (tonumber(redis.call('HGET', KEYS[1], 's:' .. me) or '0') or 0) then
+  redis.call('HSET', KEYS[1], 's:' .. me, seq)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+";
+
+/// Ends reserved attempts: KEYS = [the flight key, the channel]; ARGV = [this instance,
+/// the remaining budget their answers announced or '', that budget's reset (epoch ms),
+/// the [`freed_message`], the count's lifetime (ms), how many ended less how many went
+/// uncounted]. Counts that many fewer for this instance (never below 0), keeps the
+/// budget of the latest window (the fewest left within one), and publishes the message
+/// when a reservation was refused since the last release.
+pub const RELEASE: &str = r"
+local f = 'i:' .. ARGV[1]
+local n = (tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0) - tonumber(ARGV[6])
+if n > 0 then
+  redis.call('HSET', KEYS[1], f, n)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+else redis.call('HDEL', KEYS[1], f) end
+if ARGV[2] ~= '' then
+  local r, t = tonumber(ARGV[2]), tonumber(ARGV[3])
+  local sr = tonumber(redis.call('HGET', KEYS[1], 'r') or '')
+  local st = tonumber(redis.call('HGET', KEYS[1], 't') or '')
+  if not sr or not st or t > st + 500 then
+    redis.call('HSET', KEYS[1], 'r', r, 't', t)
+  elseif t + 500 >= st and r < sr then
+    redis.call('HSET', KEYS[1], 'r', r)
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if redis.call('HDEL', KEYS[1], 'w') == 1 then
+  redis.call('PUBLISH', KEYS[2], ARGV[4])
+end
+return n
+";
+
+/// Writes this instance's count of an account as it knows it: KEYS = [the flight key];
+/// ARGV = [this instance, the count, the number of its latest reservation when the count
+/// was read, the count's lifetime (ms)]. When a reservation begun after that reading has
+/// landed (`s:ID` is higher), the stored count may already hold it, so it is only
+/// raised, never lowered: the count errs high until a later mend, never low.
+pub const MEND: &str = r"
+local f, n = 'i:' .. ARGV[1], tonumber(ARGV[2])
+local landed = tonumber(redis.call('HGET', KEYS[1], 's:' .. ARGV[1]) or '0') or 0
+if landed > tonumber(ARGV[3]) then
+  local stored = tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0
+  if stored > n then n = stored end
+end
+if n > 0 then
+  redis.call('HSET', KEYS[1], f, n)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('HDEL', KEYS[1], f)
+end
+return n
+";
+
+/// Of two budgets (remaining, reset in epoch ms) announced for an account, the one
+/// [`RELEASE`] would keep: the later window's, or within one window (resets 500 ms
+/// apart at most) the fewer left.
+pub fn newer_budget(a: Option<(u32, u64)>, b: Option<(u32, u64)>) -> Option<(u32, u64)> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.1.abs_diff(b.1) <= 500 => Some(if b.0 < a.0 { b } else { a }),
+        (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The pattern of every heartbeat key.
@@ -217,6 +350,12 @@ pub fn decode(text: &[u8]) -> Option<Message> {
     serde_json::from_slice(text).ok()
 }
 
+/// How Redis names an account of the keys file (`text`: its provider, pool and name):
+/// a hash, told apart from a key fingerprint by its prefix.
+pub fn account_name(text: &str) -> String {
+    format!("acct-{}", hash16(text))
+}
+
 /// The first 16 hex digits of the SHA-256 of `text`.
 fn hash16(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
@@ -256,18 +395,6 @@ pub struct Instance {
     /// Requests answered and upstream 429s, since it started.
     pub requests: u64,
     pub rate_limited: u64,
-}
-
-/// This instance's part of every budget: its place among the live `instances` (sorted
-/// by start), or the whole of it when its own heartbeat is not among them.
-pub fn share_of(instances: &[Instance], me: &str) -> Share {
-    match instances.iter().position(|i| i.id == me) {
-        Some(rank) => Share {
-            rank: u32::try_from(rank).unwrap_or(0),
-            of: u32::try_from(instances.len()).unwrap_or(1),
-        },
-        None => Share::ALONE,
-    }
 }
 
 /// How this instance's link to Redis is.
@@ -407,26 +534,50 @@ mod tests {
     }
 
     #[test]
-    fn each_live_instance_takes_its_own_part_of_a_budget() {
-        let instance = |id: &str| Instance {
-            id: id.into(),
-            listen: String::new(),
-            pid: 1,
-            version: String::new(),
-            started_ms: 0,
-            seen_ms: 0,
-            requests: 0,
-            rate_limited: 0,
-        };
-        let live = [instance("a"), instance("b"), instance("c")];
-        let parts: Vec<u32> = ["a", "b", "c"]
-            .iter()
-            .map(|me| share_of(&live, me).part(10))
-            .collect();
-        assert_eq!(parts, [4, 3, 3]);
-        // Not (yet) among them: the whole budget, as when alone.
-        assert_eq!(share_of(&live, "d"), Share::ALONE);
-        assert_eq!(share_of(&[], "a"), Share::ALONE);
+    fn of_budgets_released_together_the_latest_windows_fewest_left_is_kept() {
+        assert_eq!(newer_budget(None, None), None);
+        assert_eq!(newer_budget(Some((5, 1_000)), None), Some((5, 1_000)));
+        assert_eq!(newer_budget(None, Some((5, 1_000))), Some((5, 1_000)));
+        // One window (resets 500 ms apart at most): the fewer left, in either order.
+        assert_eq!(
+            newer_budget(Some((5, 1_000)), Some((3, 1_400))),
+            Some((3, 1_400))
+        );
+        assert_eq!(
+            newer_budget(Some((3, 1_400)), Some((5, 1_000))),
+            Some((3, 1_400))
+        );
+        // A later window replaces an earlier one, whatever is left in it.
+        assert_eq!(
+            newer_budget(Some((1, 1_000)), Some((9, 6_000))),
+            Some((9, 6_000))
+        );
+        assert_eq!(
+            newer_budget(Some((9, 6_000)), Some((1, 1_000))),
+            Some((9, 6_000))
+        );
+    }
+
+    #[test]
+    fn freed_accounts_are_told_apart_from_facts() {
+        let text = freed_message("0123456789abcdef");
+        assert_eq!(
+            decode_freed(text.as_bytes()).as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(decode(text.as_bytes()), None, "not a fact");
+        let fact = encode(&Message {
+            from: "i1".into(),
+            fact: rest(5),
+        });
+        assert_eq!(decode_freed(fact.as_bytes()), None);
+        assert_eq!(flight_key("ab"), "roo-proxy:flight:ab");
+        assert!(
+            !fact_patterns()
+                .iter()
+                .any(|p| flight_key("ab").starts_with(p.trim_end_matches('*'))),
+            "counts in flight are not facts to merge"
+        );
     }
 
     #[test]

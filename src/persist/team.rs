@@ -1,5 +1,6 @@
 //! Instances sharing one key pool through Redis (`--redis`): two background threads
-//! carry the facts of `shared.rs` between this pool and the others.
+//! carry the facts of `shared.rs` between this pool and the others (a third, in
+//! `flights.rs`, counts the attempts under way).
 //!
 //! - The writer takes the facts the pool hands to a bounded channel (never waited on by
 //!   a request), writes each with one atomic script (the later end wins, then it is
@@ -7,7 +8,7 @@
 //! - The subscriber listens on the channel and merges each fact into the pool as it
 //!   comes, so a rest set by one instance holds in the others before their next pick.
 //!
-//! Invariants: no request ever waits on Redis; a request only hands a fact to the
+//! Invariants: no request waits on Redis for a fact; a request only hands a fact to the
 //! channel, or loses it when the channel is full. Nothing sent to Redis names a key but
 //! by its fingerprint. When Redis is unreachable, the pool serves on its own state, one
 //! warning is logged per outage (not per request), and when Redis is back the whole
@@ -25,8 +26,8 @@ use log::{debug, info, warn};
 
 use redis::{Client, Connection, Script, TlsCertificates};
 
+use crate::persist::flights::Flights;
 use crate::persist::shared::{self, Action, Fact, Instance, Link, Message, TeamReport};
-use crate::rotation::policy::Share;
 use crate::rotation::pool::{Now, epoch_ms};
 use crate::rotation::pools::Sharing;
 
@@ -56,6 +57,8 @@ pub struct Team {
 struct LinkState {
     writer: Link,
     reader: Link,
+    /// The connections that reserve attempts (`flights.rs`).
+    flights: Link,
     error: Option<String>,
     /// An outage was logged and its end is not yet.
     warned: bool,
@@ -99,6 +102,7 @@ impl Team {
             state: Mutex::new(LinkState {
                 writer: Link::Connecting,
                 reader: Link::Connecting,
+                flights: Link::Connecting,
                 error: None,
                 warned: false,
             }),
@@ -106,7 +110,8 @@ impl Team {
             resync: AtomicBool::new(false),
         });
         let (outbox, facts) = mpsc::sync_channel(OUTBOX);
-        pool.share(outbox);
+        let flights = Flights::start(Arc::clone(&team), client.clone())?;
+        pool.share(outbox, flights);
         let writer = Writer {
             team: Arc::clone(&team),
             pool: Arc::clone(&pool),
@@ -140,18 +145,28 @@ impl Team {
         }
     }
 
+    /// This instance's name among those sharing the pool.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this instance's heartbeat is written (and its facts): the writer's link.
+    pub fn writer_link(&self) -> Link {
+        self.lock_state().writer
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One side of the link (`writer` or subscriber) is now `link`; logs the start and
-    /// the end of an outage once each.
-    fn set(&self, writer: bool, link: Link, error: Option<String>) {
+    /// One side of the link is now `link`; logs the start and the end of an outage once
+    /// each.
+    pub fn set(&self, side: Side, link: Link, error: Option<String>) {
         let mut state = self.lock_state();
-        if writer {
-            state.writer = link;
-        } else {
-            state.reader = link;
+        match side {
+            Side::Writer => state.writer = link,
+            Side::Reader => state.reader = link,
+            Side::Flights => state.flights = link,
         }
         if let Some(error) = error {
             state.error = Some(error);
@@ -185,12 +200,26 @@ impl Team {
     }
 }
 
+/// The three connections an instance keeps to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Writes facts and the heartbeat.
+    Writer,
+    /// Listens to the other instances.
+    Reader,
+    /// Reserves attempts (`flights.rs`).
+    Flights,
+}
+
 impl LinkState {
     fn link(&self) -> Link {
-        match (self.writer, self.reader) {
-            (Link::Up, Link::Up) => Link::Up,
-            (Link::Down, _) | (_, Link::Down) => Link::Down,
-            _ => Link::Connecting,
+        let sides = [self.writer, self.reader, self.flights];
+        if sides.contains(&Link::Down) {
+            Link::Down
+        } else if sides.iter().all(|l| *l == Link::Up) {
+            Link::Up
+        } else {
+            Link::Connecting
         }
     }
 }
@@ -262,9 +291,7 @@ impl Writer {
                 Ok(()) => return,
                 Err(e) => {
                     debug!("redis writer: {e}");
-                    // Nobody to share budgets with that this instance can hear.
-                    self.pool.set_share(Share::ALONE);
-                    self.team.set(true, Link::Down, Some(why(&e)));
+                    self.team.set(Side::Writer, Link::Down, Some(why(&e)));
                 }
             }
             // Facts learned while Redis is away reach it with the merge when it is back.
@@ -282,7 +309,7 @@ impl Writer {
     fn serve(&self, con: &mut Connection, facts: &Receiver<Fact>) -> redis::RedisResult<()> {
         self.merge(con)?;
         self.beat(con)?;
-        self.team.set(true, Link::Up, None);
+        self.team.set(Side::Writer, Link::Up, None);
         let mut next_beat = Instant::now() + BEAT;
         loop {
             if self.team.resync.swap(false, Ordering::SeqCst) {
@@ -374,7 +401,6 @@ impl Writer {
             }
         }
         instances.sort_by(|a, b| (a.started_ms, &a.id).cmp(&(b.started_ms, &b.id)));
-        self.pool.set_share(shared::share_of(&instances, &me.id));
         *self
             .team
             .instances
@@ -415,7 +441,7 @@ fn subscribe(team: &Team, pool: &dyn Sharing, client: &Client) {
     loop {
         if let Err(e) = listen(team, pool, client) {
             debug!("redis subscriber: {e}");
-            team.set(false, Link::Down, Some(why(&e)));
+            team.set(Side::Reader, Link::Down, Some(why(&e)));
         }
         thread::sleep(RETRY);
     }
@@ -428,11 +454,16 @@ fn listen(team: &Team, pool: &dyn Sharing, client: &Client) -> redis::RedisResul
     pubsub.set_read_timeout(Some(QUIET))?;
     // Facts published before the subscription are in Redis: the writer merges them.
     team.resync.store(true, Ordering::SeqCst);
-    team.set(false, Link::Up, None);
+    team.set(Side::Reader, Link::Up, None);
     loop {
         match pubsub.get_message() {
             Ok(message) => {
-                let Some(message) = shared::decode(message.get_payload_bytes()) else {
+                let payload = message.get_payload_bytes();
+                if let Some(account) = shared::decode_freed(payload) {
+                    pool.freed(&account);
+                    continue;
+                }
+                let Some(message) = shared::decode(payload) else {
                     continue;
                 };
                 if message.from != team.id && pool.apply(&message.fact, Now::read()) {

@@ -40,7 +40,12 @@
 //!   length. In the next window (no older than that length), once that many attempts
 //!   went, one at a time goes (a probe) until a 429 says the window is full: requests
 //!   let go at a reset do not all go at once into a window that holds fewer. A window
-//!   whose first attempt was refused (the rest escalates) teaches nothing.
+//!   whose first attempt was refused (the rest escalates) teaches nothing. Instances
+//!   sharing the pool each count their own successes, and a 429 another instance saw
+//!   ends the window here too, so each learns its part and the parts add up.
+//! - Instances sharing the pool (`--redis`) count each other's attempts under way with
+//!   an account ([`Policy::shared_cap`] says against what cap they reserve;
+//!   [`Policy::refused`] books an account a reservation found full).
 //! - When every usable key is resting from 429s that came within [`STORM_WINDOW`] (an
 //!   IP-wide or upstream-wide limit), nothing is sent until the shortest of those rests
 //!   ends; if the first attempt sent after that pause gets a 429 too, the pause doubles.
@@ -390,31 +395,15 @@ pub struct Policy {
     /// Windows counted per account group (for answers that announce no budget). Not
     /// carried over a reload: a new pool counts again.
     windows: HashMap<usize, Window>,
-    /// This instance's part of every budget, when several share the pool.
-    share: Share,
+    /// Account groups whose budget a reservation found full with the attempts every
+    /// instance has under way (`--redis`): booked until another instance's attempt ends
+    /// (see [`Policy::freed`]) or until the instant held, whichever comes first.
+    full_elsewhere: HashMap<usize, Instant>,
 }
 
-/// Which part of an account's budget this instance may have in flight when `of`
-/// instances share the pool (`--redis`) and this one is the `rank`-th (from 0): each
-/// caps its own attempts at its part, and the parts add up to the budget, so together
-/// they never have more in flight than the upstream announced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share {
-    pub rank: u32,
-    pub of: u32,
-}
-
-impl Share {
-    /// One instance alone: the whole budget.
-    pub const ALONE: Share = Share { rank: 0, of: 1 };
-
-    /// This instance's part of `budget`: an even split, the first ranks taking one
-    /// more each until the remainder is used up.
-    pub fn part(self, budget: u32) -> u32 {
-        let of = self.of.max(1);
-        budget / of + u32::from(self.rank % of < budget % of)
-    }
-}
+/// How long a refused reservation books its account when no word comes that another
+/// instance's attempt ended: as long as a waiting request waits before it looks again.
+pub const ELSEWHERE: Duration = Duration::from_secs(1);
 
 impl Policy {
     /// A pool of `keys` keys, each its own account, that have all answered once (the
@@ -460,7 +449,7 @@ impl Policy {
             first_after_pause: None,
             loads,
             windows: HashMap::new(),
-            share: Share::ALONE,
+            full_elsewhere: HashMap::new(),
         }
     }
 
@@ -491,27 +480,61 @@ impl Policy {
         self.storms = storms;
     }
 
-    /// This instance's part of every budget (see [`Share`]).
-    pub fn share(&self) -> Share {
-        self.share
-    }
-
-    pub fn set_share(&mut self, share: Share) {
-        self.share = share;
-    }
-
     fn load(&self, group: usize) -> u32 {
         self.loads.get(&group).copied().unwrap_or(0)
     }
 
+    /// What instances sharing the pool (`--redis`) reserve an attempt with key `id`'s
+    /// account against, all together, and the reset of the window it belongs to: the
+    /// remaining budget until the reset, and after it the window's whole budget (no cap
+    /// when answers do not say it). Before the account's first answer the attempt is
+    /// counted with no cap of its own: its answer may announce a budget, which the
+    /// others must count it against. `None` once answers announce no budget: then each
+    /// instance keeps its own count.
+    pub fn shared_cap(&self, id: KeyId, now: Instant) -> Option<(u32, Instant)> {
+        let slot = &self.slots[id];
+        match slot.allowance {
+            Some(a) if now < a.reset => Some((a.remaining, a.reset)),
+            Some(a) => Some((a.limit.unwrap_or(u32::MAX), a.reset)),
+            None if !slot.answered => Some((u32::MAX, now)),
+            // This instance's part of the window is spent: its probes, one at a time
+            // across the instances.
+            None if self.windows.get(&slot.group).is_some_and(|w| w.full(now)) => Some((1, now)),
+            None => None,
+        }
+    }
+
+    /// Ends the attempt with key `id` that [`Policy::pick`] counted, because its
+    /// reservation found the account's budget full with the attempts every instance has
+    /// under way: the account is booked until another instance's attempt ends
+    /// ([`Policy::freed`]), or until `until`, whatever this instance knows of its budget
+    /// (Redis may know a smaller one).
+    pub fn refused(&mut self, id: KeyId, until: Instant) {
+        self.abandon(id);
+        self.full_elsewhere.insert(self.slots[id].group, until);
+    }
+
+    /// Another instance's attempt with key `id`'s account ended: the account is no longer
+    /// booked by a refused reservation. Whether it was.
+    pub fn freed(&mut self, id: KeyId) -> bool {
+        self.full_elsewhere.remove(&self.slots[id].group).is_some()
+    }
+
     /// Whether the key's account has as many attempts in flight as its budget allows
-    /// (this instance's part of an announced budget, when several share the pool; or,
-    /// while the budget is unknown, as the slow start allows; or, once its window took
-    /// what the one before held, a probe).
+    /// (an announced budget; or, while the budget is unknown, as the slow start allows;
+    /// or, once its window took what the one before held, a probe), or a reservation
+    /// found it full with every instance's attempts.
     fn booked(&self, slot: &Slot, now: Instant) -> bool {
+        if self
+            .full_elsewhere
+            .get(&slot.group)
+            .is_some_and(|until| now < *until)
+        {
+            return true;
+        }
         let cap = match slot.allowance {
-            Some(a) if now < a.reset => Some(self.share.part(a.remaining)),
-            Some(a) => a.limit.map(|limit| self.share.part(limit)),
+            Some(a) if now < a.reset => Some(a.remaining),
+            Some(a) => a.limit,
             None if slot.held(now) => Some(SLOW_START),
             None => self
                 .windows
@@ -531,6 +554,7 @@ impl Policy {
     /// The next key that could serve a request for `model` at `now` and is not in
     /// `tried`, and counts an attempt in flight with it until [`Policy::record`] or
     /// [`Policy::abandon`]. The second value says the key just came back from a rest.
+    #[cfg(test)]
     #[must_use]
     pub fn pick(
         &mut self,
@@ -538,52 +562,79 @@ impl Policy {
         tried: &[KeyId],
         model: Option<&str>,
     ) -> Option<(KeyId, Option<Change>)> {
+        let id = self.choose(now, tried, model)?;
+        self.count(id);
+        Some((id, self.commit(id, now)))
+    }
+
+    /// The next key that could serve a request for `model` at `now` and is not in
+    /// `tried`; nothing changes until [`Policy::count`] and [`Policy::commit`] (`pick`
+    /// does all three; a reservation in Redis goes between the two).
+    pub fn choose(&self, now: Instant, tried: &[KeyId], model: Option<&str>) -> Option<KeyId> {
         if self.paused_until.is_some_and(|p| now < p) {
             return None;
         }
         let n = self.slots.len();
-        for step in 0..n {
-            let id = (self.cursor + step) % n;
-            if tried.contains(&id) || !self.serves(id, model, now) {
-                continue;
-            }
-            self.cursor = match self.strategy {
-                Strategy::RoundRobin => (id + 1) % n,
-                Strategy::Sticky => id,
-            };
-            if self.paused_until.is_some() && self.first_after_pause.is_none() {
-                self.first_after_pause = Some(now);
-            }
-            let slot = &self.slots[id];
-            if slot.first_back.is_none() && slot.rest_end.is_some_and(|end| now >= end) {
-                // Once per rest: the account's first attempt since it ended.
-                for other in members(&self.ring, id) {
-                    self.slots[other].first_back.get_or_insert(now);
-                }
-            }
-            let slot = &self.slots[id];
-            if slot.allowance.is_none() && !slot.answered && self.load(slot.group) == 0 {
-                // Nothing known of the account's budget: this attempt is its probe.
-                for other in members(&self.ring, id) {
-                    self.slots[other].probe = Some(now);
-                }
-            }
-            let slot = &mut self.slots[id];
-            slot.in_flight = slot.in_flight.saturating_add(1);
-            *self.loads.entry(slot.group).or_insert(0) += 1;
-            if slot.allowance.is_none() {
-                let window = self.windows.entry(slot.group).or_default();
-                window.sent = window.sent.saturating_add(1);
-            }
-            let change = if slot.state == KeyState::Ready {
-                None
-            } else {
-                slot.state = KeyState::Ready;
-                Some(Change::Back)
-            };
-            return Some((id, change));
+        (0..n)
+            .map(|step| (self.cursor + step) % n)
+            .find(|id| !tried.contains(id) && self.serves(*id, model, now))
+    }
+
+    /// Counts an attempt in flight with key `id` until [`Policy::record`] or
+    /// [`Policy::abandon`].
+    pub fn count(&mut self, id: KeyId) {
+        let slot = &mut self.slots[id];
+        slot.in_flight = slot.in_flight.saturating_add(1);
+        *self.loads.entry(slot.group).or_insert(0) += 1;
+    }
+
+    /// Whether key `id`, chosen earlier, may still take the attempt counted with it at
+    /// `now` (a rest may have begun while Redis was asked).
+    pub fn still_serves(&self, id: KeyId, model: Option<&str>, now: Instant) -> bool {
+        let slot = &self.slots[id];
+        self.paused_until.is_none_or(|p| now >= p)
+            && slot.state.ready_at(now)
+            && !slot.rested_for(model, now)
+    }
+
+    /// The attempt counted with key `id` goes out at `now`: the rotation moves on, and
+    /// what the rules learn from an attempt's sending is noted. `Back` when the key just
+    /// came back from a rest.
+    #[must_use]
+    pub fn commit(&mut self, id: KeyId, now: Instant) -> Option<Change> {
+        let n = self.slots.len();
+        self.cursor = match self.strategy {
+            Strategy::RoundRobin => (id + 1) % n,
+            Strategy::Sticky => id,
+        };
+        if self.paused_until.is_some() && self.first_after_pause.is_none() {
+            self.first_after_pause = Some(now);
         }
-        None
+        let slot = &self.slots[id];
+        if slot.first_back.is_none() && slot.rest_end.is_some_and(|end| now >= end) {
+            // Once per rest: the account's first attempt since it ended.
+            for other in members(&self.ring, id) {
+                self.slots[other].first_back.get_or_insert(now);
+            }
+        }
+        let slot = &self.slots[id];
+        if slot.allowance.is_none() && !slot.answered && self.load(slot.group) == 1 {
+            // Nothing known of the account's budget: this attempt is its probe.
+            for other in members(&self.ring, id) {
+                self.slots[other].probe = Some(now);
+            }
+        }
+        let slot = &mut self.slots[id];
+        if slot.allowance.is_none() {
+            let window = self.windows.entry(slot.group).or_default();
+            window.sent = window.sent.saturating_add(1);
+        }
+        if slot.state == KeyState::Ready {
+            None
+        } else {
+            slot.state = KeyState::Ready;
+            Some(Change::Back)
+        }
     }
 
     /// Ends an attempt that [`Policy::pick`] counted, without an outcome (it was never
@@ -1044,7 +1095,40 @@ impl Policy {
         if !credits && before.state.until().is_none_or(|u| u < until) {
             slot.limited_at = Some(now);
         }
-        *slot != before
+        let changed = *slot != before;
+        if !credits {
+            self.window_ended_elsewhere(id, until, strikes == 0, now);
+        }
+        changed
+    }
+
+    /// Another instance's 429 ended key `id`'s account's window, with a rest until
+    /// `until`: as with one of this instance's own, what this instance sent in it is its
+    /// part of the window's size (unless the 429 escalated, `teaches` false), and the
+    /// next window starts at `until`. Each instance counts its own part, and the parts
+    /// add up to the window.
+    fn window_ended_elsewhere(&mut self, id: KeyId, until: Instant, teaches: bool, now: Instant) {
+        let Some(window) = self.windows.get_mut(&self.slots[id].group) else {
+            return;
+        };
+        if window.since.is_some_and(|since| since >= until) {
+            // This window, or a later one, already began there (another of the
+            // account's keys brought the same news).
+            return;
+        }
+        let before = match window.since {
+            Some(since) if teaches && since <= now => Some(Before {
+                since,
+                length: until.saturating_duration_since(since),
+                served: window.served,
+            }),
+            _ => None,
+        };
+        *window = Window {
+            since: Some(until),
+            before,
+            ..Window::default()
+        };
     }
 
     /// Another instance rests key `id` for `models` until `until`.
@@ -1929,37 +2013,69 @@ mod tests {
     }
 
     #[test]
-    fn instances_sharing_a_pool_split_each_budget_without_exceeding_it() {
-        // The parts of every budget add up to it, however many instances.
-        for of in 1..=7 {
-            for budget in 0..=40 {
-                let parts: Vec<u32> = (0..of)
-                    .map(|rank| Share { rank, of }.part(budget))
-                    .collect();
-                assert_eq!(
-                    parts.iter().sum::<u32>(),
-                    budget,
-                    "{budget} over {of}: {parts:?}"
-                );
-                assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
-            }
-        }
-        assert_eq!(Share::ALONE.part(3), 3);
-        // The second of three instances caps an announced 4 at 1 in flight.
+    fn attempts_under_way_elsewhere_book_the_account_until_one_ends_or_the_word_expires() {
         let t0 = Instant::now();
-        let mut p = grouped(&[5, 5], Strategy::RoundRobin);
-        p.set_share(Share { rank: 1, of: 3 });
+        let mut p = fresh(&[5, 5]);
+        // Nothing known yet: counted, with no cap of its own.
+        assert_eq!(p.shared_cap(0, t0), Some((u32::MAX, t0)));
         let (id, _) = pick(&mut p, t0, &[]).unwrap();
         let _ = p.record(id, served_with(4, secs(10)), at(t0), t0);
-        assert!(pick(&mut p, t0, &[]).is_some());
-        assert_eq!(pick(&mut p, t0, &[]), None);
+        assert_eq!(p.shared_cap(1, t0), Some((4, t0 + secs(10))));
+        // This instance picks one; the reservation is refused: the attempts under way
+        // elsewhere fill the budget of 4.
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        p.refused(id, t0 + ELSEWHERE);
+        assert_eq!(
+            pick(&mut p, t0, &[]),
+            None,
+            "booked by the others' attempts"
+        );
         assert_eq!(p.outlook(t0, None).booked, 2);
-        // Alone again (Redis gone): the whole budget.
-        p.set_share(Share::ALONE);
+        // One of theirs ends: the account takes attempts again (the next reservation
+        // decides).
+        assert!(p.freed(1));
+        assert!(!p.freed(1), "once");
         assert!(pick(&mut p, t0, &[]).is_some());
-        assert!(pick(&mut p, t0, &[]).is_some());
-        assert!(pick(&mut p, t0, &[]).is_some());
+        // Refused although this instance knows of room (another instance heard a
+        // smaller budget): still booked, not picked again and again.
+        p.refused(0, t0 + ELSEWHERE);
         assert_eq!(pick(&mut p, t0, &[]), None);
+        // No word that one ended: the booking lapses after ELSEWHERE.
+        assert!(pick(&mut p, t0 + ELSEWHERE, &[]).is_some());
+        // An account that has not answered yet (no cap known here) is booked by a
+        // refusal too, not picked again at once.
+        let mut f = fresh(&[3]);
+        let (id, _) = pick(&mut f, t0, &[]).unwrap();
+        f.refused(id, t0 + ELSEWHERE);
+        assert_eq!(pick(&mut f, t0, &[]), None);
+        assert_eq!(f.outlook(t0, None).booked, 1);
+        // After the reset, the window's whole budget is what is reserved against, when
+        // answers say it; without, the attempts are counted, uncapped.
+        assert_eq!(
+            p.shared_cap(0, t0 + secs(10)),
+            Some((u32::MAX, t0 + secs(10)))
+        );
+        // Answers that announce no budget: each instance counts alone.
+        let mut q = grouped(&[7], Strategy::RoundRobin);
+        let (id, _) = pick(&mut q, t0, &[]).unwrap();
+        let _ = q.record(id, Outcome::SERVED, at(t0), t0);
+        assert_eq!(q.shared_cap(0, t0), None);
+        let mut p = grouped(&[5, 5], Strategy::RoundRobin);
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let budget = Budget {
+            remaining: 2,
+            reset: secs(10),
+            limit: Some(6),
+        };
+        let _ = p.record(
+            id,
+            Outcome::Served {
+                budget: Some(budget),
+            },
+            at(t0),
+            t0,
+        );
+        assert_eq!(p.shared_cap(0, t0 + secs(11)), Some((6, t0 + secs(10))));
     }
 
     #[test]
@@ -2041,6 +2157,44 @@ mod tests {
         let after = t2 + secs(5);
         assert!(pick(&mut p, after, &[]).is_some());
         assert!(pick(&mut p, after, &[]).is_some());
+    }
+
+    /// Another instance's 429 ends the window here too: what this instance served in
+    /// it is its part of the next one, so the instances' parts add up to the window.
+    #[test]
+    fn a_window_another_instance_saw_end_caps_this_instances_part_of_the_next() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[0, 0], Strategy::RoundRobin);
+        // Window 1: this instance's own 429 (nothing known before).
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(id, limited(secs(5)), at(t0), t0);
+        let t1 = t0 + secs(5);
+        // Window 2: two served here; another instance's 429 ends it (both keys' facts).
+        for _ in 0..2 {
+            let (id, _) = pick(&mut p, t1, &[]).unwrap();
+            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        }
+        let t2 = t1 + secs(5);
+        assert!(p.merge_rest(0, t2, 0, false, t1 + ms(200)));
+        assert!(p.merge_rest(1, t2, 0, false, t1 + ms(200)));
+        // Window 3: this instance's part is two, then one probe at a time.
+        let burst: Vec<KeyId> = (0..2).map(|_| pick(&mut p, t2, &[]).unwrap().0).collect();
+        assert_eq!(pick(&mut p, t2, &[]), None, "this instance's part was two");
+        for id in burst {
+            let _ = p.record(id, Outcome::SERVED, at(t2), t2 + ms(100));
+        }
+        assert!(pick(&mut p, t2 + ms(100), &[]).is_some(), "a probe");
+        assert_eq!(pick(&mut p, t2 + ms(100), &[]), None, "one at a time");
+        // An escalated rest from elsewhere (refusals in a row) teaches no size.
+        let mut q = grouped(&[0], Strategy::RoundRobin);
+        let (id, _) = pick(&mut q, t0, &[]).unwrap();
+        let _ = q.record(id, limited(secs(5)), at(t0), t0);
+        let (id, _) = pick(&mut q, t1, &[]).unwrap();
+        let _ = q.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        assert!(q.merge_rest(0, t2, 2, false, t1 + ms(200)));
+        for _ in 0..3 {
+            assert!(pick(&mut q, t2, &[]).is_some(), "no cap");
+        }
     }
 
     /// A window whose first attempt was refused (the rest doubles) teaches no size.

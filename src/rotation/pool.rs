@@ -21,8 +21,9 @@ use crate::persist::state::{
 };
 use crate::rotation::policy::{Allowance, ModelRest, Models};
 use crate::rotation::policy::{
-    Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Share, Slot, Strategy,
+    Change, ELSEWHERE, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy,
 };
+use crate::rotation::pools::{Flight, Reserve};
 
 /// The clock, read once per event by the caller: monotonic for rests, wall-clock for what
 /// is remembered and shown.
@@ -132,6 +133,8 @@ pub struct Ticket<'p> {
     sent: Instant,
     model: Option<Box<str>>,
     open: bool,
+    /// The account this attempt is counted against in Redis (`--redis`), and where.
+    reserved: Option<(Arc<str>, Arc<dyn Flight>)>,
 }
 
 impl Ticket<'_> {
@@ -144,7 +147,20 @@ impl Ticket<'_> {
     /// Returns a change worth a log line.
     pub fn finish(mut self, outcome: Outcome, why: Option<&str>, now: Now) -> Option<Change> {
         self.open = false;
-        self.pool.finish(&self, outcome, why, now)
+        let change = self.pool.finish(&self, outcome, why, now);
+        if let Some((account, flight)) = self.reserved.take() {
+            let budget = match outcome {
+                Outcome::Served {
+                    budget: Some(budget),
+                } => now
+                    .wall
+                    .checked_add(budget.reset)
+                    .map(|reset| (budget.remaining, epoch_ms(reset))),
+                _ => None,
+            };
+            flight.release(&account, budget);
+        }
+        change
     }
 }
 
@@ -152,6 +168,9 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if self.open {
             self.pool.abandon(&self.entry);
+        }
+        if let Some((account, flight)) = self.reserved.take() {
+            flight.release(&account, None);
         }
     }
 }
@@ -187,6 +206,14 @@ struct Inner {
     dropped: u64,
     /// Fingerprints of keys another instance's user disabled.
     peer_off: HashSet<String>,
+    /// Each key's account as Redis knows it (see [`Flight`]), and the first key of each.
+    accounts: Vec<Arc<str>>,
+    by_account: HashMap<Arc<str>, KeyId>,
+    /// Where attempts with accounts that announce a budget are reserved (`--redis`).
+    flight: Option<Arc<dyn Flight>>,
+    /// Word that another instance's attempt ended, so far: a refusal that crossed one
+    /// does not book its account.
+    freed: u64,
 }
 
 impl Pool {
@@ -216,6 +243,7 @@ impl Pool {
             last_used.push(saved.and_then(|s| s.last_used_ms).and_then(from_epoch_ms));
         }
         let prints: Vec<String> = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
+        let accounts = accounts_of(&entries, &prints);
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         Pool {
             inner: Mutex::new(Inner {
@@ -232,6 +260,10 @@ impl Pool {
                 outbox: None,
                 dropped: 0,
                 peer_off: HashSet::new(),
+                by_account: index_of_accounts(&accounts),
+                accounts,
+                flight: None,
+                freed: 0,
             }),
         }
     }
@@ -257,22 +289,69 @@ impl Pool {
         model: Option<&str>,
     ) -> Option<(Ticket<'_>, Option<Change>)> {
         let mut inner = self.lock();
-        let tried: Vec<KeyId> = tried
-            .iter()
-            .filter_map(|e| inner.index.get(&e.key).copied())
-            .collect();
-        let (id, change) = inner.policy.pick(now.mono, &tried, model)?;
-        inner.last_used[id] = Some(now.wall);
-        inner.used = true;
-        inner.dirty |= change.is_some();
-        let ticket = Ticket {
-            pool: self,
-            entry: Arc::clone(&inner.entries[id]),
-            sent: now.mono,
-            model: model.map(Box::from),
-            open: true,
-        };
-        Some((ticket, change))
+        // A refused reservation books its account, so the next turn picks another (or
+        // none); the bound only guards against counts that disagree.
+        for _ in 0..4 {
+            // Again each turn: the keys file may change while Redis is asked.
+            let ids: Vec<KeyId> = tried
+                .iter()
+                .filter_map(|e| inner.index.get(&e.key).copied())
+                .collect();
+            let id = inner.policy.choose(now.mono, &ids, model)?;
+            inner.policy.count(id);
+            let mut ticket = Ticket {
+                pool: self,
+                entry: Arc::clone(&inner.entries[id]),
+                sent: now.mono,
+                model: model.map(Box::from),
+                open: true,
+                reserved: None,
+            };
+            let ask = inner.flight.clone().and_then(|flight| {
+                let (cap, reset) = inner.policy.shared_cap(id, now.mono)?;
+                Some((flight, cap, reset))
+            });
+            let Some((flight, cap, reset)) = ask else {
+                let change = inner.commit(id, now);
+                return Some((ticket, change));
+            };
+            let account = Arc::clone(&inner.accounts[id]);
+            let freed = inner.freed;
+            // Redis is asked without the lock: other requests decide meanwhile.
+            drop(inner);
+            let reserved = flight.reserve(&account, cap, now.to_wall_ms(reset));
+            inner = self.lock();
+            let id = inner.index.get(&ticket.entry.key).copied();
+            match (reserved, id) {
+                (Reserve::Granted | Reserve::Unavailable, Some(id))
+                    if inner.policy.still_serves(id, model, now.mono) =>
+                {
+                    ticket.reserved = Some((account, flight));
+                    let change = inner.commit(id, now);
+                    return Some((ticket, change));
+                }
+                (Reserve::Refused, Some(id)) if inner.freed == freed => {
+                    ticket.open = false;
+                    inner.policy.refused(id, now.mono + ELSEWHERE);
+                }
+                (Reserve::Refused, _) => {
+                    // Removed meanwhile, or one ended elsewhere since: try again.
+                    ticket.open = false;
+                    if let Some(id) = id {
+                        inner.policy.abandon(id);
+                    }
+                }
+                (Reserve::Granted | Reserve::Unavailable, _) => {
+                    // The key went, or began a rest, while Redis was asked.
+                    ticket.open = false;
+                    if let Some(id) = id {
+                        inner.policy.abandon(id);
+                    }
+                    flight.release(&account, None);
+                }
+            }
+        }
+        None
     }
 
     /// Ends an attempt: records what it taught us; `why` describes a failure (keys
@@ -322,6 +401,17 @@ impl Pool {
         let mut inner = self.lock();
         if let Some(&id) = inner.index.get(&entry.key) {
             inner.policy.abandon(id);
+        }
+    }
+
+    /// Another instance's attempt with `account` ended (see [`Flight`]): whether this
+    /// pool counted that account as booked elsewhere (and no longer does).
+    pub fn freed(&self, account: &str) -> bool {
+        let mut inner = self.lock();
+        inner.freed = inner.freed.wrapping_add(1);
+        match inner.by_account.get(account).copied() {
+            Some(id) => inner.policy.freed(id),
+            None => false,
         }
     }
 
@@ -405,11 +495,11 @@ impl Pool {
         };
         inner.prints = entries.iter().map(|e| state::fingerprint(&e.key)).collect();
         inner.by_print = index_of_prints(&inner.prints);
+        inner.accounts = accounts_of(&entries, &inner.prints);
+        inner.by_account = index_of_accounts(&inner.accounts);
         let entries: Vec<Arc<KeyEntry>> = entries.into_iter().map(Arc::new).collect();
         let pause = inner.policy.pause();
-        let share = inner.policy.share();
         inner.policy = Policy::with_slots(slots, inner.policy.cursor(), inner.strategy);
-        inner.policy.set_share(share);
         // New or re-enabled keys are new capacity: a pool-wide pause does not hold them back.
         if reloaded.added == 0 && enabled == 0 {
             inner.policy.set_pause(pause);
@@ -428,15 +518,12 @@ impl Pool {
         self.lock().entries.iter().map(Arc::clone).collect()
     }
 
-    /// Shares what this pool learns from now on through `outbox` (`--redis`).
-    pub fn share(&self, outbox: SyncSender<Fact>) {
-        self.lock().outbox = Some(outbox);
-    }
-
-    /// This instance's part of every budget from now on: the live instances sharing the
-    /// pool, as their heartbeats say, or [`Share::ALONE`] while Redis is away.
-    pub fn set_share(&self, share: Share) {
-        self.lock().policy.set_share(share);
+    /// Shares what this pool learns from now on through `outbox`, and reserves attempts
+    /// with accounts that announce a budget through `flight` (`--redis`).
+    pub fn share(&self, outbox: SyncSender<Fact>, flight: Arc<dyn Flight>) {
+        let mut inner = self.lock();
+        inner.outbox = Some(outbox);
+        inner.flight = Some(flight);
     }
 
     /// Upstream attempts and 429s since the start, over every key.
@@ -632,6 +719,15 @@ impl Pool {
 impl Inner {
     /// Hands facts to the outbox without waiting; those it has no room for are counted
     /// and lost (the merge when Redis returns sends the whole state again).
+    /// The attempt counted with key `id` goes out (see [`Policy::commit`]).
+    fn commit(&mut self, id: KeyId, now: Now) -> Option<Change> {
+        let change = self.policy.commit(id, now.mono);
+        self.last_used[id] = Some(now.wall);
+        self.used = true;
+        self.dirty |= change.is_some();
+        change
+    }
+
     fn send(&mut self, facts: Vec<Fact>) {
         let Some(outbox) = &self.outbox else { return };
         for fact in facts {
@@ -730,6 +826,37 @@ fn groups_of(entries: &[KeyEntry]) -> Vec<usize> {
         });
     }
     groups
+}
+
+/// Each key's account as instances sharing the pool name it (see [`Flight`]): a key
+/// with an account by a hash of the account's name (with its provider and pool, as the
+/// keys file gives them), so that instances whose keys files list different keys of the
+/// account still count it as one; a key without one by its fingerprint.
+fn accounts_of(entries: &[KeyEntry], prints: &[String]) -> Vec<Arc<str>> {
+    let mut names: HashMap<String, Arc<str>> = HashMap::new();
+    entries
+        .iter()
+        .zip(prints)
+        .map(|(entry, print)| {
+            let name = match &entry.account {
+                Some(account) => {
+                    let provider = entry.provider.map_or("", |p| p.name());
+                    let pool = entry.pool.as_deref().unwrap_or("");
+                    crate::persist::shared::account_name(&format!("{provider}/{pool}/{account}"))
+                }
+                None => print.clone(),
+            };
+            Arc::clone(names.entry(name.clone()).or_insert_with(|| Arc::from(name)))
+        })
+        .collect()
+}
+
+fn index_of_accounts(accounts: &[Arc<str>]) -> HashMap<Arc<str>, KeyId> {
+    let mut index = HashMap::with_capacity(accounts.len());
+    for (id, account) in accounts.iter().enumerate() {
+        index.entry(Arc::clone(account)).or_insert(id);
+    }
+    index
 }
 
 /// Each fingerprint's first key (as a scan of `prints` would find it).
@@ -1115,8 +1242,167 @@ mod tests {
     /// Every fact a pool sends, as another instance would get it.
     fn shared_facts(pool: &Pool) -> std::sync::mpsc::Receiver<Fact> {
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
-        pool.share(tx);
+        pool.share(tx, Arc::new(Ledger::default()));
         rx
+    }
+
+    type Released = (String, Option<(u32, u64)>);
+
+    /// A [`Flight`] that answers reservations as told (granted when not told) and keeps
+    /// what it was asked.
+    #[derive(Default)]
+    struct Ledger {
+        answers: Mutex<HashMap<String, Reserve>>,
+        asked: Mutex<Vec<(String, u32)>>,
+        released: Mutex<Vec<Released>>,
+    }
+
+    impl Flight for Ledger {
+        fn reserve(&self, account: &str, cap: u32, _reset_ms: u64) -> Reserve {
+            self.asked.lock().unwrap().push((account.into(), cap));
+            let answers = self.answers.lock().unwrap();
+            answers.get(account).copied().unwrap_or(Reserve::Granted)
+        }
+        fn release(&self, account: &str, budget: Option<(u32, u64)>) {
+            self.released.lock().unwrap().push((account.into(), budget));
+        }
+    }
+
+    fn with_budget(remaining: u32) -> Outcome {
+        Outcome::Served {
+            budget: Some(crate::rotation::policy::Budget {
+                remaining,
+                reset: Duration::from_secs(10),
+                limit: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn attempts_with_an_account_that_announces_a_budget_are_reserved_and_released() {
+        let t = now();
+        let pool = fresh(vec![entry(0)], t);
+        let ledger = Arc::new(Ledger::default());
+        let (tx, _rx) = std::sync::mpsc::sync_channel(64);
+        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        let account = state::fingerprint(&entry(0).key);
+        // Nothing known of the budget yet: counted with no cap, so that the others
+        // count it against the budget its answer announces.
+        let _ = record(&pool, &entry(0), with_budget(3), t);
+        // Known: each attempt is reserved against it and released with its answer's.
+        let _ = record(&pool, &entry(0), with_budget(2), t);
+        let reset = epoch_ms(t.wall + Duration::from_secs(10));
+        assert_eq!(
+            *ledger.asked.lock().unwrap(),
+            [(account.clone(), u32::MAX), (account.clone(), 3)]
+        );
+        assert_eq!(
+            *ledger.released.lock().unwrap(),
+            [
+                (account.clone(), Some((3, reset))),
+                (account.clone(), Some((2, reset)))
+            ]
+        );
+        // An attempt dropped unfinished (never sent) is released too; a failure carries
+        // no budget.
+        drop(pool.pick(t, &[], None).unwrap());
+        let _ = record(&pool, &entry(0), Outcome::Failed, t);
+        let released = ledger.released.lock().unwrap();
+        assert_eq!(released[2..], [(account.clone(), None), (account, None)]);
+    }
+
+    #[test]
+    fn a_refused_reservation_books_its_account_until_freed_and_the_next_key_goes() {
+        let t = now();
+        let pool = fresh(vec![entry(0), entry(1)], t);
+        let ledger = Arc::new(Ledger::default());
+        let (tx, _rx) = std::sync::mpsc::sync_channel(64);
+        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        let _ = record(&pool, &entry(0), with_budget(3), t);
+        let _ = record(&pool, &entry(1), with_budget(3), t);
+        let first = state::fingerprint(&entry(0).key);
+        ledger
+            .answers
+            .lock()
+            .unwrap()
+            .insert(first.clone(), Reserve::Refused);
+        // Key 0's account is full elsewhere: key 1 goes, and key 0 is not asked again.
+        let later = Now {
+            mono: t.mono + Duration::from_secs(1),
+            wall: t.wall + Duration::from_secs(1),
+        };
+        for _ in 0..3 {
+            let (ticket, _) = pool.pick(later, &[], None).unwrap();
+            assert_eq!(**ticket.entry(), entry(1));
+            ticket.finish(with_budget(3), None, later);
+        }
+        // The refused attempt left no trace of a sending: key 0 was last used at `t`.
+        assert_eq!(
+            pool.report(later).keys[0].last_used_ms,
+            Some(epoch_ms(t.wall))
+        );
+        // Asked twice: its first attempt, and the refused one.
+        let asked = ledger.asked.lock().unwrap().clone();
+        assert_eq!(asked.iter().filter(|(a, _)| *a == first).count(), 2);
+        // A refused attempt is not released (it was never counted): one release, the
+        // first attempt's.
+        let released = ledger.released.lock().unwrap().clone();
+        assert_eq!(released.iter().filter(|(a, _)| *a == first).count(), 1);
+        // One of the others' attempts ends: key 0 is asked again.
+        ledger.answers.lock().unwrap().clear();
+        assert!(pool.freed(&first));
+        let picked: Vec<KeyEntry> = (0..2)
+            .map(|_| {
+                let (ticket, _) = pool.pick(t, &[], None).unwrap();
+                let e = (**ticket.entry()).clone();
+                ticket.finish(with_budget(3), None, t);
+                e
+            })
+            .collect();
+        assert!(picked.contains(&entry(0)), "{picked:?}");
+        // Redis too slow: the attempt goes, counted here (and in Redis when it can be),
+        // and is released like a granted one.
+        let before = ledger.released.lock().unwrap().len();
+        ledger
+            .answers
+            .lock()
+            .unwrap()
+            .insert(first.clone(), Reserve::Unavailable);
+        ledger
+            .answers
+            .lock()
+            .unwrap()
+            .insert(state::fingerprint(&entry(1).key), Reserve::Unavailable);
+        let (ticket, _) = pool.pick(t, &[], None).unwrap();
+        ticket.finish(with_budget(3), None, t);
+        assert_eq!(ledger.released.lock().unwrap().len(), before + 1);
+    }
+
+    #[test]
+    fn an_account_is_named_alike_on_instances_whose_keys_files_differ() {
+        let with = |n: u8, account: &str| KeyEntry {
+            account: Some(account.into()),
+            ..entry(n)
+        };
+        let prints = |entries: &[KeyEntry]| -> Vec<String> {
+            entries.iter().map(|e| state::fingerprint(&e.key)).collect()
+        };
+        let one = [with(0, "acme"), with(1, "acme"), entry(2)];
+        let other = [with(4, "acme"), with(1, "acme"), with(0, "other")];
+        let a = accounts_of(&one, &prints(&one));
+        let b = accounts_of(&other, &prints(&other));
+        assert_eq!(a[0], a[1]);
+        assert_eq!(a[0], b[0], "whatever keys each file lists");
+        assert_ne!(a[0], b[2]);
+        assert_eq!(*a[2], state::fingerprint(&entry(2).key), "alone: its own");
+        // The same name in another pool is another account.
+        let elsewhere = [KeyEntry {
+            pool: Some("work".into()),
+            ..with(0, "acme")
+        }];
+        assert_ne!(accounts_of(&elsewhere, &prints(&elsewhere))[0], a[0]);
+        // Nothing of the name shows.
+        assert!(!a[0].contains("acme"), "{}", a[0]);
     }
 
     #[test]
@@ -1244,7 +1530,7 @@ mod tests {
         let t = now();
         let pool = fresh(vec![entry(0), entry(1)], t);
         let (tx, _rx) = std::sync::mpsc::sync_channel(0);
-        pool.share(tx);
+        pool.share(tx, Arc::new(Ledger::default()));
         let _ = record(&pool, &entry(0), rest(60), t);
         assert_eq!(pool.dropped_facts(), 1);
     }

@@ -17,7 +17,7 @@ use std::thread;
 use crate::keys::store::KeyEntry;
 use crate::persist::shared::Fact;
 use crate::persist::state::StateFile;
-use crate::rotation::policy::{Share, Strategy};
+use crate::rotation::policy::Strategy;
 use crate::rotation::pool::{Now, Pool, Reloaded};
 use crate::rotation::provider::{self, Provider};
 use crate::rotation::waiting::Room;
@@ -167,14 +167,18 @@ pub enum PoolChange {
     Gone(String),
 }
 
+/// Where a pool's facts go, and where its attempts are reserved (see [`Sharing`]).
+type Outbox = (SyncSender<Fact>, Arc<dyn Flight>);
+
 /// Every pool of the process.
 pub struct Pools {
     upstreams: Upstreams,
     strategy: Strategy,
     /// The default pool first. Replaced whole on a reload; readers clone the `Arc`.
     members: RwLock<Arc<[Arc<Member>]>>,
-    /// Where the pools' facts go with `--redis` (see [`Sharing`]); new pools share too.
-    outbox: Mutex<Option<SyncSender<Fact>>>,
+    /// Where the pools' facts go with `--redis`, and where their attempts are reserved
+    /// (see [`Sharing`]); new pools share too.
+    outbox: Mutex<Option<Outbox>>,
     /// Every pool name this process has served: a request for one that has (for now) no
     /// keys gets 404, never the default pool's key and upstream.
     seen: Mutex<Vec<String>>,
@@ -274,8 +278,8 @@ impl Pools {
                     let remembered = remembered.get_or_insert_with(|| self.snapshot(now));
                     let fresh = Member::new(group, remembered, self.strategy, now);
                     let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(outbox) = outbox.as_ref() {
-                        share_keys_only(&fresh, outbox.clone());
+                    if let Some((outbox, flight)) = outbox.as_ref() {
+                        share_keys_only(&fresh, outbox.clone(), Arc::clone(flight));
                     }
                     members.push(Arc::new(fresh));
                 }
@@ -338,8 +342,9 @@ impl Pools {
 
 /// What `--redis` shares (`team.rs`): one pool's, or every pool's, facts.
 pub trait Sharing: Send + Sync {
-    /// Hands the facts learned from now on to `outbox`.
-    fn share(&self, outbox: SyncSender<Fact>);
+    /// Hands the facts learned from now on to `outbox`, and reserves attempts with
+    /// accounts whose answers announce a budget through `flight`.
+    fn share(&self, outbox: SyncSender<Fact>, flight: Arc<dyn Flight>);
     /// Facts the outbox had no room for.
     fn dropped_facts(&self) -> u64;
     /// Everything worth sharing, for the merge when Redis (re)appears.
@@ -348,13 +353,40 @@ pub trait Sharing: Send + Sync {
     fn apply(&self, fact: &Fact, now: Now) -> bool;
     /// Upstream attempts and 429s since the start.
     fn totals(&self) -> (u64, u64);
-    /// This instance's part of every budget from now on (see [`Share`]).
-    fn set_share(&self, share: Share);
+    /// Another instance's attempt with the account known as `account` (see
+    /// [`Flight`]) ended: requests waiting for it look again. Whether any pool has it.
+    fn freed(&self, account: &str) -> bool;
+}
+
+/// The attempts every instance sharing the pool has under way with an account, counted
+/// in Redis (`flights.rs`), so that together they never have more than its announced
+/// budget allows. An account is known by its tag: the smallest fingerprint of its keys.
+pub trait Flight: Send + Sync {
+    /// Asks for one more attempt with `account`, whose budget allows `cap` under way in
+    /// the window that resets at `reset_ms` (epoch ms). Never waits on Redis more than
+    /// a few milliseconds: when it would, the answer is [`Reserve::Unavailable`].
+    fn reserve(&self, account: &str, cap: u32, reset_ms: u64) -> Reserve;
+    /// Ends an attempt reserved (granted or unavailable), never waiting; `budget` is
+    /// what its answer announced (remaining, reset in epoch ms).
+    fn release(&self, account: &str, budget: Option<(u32, u64)>);
+}
+
+/// What a reservation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// Counted: the attempt may go.
+    Granted,
+    /// The budget has no room for another with the attempts every instance has under
+    /// way.
+    Refused,
+    /// Redis did not answer in time (or is away): the attempt goes, counted here, and
+    /// Redis counts it when it can. Released like a granted one.
+    Unavailable,
 }
 
 impl Sharing for Pool {
-    fn share(&self, outbox: SyncSender<Fact>) {
-        Pool::share(self, outbox);
+    fn share(&self, outbox: SyncSender<Fact>, flight: Arc<dyn Flight>) {
+        Pool::share(self, outbox, flight);
     }
     fn dropped_facts(&self) -> u64 {
         Pool::dropped_facts(self)
@@ -368,8 +400,8 @@ impl Sharing for Pool {
     fn totals(&self) -> (u64, u64) {
         Pool::totals(self)
     }
-    fn set_share(&self, share: Share) {
-        Pool::set_share(self, share);
+    fn freed(&self, account: &str) -> bool {
+        Pool::freed(self, account)
     }
 }
 
@@ -382,7 +414,7 @@ fn keys_only(fact: &Fact) -> bool {
 
 /// Lets `member` (not the default pool) share through `outbox`: its facts pass a small
 /// thread that drops its pauses (see [`keys_only`]); the thread ends with the pool.
-fn share_keys_only(member: &Member, outbox: SyncSender<Fact>) {
+fn share_keys_only(member: &Member, outbox: SyncSender<Fact>, flight: Arc<dyn Flight>) {
     let (to_filter, facts) = mpsc::sync_channel::<Fact>(1024);
     let started = thread::Builder::new()
         .name(format!("redis-pool-{}", member.name))
@@ -393,7 +425,7 @@ fn share_keys_only(member: &Member, outbox: SyncSender<Fact>) {
             }
         });
     if started.is_ok() {
-        member.pool.share(to_filter);
+        member.pool.share(to_filter, flight);
     } else {
         log::warn!(
             "pool {}: cannot start the thread that shares its key states; they stay on this instance",
@@ -406,16 +438,16 @@ fn share_keys_only(member: &Member, outbox: SyncSender<Fact>) {
 /// it by fingerprint, so they land in its pool); the pause of a storm is the default
 /// pool's alone.
 impl Sharing for Pools {
-    fn share(&self, outbox: SyncSender<Fact>) {
+    fn share(&self, outbox: SyncSender<Fact>, flight: Arc<dyn Flight>) {
         let mut kept = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
         for (i, member) in self.all().iter().enumerate() {
             if i == 0 {
-                member.pool.share(outbox.clone());
+                member.pool.share(outbox.clone(), Arc::clone(&flight));
             } else {
-                share_keys_only(member, outbox.clone());
+                share_keys_only(member, outbox.clone(), Arc::clone(&flight));
             }
         }
-        *kept = Some(outbox);
+        *kept = Some((outbox, flight));
     }
     fn dropped_facts(&self) -> u64 {
         self.all().iter().map(|m| m.pool.dropped_facts()).sum()
@@ -442,12 +474,15 @@ impl Sharing for Pools {
             (a + attempts, l + limited)
         })
     }
-    /// Every pool's budgets are split alike (a pool a reload adds gets it with the next
-    /// heartbeat, two seconds at most).
-    fn set_share(&self, share: Share) {
+    fn freed(&self, account: &str) -> bool {
+        let mut any = false;
         for member in self.all().iter() {
-            member.pool.set_share(share);
+            if member.pool.freed(account) {
+                member.room.wake();
+                any = true;
+            }
         }
+        any
     }
 }
 

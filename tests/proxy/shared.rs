@@ -699,3 +699,50 @@ fn a_quiet_link_stays_up() {
     }
     assert!(!a.logs().contains("unreachable"), "{}", a.logs());
 }
+
+/// The instances together never have more attempts under way with an account than the
+/// budget its answers announced: an attempt under way on one instance counts on the
+/// others, and when it ends they send again.
+#[test]
+fn an_attempt_under_way_on_one_instance_counts_against_the_budget_on_all() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 1);
+    let b = proxy_on(&mock, &redis.url(), 1);
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+    // Each learns that the account has one request left in a window of a minute.
+    mock.plan(
+        &key(1),
+        &[
+            "budget:1:60",
+            "budget:1:60",
+            "budgetgate:1:60:1",
+            "budget:1:60",
+        ],
+    );
+    assert_eq!(a.chat().status, 200);
+    assert_eq!(b.chat().status, 200);
+    // B's next attempt stays under way until the test lets it end.
+    let addr = b.addr();
+    let held = thread::spawn(move || raw_chat(&addr));
+    eventually("B's attempt reaches the upstream", || {
+        uses_of(&mock, 1) == 3
+    });
+    // The one request left is under way on B: A sends nothing, and says why.
+    let refused = a.chat();
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(refused.text().contains("under way"), "{}", refused.text());
+    assert_eq!(
+        uses_of(&mock, 1),
+        3,
+        "A sent nothing while B's attempt was under way"
+    );
+    mock.release();
+    assert_eq!(held.join().unwrap(), 200);
+    // B's attempt ended (its answer left one request): A sends again.
+    eventually("A is served again", || a.chat().status == 200);
+    assert_eq!(uses_of(&mock, 1), 4);
+}
