@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread;
 
-use crate::keys::store::KeyEntry;
+use crate::keys::store::{KeyEntry, RESERVED_POOL_NAMES};
 use crate::persist::shared::Fact;
 use crate::persist::state::StateFile;
 use crate::rotation::policy::Strategy;
@@ -226,6 +226,11 @@ impl Pools {
     /// preset's name, a `--pool-upstream` name, or a pool this process has served. A
     /// request for one that is not here gets 404 rather than the default pool.
     pub fn is_pool_name(&self, name: &str) -> bool {
+        // Most requests at the bare base URL start `/api/…` or `/v1/…`: answered before
+        // any lock (no pool may have such a name).
+        if RESERVED_POOL_NAMES.contains(&name) {
+            return false;
+        }
         is_provider_name(name)
             || self.upstreams.overrides.iter().any(|(n, _)| n == name)
             || self
@@ -728,6 +733,9 @@ mod tests {
         assert!(pools.is_pool_name("work"));
         assert!(pools.is_pool_name("anthropic"));
         assert!(!pools.is_pool_name("nobody"));
+        for reserved in RESERVED_POOL_NAMES {
+            assert!(!pools.is_pool_name(reserved), "{reserved}");
+        }
     }
 
     #[test]
