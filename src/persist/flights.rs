@@ -188,7 +188,12 @@ impl Flights {
         let mut up = false;
         loop {
             if self.team.writer_link() == Link::Up {
-                if Instant::now() >= next_mend {
+                if !up {
+                    // This connection may have died with an outage the writer saw: made
+                    // sure of before this side says it is up.
+                    let _: String = redis::cmd("PING").query(con)?;
+                }
+                if !up || Instant::now() >= next_mend {
                     self.mend(con, mend)?;
                     next_mend = Instant::now() + MEND;
                 }
@@ -198,10 +203,14 @@ impl Flights {
                     self.ready.store(true, Ordering::SeqCst);
                     self.team.set(Side::Flights, Link::Up, None);
                 }
-            } else {
-                // No heartbeat yet (or no longer): others would not count ours.
+            } else if up {
+                // No heartbeat (an outage): others would not count ours. Up again only
+                // once this side has checked its own connection.
                 up = false;
                 self.ready.store(false, Ordering::SeqCst);
+                self.idle().clear();
+                self.team.set(Side::Flights, Link::Connecting, None);
+            } else {
                 self.idle().clear();
             }
             match queue.recv_timeout(TICK) {
