@@ -346,6 +346,22 @@ struct Before {
 }
 
 impl Window {
+    /// A 429 ended this window, announcing its reset at `reset`; the next one begins at
+    /// `next`. What it served is the size of the window it was (`teaches`: unless its
+    /// first attempt was refused), from its start to `reset`.
+    fn close(&mut self, reset: Instant, next: Instant, teaches: bool) {
+        let before = self.since.filter(|_| teaches).map(|since| Before {
+            since,
+            length: reset.saturating_duration_since(since),
+            served: self.served,
+        });
+        *self = Window {
+            since: Some(next),
+            before,
+            ..Window::default()
+        };
+    }
+
     /// Whether this window has taken as many attempts as the one before held, at `now`.
     fn full(&self, now: Instant) -> bool {
         match (self.before, self.since) {
@@ -848,19 +864,7 @@ impl Policy {
             // The window is over: what it served is its size (answers still under way
             // count as they come), unless its first attempt was refused (a reset
             // announced too early).
-            let before = match window.since {
-                Some(since) if !again => Some(Before {
-                    since,
-                    length: (now + announced).saturating_duration_since(since),
-                    served: window.served,
-                }),
-                _ => None,
-            };
-            *window = Window {
-                since: Some(now + rest),
-                before,
-                ..Window::default()
-            };
+            window.close(now + announced, now + rest, !again);
         }
         let change = self.rest_group(id, now + rest, now, Some(strikes));
         let paused = self.storm(announced, sent, now);
@@ -1116,19 +1120,9 @@ impl Policy {
             // account's keys brought the same news).
             return;
         }
-        let before = match window.since {
-            Some(since) if teaches && since <= now => Some(Before {
-                since,
-                length: until.saturating_duration_since(since),
-                served: window.served,
-            }),
-            _ => None,
-        };
-        *window = Window {
-            since: Some(until),
-            before,
-            ..Window::default()
-        };
+        // A window that has not begun yet served nothing to learn from.
+        let teaches = teaches && window.since.is_some_and(|since| since <= now);
+        window.close(until, until, teaches);
     }
 
     /// Another instance rests key `id` for `models` until `until`.
