@@ -315,6 +315,12 @@ impl Slot {
         self.model_rests.iter().filter(move |r| r.until > now)
     }
 
+    /// Whether the key may take a request for `model` at `now`, as far as its own state
+    /// and rests say (its account's load aside).
+    fn open_for(&self, model: Option<&str>, now: Instant) -> bool {
+        self.state.ready_at(now) && !self.rested_for(model, now)
+    }
+
     fn rested_for(&self, model: Option<&str>, now: Instant) -> bool {
         model.is_some() && self.model_rests_at(now).any(|r| r.models.covers(model))
     }
@@ -564,7 +570,7 @@ impl Policy {
     /// Whether key `id` could take an attempt for `model` at `now`.
     fn serves(&self, id: KeyId, model: Option<&str>, now: Instant) -> bool {
         let slot = &self.slots[id];
-        slot.state.ready_at(now) && !slot.rested_for(model, now) && !self.booked(slot, now)
+        slot.open_for(model, now) && !self.booked(slot, now)
     }
 
     /// The next key that could serve a request for `model` at `now` and is not in
@@ -608,9 +614,7 @@ impl Policy {
     /// `now` (a rest may have begun while Redis was asked).
     pub fn still_serves(&self, id: KeyId, model: Option<&str>, now: Instant) -> bool {
         let slot = &self.slots[id];
-        self.paused_until.is_none_or(|p| now >= p)
-            && slot.state.ready_at(now)
-            && !slot.rested_for(model, now)
+        self.paused_until.is_none_or(|p| now >= p) && slot.open_for(model, now)
     }
 
     /// The attempt counted with key `id` goes out at `now`: the rotation moves on, and
@@ -1022,7 +1026,7 @@ impl Policy {
         let (booked, held_until) = self
             .slots
             .iter()
-            .filter(|s| s.state.ready_at(now) && !s.rested_for(model, now) && self.booked(s, now))
+            .filter(|s| s.open_for(model, now) && self.booked(s, now))
             .fold((0, None), |(booked, held): (usize, Option<Instant>), s| {
                 let until = s.probe.filter(|_| s.held(now)).map(|p| p + PATIENCE);
                 (booked + 1, held.into_iter().chain(until).min())
