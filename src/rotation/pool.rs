@@ -307,9 +307,9 @@ impl Pool {
                 open: true,
                 reserved: None,
             };
-            let ask = inner.flight.clone().and_then(|flight| {
+            let ask = inner.flight.as_ref().and_then(|flight| {
                 let (cap, reset) = inner.policy.shared_cap(id, now.mono)?;
-                Some((flight, cap, reset))
+                Some((Arc::clone(flight), cap, reset))
             });
             let Some((flight, cap, reset)) = ask else {
                 let change = inner.commit(id, now);
