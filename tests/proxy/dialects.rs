@@ -140,14 +140,7 @@ fn a_free_models_limit_spares_paid_models() {
 }
 
 fn keys_cmd_status(proxy: &Proxy) -> String {
-    let ran = run_in(
-        proxy.dir.path(),
-        PROXY,
-        &["status", "--port", &proxy.port.to_string()],
-        "",
-        &[],
-    );
-    ran.all()
+    proxy.status_command(&[], &[]).all()
 }
 
 /// A success that says no requests are left rests the key until the reset, without a

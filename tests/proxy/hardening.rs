@@ -110,27 +110,14 @@ fn with_a_token_every_request_must_carry_it_and_it_never_goes_upstream() {
             .unwrap(),
     );
     assert_eq!(status.status, 200);
-    let port = proxy.port.to_string();
-    let refused = run_in(
-        proxy.dir.path(),
-        PROXY,
-        &["status", "--port", &port],
-        "",
-        &[],
-    );
+    let refused = proxy.status_command(&[], &[]);
     assert_eq!(refused.code, Some(1));
     assert!(
         refused.stderr.contains("needs its access token"),
         "{}",
         refused.stderr
     );
-    let allowed = run_in(
-        proxy.dir.path(),
-        PROXY,
-        &["status", "--port", &port],
-        "",
-        &[("ROO_PROXY_ACCESS_TOKEN", TOKEN)],
-    );
+    let allowed = proxy.status_command(&[], &[("ROO_PROXY_ACCESS_TOKEN", TOKEN)]);
     assert_eq!(allowed.code, Some(0), "{}", allowed.all());
     assert!(!proxy.logs().contains(TOKEN), "the token reached the log");
 }

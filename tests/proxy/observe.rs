@@ -319,11 +319,8 @@ fn keys_list_and_status_show_a_rest_by_one_name_and_one_rounding() {
     eventually("the state file names the rest", || {
         list_json()["keys"][0]["state"] == "cooling"
     });
-    let port = proxy.port.to_string();
-    let status_json: Value = serde_json::from_str(
-        &run_in(dir, PROXY, &["status", "--port", &port, "--json"], "", &[]).stdout,
-    )
-    .unwrap();
+    let status_json: Value =
+        serde_json::from_str(&proxy.status_command(&["--json"], &[]).stdout).unwrap();
     let (listed, reported) = (&list_json()["keys"][0], &status_json["keys"][0]);
     for k in [listed, reported] {
         assert!(k.get("cooldown_seconds").is_none(), "{k}");
@@ -332,7 +329,7 @@ fn keys_list_and_status_show_a_rest_by_one_name_and_one_rounding() {
     }
     // Nine and a bit minutes read "10m" in both tables: rounded up, never down.
     let list = run_in(dir, PROXY, &["keys", "list"], "", &[]).stdout;
-    let status = run_in(dir, PROXY, &["status", "--port", &port], "", &[]).stdout;
+    let status = proxy.status_command(&[], &[]).stdout;
     let row = |text: &str| {
         let line = text
             .lines()
@@ -359,14 +356,7 @@ fn roo_proxy_status_prints_the_pool_of_a_running_proxy() {
     mock.plan(&key(1), &["429:120"]);
     let proxy = Proxy::with(&mock).keys(2).start();
     assert_eq!(proxy.chat().status, 200);
-    let port = proxy.port.to_string();
-    let ran = run_in(
-        proxy.dir.path(),
-        PROXY,
-        &["status", "--port", &port],
-        "",
-        &[],
-    );
+    let ran = proxy.status_command(&[], &[]);
     assert_eq!(ran.code, Some(0), "{}", ran.all());
     assert_no_key(&ran.all(), 2);
     let lines: Vec<&str> = ran.stdout.lines().collect();
@@ -397,13 +387,7 @@ fn roo_proxy_status_prints_the_pool_of_a_running_proxy() {
         ran.stdout
     );
 
-    let json = run_in(
-        proxy.dir.path(),
-        PROXY,
-        &["status", "--port", &port, "--json"],
-        "",
-        &[],
-    );
+    let json = proxy.status_command(&["--json"], &[]);
     let v: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["keys"][0]["state"], "cooling");
     // The variable works as the flag does.
@@ -412,7 +396,7 @@ fn roo_proxy_status_prints_the_pool_of_a_running_proxy() {
         PROXY,
         &["status"],
         "",
-        &[("ROO_PROXY_PORT", &port)],
+        &[("ROO_PROXY_PORT", &proxy.port.to_string())],
     );
     assert_eq!(env.code, Some(0), "{}", env.all());
 }

@@ -476,14 +476,7 @@ fn status_metrics_and_the_status_command_show_the_pools() {
             "{line} not in\n{metrics}"
         );
     }
-    let port = proxy.port.to_string();
-    let ran = run_in(
-        proxy.dir.path(),
-        PROXY,
-        &["status", "--port", &port],
-        "",
-        &[],
-    );
+    let ran = proxy.status_command(&[], &[]);
     assert_eq!(ran.code, Some(0), "{}", ran.all());
     assert!(
         ran.stdout

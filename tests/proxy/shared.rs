@@ -417,12 +417,9 @@ fn a_key_found_invalid_by_one_is_skipped_by_all_three() {
             .all(|p| status(p)["shared"]["instances"].as_array().map(Vec::len) == Some(3))
     });
     // `roo-proxy status` lists them too.
-    let out = Command::new(crate::support::PROXY)
-        .args(["status", "--port", &proxies[1].port.to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let ran = proxies[1].status_command(&[], &[]);
+    let text = ran.stdout;
+    assert_eq!(ran.code, Some(0), "{text}");
     assert!(text.contains(": up · 3 instances"), "{text}");
     assert_eq!(text.matches("(this one)").count(), 1, "{text}");
     for p in &proxies {

@@ -293,6 +293,15 @@ impl ProxyBuilder {
 }
 
 impl Proxy {
+    /// `roo-proxy status --port PORT ARGS` asking this proxy, run in its folder with
+    /// `env` set.
+    pub fn status_command(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
+        let port = self.port.to_string();
+        let mut all = vec!["status", "--port", &port];
+        all.extend_from_slice(args);
+        run_in(self.dir.path(), PROXY, &all, "", env)
+    }
+
     /// A proxy in front of `mock`, on a free port, in a fresh folder.
     pub fn with(mock: &Mock) -> ProxyBuilder {
         Proxy::bare().arg("--upstream").arg(&mock.base())
