@@ -305,7 +305,13 @@ struct Incoming<'a> {
     cors: &'a [(String, String)],
     /// The error shape of every answer the proxy makes itself: the provider's.
     shape: Shape,
+    /// The pool the path's first segment names, and the path within it (`None`: the
+    /// bare base URL, or a name that is no pool here), looked up once per request.
+    named: Option<Named<'a>>,
 }
+
+/// A pool a request's path names, and the rest of the path.
+type Named<'a> = (Arc<Member>, std::borrow::Cow<'a, str>);
 
 impl Incoming<'_> {
     /// The path for logs: no query string, which may carry ids people would rather not log.
@@ -393,7 +399,8 @@ impl Proxy {
             &self.config.allow_origins,
         );
         let cors = browser::cors_headers(caller);
-        let shape = self.shape_for(&head.target);
+        let named = self.named_pool(&head.target);
+        let shape = self.shape_in(&head.target, named.as_ref());
         if self.stopping.load(Ordering::SeqCst) {
             let reply = Reply::busy("roo-proxy is shutting down; send the request again");
             let _ = stream::write_reply_in(conn, &reply, true, &cors, shape);
@@ -416,6 +423,7 @@ impl Proxy {
             started,
             cors: &cors,
             shape,
+            named,
         };
         let done = match self.prepare(head, conn, &incoming, caller) {
             Ok(Prepared::Preflight(mut headers)) => {
@@ -558,15 +566,12 @@ impl Proxy {
         // A pool named in the path (`/gemini/v1beta/…`, `/work/v1/chat/completions`)
         // serves the request; the bare base URL is the default pool. A provider's name
         // that is no pool here gets the list of pools.
-        let mut target = std::borrow::Cow::Borrowed(incoming.target);
-        let mut member = None;
-        if let Some((named, rest)) = route::pool_prefix(incoming.target) {
-            match self.pools.find(named) {
-                Some(found) => {
-                    member = Some(found);
-                    target = rest;
-                }
-                None if self.pools.is_pool_name(named) => {
+        let (member, target) = match &incoming.named {
+            Some((member, rest)) => (Arc::clone(member), rest.as_ref()),
+            None => {
+                if let Some((named, _)) = route::pool_prefix(incoming.target)
+                    && self.pools.is_pool_name(named)
+                {
                     return Err(Reply::new(
                         404,
                         format!(
@@ -575,11 +580,10 @@ impl Proxy {
                         ),
                     ));
                 }
-                None => {}
+                (self.pools.default_pool(), incoming.target)
             }
-        }
-        let member = member.unwrap_or_else(|| self.pools.default_pool());
-        let url = route::upstream_url(&member.upstream, member.provider.base_prefixes(), &target)
+        };
+        let url = route::upstream_url(&member.upstream, member.provider.base_prefixes(), target)
             .map_err(|e| Reply::new(400, e.to_string()))?;
         // Every Connection header names headers that stop here.
         let named: Vec<String> = head
@@ -965,12 +969,21 @@ impl Proxy {
     /// The error shape of the proxy's own answer to `target`: the provider's of the pool
     /// its path names (`/work/…` too), else as `error::shape_for` says.
     fn shape_for(&self, target: &str) -> Shape {
-        match route::pool_prefix(target)
-            .and_then(|(named, rest)| Some((self.pools.find(named)?, rest)))
-        {
-            Some((member, rest)) => error::shape_for(Some(&rest), member.provider),
+        self.shape_in(target, self.named_pool(target).as_ref())
+    }
+
+    /// The same, for a `target` whose named pool was already looked up.
+    fn shape_in(&self, target: &str, named: Option<&Named>) -> Shape {
+        match named {
+            Some((member, rest)) => error::shape_for(Some(rest), member.provider),
             None => error::shape_for(Some(target), self.config.provider),
         }
+    }
+
+    /// The pool `target`'s first segment names, with the rest of the path.
+    fn named_pool<'t>(&self, target: &'t str) -> Option<Named<'t>> {
+        let (named, rest) = route::pool_prefix(target)?;
+        Some((self.pools.find(named)?, rest))
     }
 
     /// With an access token configured, the request must carry it.
