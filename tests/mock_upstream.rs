@@ -51,7 +51,8 @@
 //!   `X-RateLimit-Reset` S seconds away (epoch ms), after MS milliseconds; `oaibudget:N:DUR` `ok` with
 //!   `x-ratelimit-remaining-requests: N`, `x-ratelimit-reset-requests: DUR`;
 //!   `budgetgate:N:S:G` the same as `budget:N:S`, once `/_mock/release` has been called
-//!   G times in all (an attempt kept under way until the test lets it end).
+//!   G times in all (an attempt kept under way until the test lets it end); `gate:G`
+//!   the same without a budget.
 //! - Faults: `hang:S` reads the request and says nothing for S seconds (default 30), then
 //!   closes; `stall:S` sends a stream's head and first event, then nothing for S seconds;
 //!   `garbage` answers with bytes that are not HTTP; `bighead` sends 100 KiB of headers.
@@ -263,6 +264,12 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
         }
         "dropmid" => sse(out, 2, 0, true, form),
         "ssegate" => sse_gated(out, arg.parse().unwrap_or(3), state),
+        "gate" => {
+            if !wait_for_release(arg.parse().unwrap_or(1), state) {
+                return Ok(false);
+            }
+            json_reply(out, 200, &[], &completion())
+        }
         "budgetgate" => {
             let mut nums = arg.split(':').map(|n| n.parse::<u64>().unwrap_or(0));
             let (left, reset, gate) = (nums.next(), nums.next(), nums.next());

@@ -36,7 +36,7 @@ use redis::{Client, Connection, Script};
 use crate::persist::shared::{self, Link};
 use crate::persist::team::{Side, Team};
 use crate::rotation::pool::epoch_ms;
-use crate::rotation::pools::{Flight, Reserve};
+use crate::rotation::pools::{Ended, Flight, Reserve};
 
 /// The longest a request waits for Redis to reserve an attempt.
 const RESERVE_TIMEOUT: Duration = Duration::from_millis(5);
@@ -92,15 +92,16 @@ struct Count {
 struct Net {
     ended: u32,
     added: u32,
+    served: bool,
     budget: Option<(u32, u64)>,
 }
 
 /// A change to this instance's count in Redis, for the lender.
 struct Release {
     account: String,
-    budget: Option<(u32, u64)>,
-    /// An attempt ended (`false`: one went that Redis did not count, to be added).
-    ended: bool,
+    /// An attempt ended, and how (`None`: one went that Redis did not count, to be
+    /// added).
+    ended: Option<Ended>,
 }
 
 impl Flights {
@@ -166,7 +167,7 @@ impl Flights {
             while let Some(left) = until.checked_duration_since(Instant::now()) {
                 match queue.recv_timeout(left) {
                     // Redis is away: the count is mended when it is back.
-                    Ok(r) if r.ended => {
+                    Ok(r) if r.ended.is_some() => {
                         self.count(&r.account, |c| c.queued = c.queued.saturating_sub(1));
                     }
                     Ok(_) => {}
@@ -242,18 +243,22 @@ impl Flights {
         let mut changes: HashMap<String, Net> = HashMap::new();
         for r in batch {
             let net = changes.entry(r.account).or_default();
-            if r.ended {
-                net.ended += 1;
-            } else {
-                net.added += 1;
+            match r.ended {
+                Some(Ended::Served(budget)) => {
+                    net.ended += 1;
+                    net.served = true;
+                    net.budget = shared::newer_budget(net.budget, budget);
+                }
+                Some(Ended::Other) => net.ended += 1,
+                None => net.added += 1,
             }
-            net.budget = shared::newer_budget(net.budget, r.budget);
         }
         let mut failed = None;
         for (account, net) in changes {
             let Net {
                 ended: n,
                 added,
+                served,
                 budget,
             } = net;
             if failed.is_none() {
@@ -270,6 +275,7 @@ impl Flights {
                     .arg(shared::freed_message(&account))
                     .arg(shared::FLIGHT_TTL_MS)
                     .arg(i64::from(n) - i64::from(added))
+                    .arg(if served { "1" } else { "0" })
                     .invoke(con);
                 failed = done.err();
             }
@@ -383,8 +389,7 @@ impl Flights {
     fn unavailable(&self, account: &str) -> Reserve {
         let add = Release {
             account: account.to_string(),
-            budget: None,
-            ended: false,
+            ended: None,
         };
         // Full: the next mend writes it.
         let _ = self.releases.try_send(add);
@@ -393,7 +398,7 @@ impl Flights {
 }
 
 impl Flight for Flights {
-    fn reserve(&self, account: &str, cap: u32, reset_ms: u64) -> Reserve {
+    fn reserve(&self, account: &str, cap: u32, reset_ms: u64, first: bool) -> Reserve {
         // Counted before Redis is asked: a mend meanwhile counts too many, never too few.
         let count = self.count(account, |c| {
             c.held += 1;
@@ -430,11 +435,16 @@ impl Flight for Flights {
             .arg(shared::instance_prefix())
             .arg(shared::FLIGHT_TTL_MS)
             .arg(count.seq)
+            .arg(if first { "1" } else { "0" })
             .invoke(&mut con);
         match answer {
             Ok(1) => {
                 self.give_back(con);
                 Reserve::Granted
+            }
+            Ok(2) => {
+                self.give_back(con);
+                Reserve::Answered
             }
             Ok(_) => {
                 self.give_back(con);
@@ -449,15 +459,14 @@ impl Flight for Flights {
         }
     }
 
-    fn release(&self, account: &str, budget: Option<(u32, u64)>) {
+    fn release(&self, account: &str, ended: Ended) {
         self.count(account, |c| {
             c.held = c.held.saturating_sub(1);
             c.queued += 1;
         });
         let release = Release {
             account: account.to_string(),
-            budget,
-            ended: true,
+            ended: Some(ended),
         };
         if self.releases.try_send(release).is_err() {
             // Lost: Redis counts it until the next mend.

@@ -144,21 +144,24 @@ pub fn decode_freed(text: &[u8]) -> Option<String> {
 /// Reserves an attempt with an account: KEYS = [its flight key]; ARGV = [this instance,
 /// its own attempts under way with the account, the budget it knows (cap), that
 /// budget's reset (epoch ms), now (epoch ms), the heartbeat key prefix, the count's
-/// lifetime (ms), this reservation's number]. Counts the attempts of every other
-/// instance whose heartbeat lives (and forgets those of instances gone), takes the
-/// fewer of the two budgets when Redis holds one for the same or a later window, and
-/// counts one more for this instance if there is room, noting the highest number
-/// granted (`s:ID`, for [`MEND`]). Returns 1, or 0 when there is none; a refusal marks
-/// the account so that the next release announces that one ended.
+/// lifetime (ms), this reservation's number, '1' when the cap is the slow start's].
+/// Counts the attempts of every other instance whose heartbeat lives (and forgets those
+/// of instances gone), drops the slow start's cap once the account answered an instance
+/// (`a`), takes the fewer of the two budgets when Redis holds one for the same or a
+/// later window, and counts one more for this instance if there is room, noting the
+/// highest number granted (`s:ID`, for [`MEND`]). Returns 1, or 2 when it dropped the
+/// slow start's cap, or 0 when there is no room; a refusal marks the account so that
+/// the next release announces that one ended.
 pub const RESERVE: &str = r"
 local me, mine, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local reset, now = tonumber(ARGV[4]), tonumber(ARGV[5])
-local others, r, t = 0, nil, nil
+local others, r, t, answered = 0, nil, nil, false
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local f, v = all[i], all[i + 1]
   if f == 'r' then r = tonumber(v)
   elseif f == 't' then t = tonumber(v)
+  elseif f == 'a' then answered = ARGV[9] == '1'
   elseif string.sub(f, 2, 2) == ':' then
     local id = string.sub(f, 3)
     if id == me then
@@ -166,6 +169,7 @@ for i = 1, #all, 2 do
     elseif string.sub(f, 1, 1) == 'i' then others = others + (tonumber(v) or 0) end
   end
 end
+if answered then cap = 4294967295 end
 if r and t and now < t and t + 500 >= reset and r < cap then cap = r end
 if others + mine >= cap then
   redis.call('HSET', KEYS[1], 'w', '1')
@@ -178,15 +182,17 @@ if seq > (tonumber(redis.call('HGET', KEYS[1], 's:' .. me) or '0') or 0) then
   redis.call('HSET', KEYS[1], 's:' .. me, seq)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if answered then return 2 end
 return 1
 ";
 
 /// Ends reserved attempts: KEYS = [the flight key, the channel]; ARGV = [this instance,
 /// the remaining budget their answers announced or '', that budget's reset (epoch ms),
 /// the [`freed_message`], the count's lifetime (ms), how many ended less how many went
-/// uncounted]. Counts that many fewer for this instance (never below 0), keeps the
-/// budget of the latest window (the fewest left within one), and publishes the message
-/// when a reservation was refused since the last release.
+/// uncounted, '1' when one of them was answered]. Counts that many fewer for this
+/// instance (never below 0), notes that the account answered (`a`: its slow start is
+/// over), keeps the budget of the latest window (the fewest left within one), and
+/// publishes the message when a reservation was refused since the last release.
 pub const RELEASE: &str = r"
 local f = 'i:' .. ARGV[1]
 local n = (tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0) - tonumber(ARGV[6])
@@ -194,6 +200,10 @@ if n > 0 then
   redis.call('HSET', KEYS[1], f, n)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 else redis.call('HDEL', KEYS[1], f) end
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[1], 'a', '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
 if ARGV[2] ~= '' then
   local r, t = tonumber(ARGV[2]), tonumber(ARGV[3])
   local sr = tonumber(redis.call('HGET', KEYS[1], 'r') or '')

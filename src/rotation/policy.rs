@@ -33,7 +33,9 @@
 //!   window: the first answer says whether answers announce a budget and how much is
 //!   left, so a burst of requests at the start does not overfill a window it cannot
 //!   see. The hold lasts until that answer, or [`PATIENCE`] after its attempt went
-//!   out; then the account takes every attempt again, as if it had answered.
+//!   out; then the account takes every attempt again, as if it had answered. Instances
+//!   sharing the pool hold it together: one probe among them all, and an answer to any
+//!   of them ends the slow start for each ([`Policy::answered_elsewhere`]).
 //! - Windows counted: when answers announce no budget, the successes an account had
 //!   since its latest rest ended, up to the 429 that ended the window, are the size of
 //!   its window, and the time from that rest's end to the reset the 429 announced its
@@ -423,6 +425,19 @@ pub struct Policy {
     full_elsewhere: HashMap<usize, Instant>,
 }
 
+/// What instances sharing the pool reserve an attempt with an account against,
+/// together (see [`Policy::shared_cap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedCap {
+    /// The most attempts under way with the account, every instance's together.
+    pub cap: u32,
+    /// The reset of the window the cap is for.
+    pub reset: Instant,
+    /// The account has not answered here yet: the cap is the slow start's, which an
+    /// answer to another instance lifts.
+    pub first: bool,
+}
+
 /// How long a refused reservation books its account when no word comes that another
 /// instance's attempt ended: as long as a waiting request waits before it looks again.
 pub const ELSEWHERE: Duration = Duration::from_secs(1);
@@ -507,33 +522,54 @@ impl Policy {
     }
 
     /// What instances sharing the pool (`--redis`) reserve an attempt with key `id`'s
-    /// account against, all together, and the reset of the window it belongs to: the
-    /// remaining budget until the reset, and after it the window's whole budget (no cap
-    /// when answers do not say it). Before the account's first answer the attempt is
-    /// counted with no cap of its own: its answer may announce a budget, which the
-    /// others must count it against. `None` once answers announce no budget: then each
-    /// instance keeps its own count.
-    pub fn shared_cap(&self, id: KeyId, now: Instant) -> Option<(u32, Instant)> {
+    /// account against, all together: the remaining budget until the reset, and after
+    /// it the window's whole budget (no cap when answers do not say it). Before the
+    /// account's first answer the attempt is the slow start's probe, one among all the
+    /// instances (until [`PATIENCE`] after this instance's first was held, as alone),
+    /// and is counted: its answer may announce a budget, which the others must count it
+    /// against. `None` once answers announce no budget: then each instance keeps its
+    /// own count.
+    pub fn shared_cap(&self, id: KeyId, now: Instant) -> Option<SharedCap> {
         let slot = &self.slots[id];
-        match slot.allowance {
-            Some(a) if now < a.reset => Some((a.remaining, a.reset)),
-            Some(a) => Some((a.limit.unwrap_or(u32::MAX), a.reset)),
-            None if !slot.answered => Some((u32::MAX, now)),
+        let (cap, reset, first) = match slot.allowance {
+            Some(a) if now < a.reset => (a.remaining, a.reset, false),
+            Some(a) => (a.limit.unwrap_or(u32::MAX), a.reset, false),
+            None if !slot.answered => {
+                let patient = slot.probe.is_none_or(|p| now < p + PATIENCE);
+                (if patient { SLOW_START } else { u32::MAX }, now, true)
+            }
             // This instance's part of the window is spent: its probes, one at a time
             // across the instances.
-            None if self.windows.get(&slot.group).is_some_and(|w| w.full(now)) => Some((1, now)),
-            None => None,
+            None if self.windows.get(&slot.group).is_some_and(|w| w.full(now)) => (1, now, false),
+            None => return None,
+        };
+        Some(SharedCap { cap, reset, first })
+    }
+
+    /// Ends the attempt with key `id` that [`Policy::pick`] counted at `now`, because its
+    /// reservation found the account's budget full with the attempts every instance has
+    /// under way: the account is booked until another instance's attempt ends
+    /// ([`Policy::freed`]), or for [`ELSEWHERE`], whatever this instance knows of its
+    /// budget (Redis may know a smaller one). Before the account's first answer, that
+    /// is another instance's probe: this instance holds its requests for it as for one
+    /// of its own.
+    pub fn refused(&mut self, id: KeyId, now: Instant) {
+        self.abandon(id);
+        self.full_elsewhere
+            .insert(self.slots[id].group, now + ELSEWHERE);
+        if !self.slots[id].answered {
+            for other in members(&self.ring, id) {
+                self.slots[other].probe.get_or_insert(now);
+            }
         }
     }
 
-    /// Ends the attempt with key `id` that [`Policy::pick`] counted, because its
-    /// reservation found the account's budget full with the attempts every instance has
-    /// under way: the account is booked until another instance's attempt ends
-    /// ([`Policy::freed`]), or until `until`, whatever this instance knows of its budget
-    /// (Redis may know a smaller one).
-    pub fn refused(&mut self, id: KeyId, until: Instant) {
-        self.abandon(id);
-        self.full_elsewhere.insert(self.slots[id].group, until);
+    /// Another instance had an answer from key `id`'s account (its reservation said
+    /// so): the slow start is over here too.
+    pub fn answered_elsewhere(&mut self, id: KeyId) {
+        for other in members(&self.ring, id) {
+            self.slots[other].answered = true;
+        }
     }
 
     /// Another instance's attempt with key `id`'s account ended: the account is no longer
@@ -2010,19 +2046,32 @@ mod tests {
         );
     }
 
+    fn shared(cap: u32, reset: Instant) -> Option<SharedCap> {
+        Some(SharedCap {
+            cap,
+            reset,
+            first: false,
+        })
+    }
+
     #[test]
     fn attempts_under_way_elsewhere_book_the_account_until_one_ends_or_the_word_expires() {
         let t0 = Instant::now();
         let mut p = fresh(&[5, 5]);
-        // Nothing known yet: counted, with no cap of its own.
-        assert_eq!(p.shared_cap(0, t0), Some((u32::MAX, t0)));
+        // Nothing known yet: the slow start's probe, one among all the instances.
+        let probe = SharedCap {
+            cap: SLOW_START,
+            reset: t0,
+            first: true,
+        };
+        assert_eq!(p.shared_cap(0, t0), Some(probe));
         let (id, _) = pick(&mut p, t0, &[]).unwrap();
         let _ = p.record(id, served_with(4, secs(10)), at(t0), t0);
-        assert_eq!(p.shared_cap(1, t0), Some((4, t0 + secs(10))));
+        assert_eq!(p.shared_cap(1, t0), shared(4, t0 + secs(10)));
         // This instance picks one; the reservation is refused: the attempts under way
         // elsewhere fill the budget of 4.
         let (id, _) = pick(&mut p, t0, &[]).unwrap();
-        p.refused(id, t0 + ELSEWHERE);
+        p.refused(id, t0);
         assert_eq!(
             pick(&mut p, t0, &[]),
             None,
@@ -2036,7 +2085,7 @@ mod tests {
         assert!(pick(&mut p, t0, &[]).is_some());
         // Refused although this instance knows of room (another instance heard a
         // smaller budget): still booked, not picked again and again.
-        p.refused(0, t0 + ELSEWHERE);
+        p.refused(0, t0);
         assert_eq!(pick(&mut p, t0, &[]), None);
         // No word that one ended: the booking lapses after ELSEWHERE.
         assert!(pick(&mut p, t0 + ELSEWHERE, &[]).is_some());
@@ -2044,14 +2093,14 @@ mod tests {
         // refusal too, not picked again at once.
         let mut f = fresh(&[3]);
         let (id, _) = pick(&mut f, t0, &[]).unwrap();
-        f.refused(id, t0 + ELSEWHERE);
+        f.refused(id, t0);
         assert_eq!(pick(&mut f, t0, &[]), None);
         assert_eq!(f.outlook(t0, None).booked, 1);
         // After the reset, the window's whole budget is what is reserved against, when
         // answers say it; without, the attempts are counted, uncapped.
         assert_eq!(
             p.shared_cap(0, t0 + secs(10)),
-            Some((u32::MAX, t0 + secs(10)))
+            shared(u32::MAX, t0 + secs(10))
         );
         // Answers that announce no budget: each instance counts alone.
         let mut q = grouped(&[7], Strategy::RoundRobin);
@@ -2073,7 +2122,48 @@ mod tests {
             at(t0),
             t0,
         );
-        assert_eq!(p.shared_cap(0, t0 + secs(11)), Some((6, t0 + secs(10))));
+        assert_eq!(p.shared_cap(0, t0 + secs(11)), shared(6, t0 + secs(10)));
+    }
+
+    #[test]
+    fn the_slow_start_holds_for_a_probe_elsewhere_and_ends_with_an_answer_elsewhere() {
+        let t0 = Instant::now();
+        let mut p = fresh(&[4, 4]);
+        // Another instance's probe is under way: the reservation is refused, and this
+        // instance's requests wait for its answer as for one of its own.
+        let id = p.choose(t0, &[], None).unwrap();
+        p.count(id);
+        p.refused(id, t0);
+        assert_eq!(pick(&mut p, t0, &[]), None);
+        let o = p.outlook(t0, None);
+        assert_eq!((o.booked, o.held_until), (2, Some(t0 + PATIENCE)));
+        // Word that it ended: the next attempt is a probe again (Redis knows whether
+        // the account answered).
+        assert!(p.freed(id));
+        let later = t0 + ms(100);
+        let probe = p.shared_cap(0, later).map(|c| (c.cap, c.first));
+        assert_eq!(probe, Some((SLOW_START, true)));
+        // It did: the slow start is over here too, and an account without a budget is
+        // no longer reserved.
+        let id = p.choose(later, &[], None).unwrap();
+        p.count(id);
+        p.answered_elsewhere(id);
+        let _ = p.commit(id, later);
+        assert!(
+            pick(&mut p, later, &[]).is_some(),
+            "more than one at a time"
+        );
+        assert_eq!(p.shared_cap(0, later), None);
+        // A probe elsewhere that takes longer than PATIENCE holds no longer than one of
+        // this instance's own: then attempts go, counted, with no cap.
+        let mut q = fresh(&[4]);
+        let id = q.choose(t0, &[], None).unwrap();
+        q.count(id);
+        q.refused(id, t0);
+        let late = t0 + PATIENCE;
+        let uncapped = q.shared_cap(0, late).map(|c| (c.cap, c.first));
+        assert_eq!(uncapped, Some((u32::MAX, true)));
+        assert!(pick(&mut q, late, &[]).is_some());
     }
 
     #[test]

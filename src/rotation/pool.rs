@@ -21,9 +21,9 @@ use crate::persist::state::{
 };
 use crate::rotation::policy::{Allowance, ModelRest, Models};
 use crate::rotation::policy::{
-    Change, ELSEWHERE, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy,
+    Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy,
 };
-use crate::rotation::pools::{Flight, Reserve};
+use crate::rotation::pools::{Ended, Flight, Reserve};
 
 /// The clock, read once per event by the caller: monotonic for rests, wall-clock for what
 /// is remembered and shown.
@@ -149,16 +149,14 @@ impl Ticket<'_> {
         self.open = false;
         let change = self.pool.finish(&self, outcome, why, now);
         if let Some((account, flight)) = self.reserved.take() {
-            let budget = match outcome {
-                Outcome::Served {
-                    budget: Some(budget),
-                } => now
-                    .wall
-                    .checked_add(budget.reset)
-                    .map(|reset| (budget.remaining, epoch_ms(reset))),
-                _ => None,
+            let ended = match outcome {
+                Outcome::Served { budget } => Ended::Served(budget.and_then(|budget| {
+                    let reset = now.wall.checked_add(budget.reset)?;
+                    Some((budget.remaining, epoch_ms(reset)))
+                })),
+                _ => Ended::Other,
             };
-            flight.release(&account, budget);
+            flight.release(&account, ended);
         }
         change
     }
@@ -170,7 +168,7 @@ impl Drop for Ticket<'_> {
             self.pool.abandon(&self.entry);
         }
         if let Some((account, flight)) = self.reserved.take() {
-            flight.release(&account, None);
+            flight.release(&account, Ended::Other);
         }
     }
 }
@@ -308,10 +306,10 @@ impl Pool {
                 reserved: None,
             };
             let ask = inner.flight.as_ref().and_then(|flight| {
-                let (cap, reset) = inner.policy.shared_cap(id, now.mono)?;
-                Some((Arc::clone(flight), cap, reset))
+                let shared = inner.policy.shared_cap(id, now.mono)?;
+                Some((Arc::clone(flight), shared))
             });
-            let Some((flight, cap, reset)) = ask else {
+            let Some((flight, shared)) = ask else {
                 let change = inner.commit(id, now);
                 return Some((ticket, change));
             };
@@ -319,20 +317,24 @@ impl Pool {
             let freed = inner.freed;
             // Redis is asked without the lock: other requests decide meanwhile.
             drop(inner);
-            let reserved = flight.reserve(&account, cap, now.to_wall_ms(reset));
+            let reset = now.to_wall_ms(shared.reset);
+            let reserved = flight.reserve(&account, shared.cap, reset, shared.first);
             inner = self.lock();
             let id = inner.index.get(&ticket.entry.key).copied();
             match (reserved, id) {
-                (Reserve::Granted | Reserve::Unavailable, Some(id))
+                (Reserve::Granted | Reserve::Answered | Reserve::Unavailable, Some(id))
                     if inner.policy.still_serves(id, model, now.mono) =>
                 {
+                    if reserved == Reserve::Answered {
+                        inner.policy.answered_elsewhere(id);
+                    }
                     ticket.reserved = Some((account, flight));
                     let change = inner.commit(id, now);
                     return Some((ticket, change));
                 }
                 (Reserve::Refused, Some(id)) if inner.freed == freed => {
                     ticket.open = false;
-                    inner.policy.refused(id, now.mono + ELSEWHERE);
+                    inner.policy.refused(id, now.mono);
                 }
                 (Reserve::Refused, _) => {
                     // Removed meanwhile, or one ended elsewhere since: try again.
@@ -341,13 +343,13 @@ impl Pool {
                         inner.policy.abandon(id);
                     }
                 }
-                (Reserve::Granted | Reserve::Unavailable, _) => {
+                (Reserve::Granted | Reserve::Answered | Reserve::Unavailable, _) => {
                     // The key went, or began a rest, while Redis was asked.
                     ticket.open = false;
                     if let Some(id) = id {
                         inner.policy.abandon(id);
                     }
-                    flight.release(&account, None);
+                    flight.release(&account, Ended::Other);
                 }
             }
         }
@@ -1246,25 +1248,28 @@ mod tests {
         rx
     }
 
-    type Released = (String, Option<(u32, u64)>);
+    type Released = (String, Ended);
 
     /// A [`Flight`] that answers reservations as told (granted when not told) and keeps
     /// what it was asked.
     #[derive(Default)]
     struct Ledger {
         answers: Mutex<HashMap<String, Reserve>>,
-        asked: Mutex<Vec<(String, u32)>>,
+        asked: Mutex<Vec<(String, u32, bool)>>,
         released: Mutex<Vec<Released>>,
     }
 
     impl Flight for Ledger {
-        fn reserve(&self, account: &str, cap: u32, _reset_ms: u64) -> Reserve {
-            self.asked.lock().unwrap().push((account.into(), cap));
+        fn reserve(&self, account: &str, cap: u32, _reset_ms: u64, first: bool) -> Reserve {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((account.into(), cap, first));
             let answers = self.answers.lock().unwrap();
             answers.get(account).copied().unwrap_or(Reserve::Granted)
         }
-        fn release(&self, account: &str, budget: Option<(u32, u64)>) {
-            self.released.lock().unwrap().push((account.into(), budget));
+        fn release(&self, account: &str, ended: Ended) {
+            self.released.lock().unwrap().push((account.into(), ended));
         }
     }
 
@@ -1294,13 +1299,13 @@ mod tests {
         let reset = epoch_ms(t.wall + Duration::from_secs(10));
         assert_eq!(
             *ledger.asked.lock().unwrap(),
-            [(account.clone(), u32::MAX), (account.clone(), 3)]
+            [(account.clone(), 1, true), (account.clone(), 3, false)]
         );
         assert_eq!(
             *ledger.released.lock().unwrap(),
             [
-                (account.clone(), Some((3, reset))),
-                (account.clone(), Some((2, reset)))
+                (account.clone(), Ended::Served(Some((3, reset)))),
+                (account.clone(), Ended::Served(Some((2, reset))))
             ]
         );
         // An attempt dropped unfinished (never sent) is released too; a failure carries
@@ -1308,7 +1313,37 @@ mod tests {
         drop(pool.pick(t, &[], None).unwrap());
         let _ = record(&pool, &entry(0), Outcome::Failed, t);
         let released = ledger.released.lock().unwrap();
-        assert_eq!(released[2..], [(account.clone(), None), (account, None)]);
+        let other = (account, Ended::Other);
+        assert_eq!(released[2..], [other.clone(), other]);
+    }
+
+    #[test]
+    fn an_answer_to_another_instance_ends_the_slow_start_here() {
+        let t = now();
+        let pool = fresh(vec![entry(0)], t);
+        let ledger = Arc::new(Ledger::default());
+        let (tx, _rx) = std::sync::mpsc::sync_channel(64);
+        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        let account = state::fingerprint(&entry(0).key);
+        // Nothing known here: the first attempt is the slow start's probe, which Redis
+        // lets go with word that the account answered another instance.
+        ledger
+            .answers
+            .lock()
+            .unwrap()
+            .insert(account.clone(), Reserve::Answered);
+        let (first, _) = pool.pick(t, &[], None).unwrap();
+        // So the next goes at once, while the first is under way, and an account
+        // without a budget is not reserved again.
+        let (second, _) = pool.pick(t, &[], None).unwrap();
+        assert_eq!(*ledger.asked.lock().unwrap(), [(account.clone(), 1, true)]);
+        first.finish(Outcome::SERVED, None, t);
+        drop(second);
+        // Only the reserved one is released, as answered.
+        assert_eq!(
+            *ledger.released.lock().unwrap(),
+            [(account, Ended::Served(None))]
+        );
     }
 
     #[test]
@@ -1343,7 +1378,7 @@ mod tests {
         );
         // Asked twice: its first attempt, and the refused one.
         let asked = ledger.asked.lock().unwrap().clone();
-        assert_eq!(asked.iter().filter(|(a, _)| *a == first).count(), 2);
+        assert_eq!(asked.iter().filter(|(a, ..)| *a == first).count(), 2);
         // A refused attempt is not released (it was never counted): one release, the
         // first attempt's.
         let released = ledger.released.lock().unwrap().clone();

@@ -370,10 +370,21 @@ pub trait Flight: Send + Sync {
     /// Asks for one more attempt with `account`, whose budget allows `cap` under way in
     /// the window that resets at `reset_ms` (epoch ms). Never waits on Redis more than
     /// a few milliseconds: when it would, the answer is [`Reserve::Unavailable`].
-    fn reserve(&self, account: &str, cap: u32, reset_ms: u64) -> Reserve;
-    /// Ends an attempt reserved (granted or unavailable), never waiting; `budget` is
-    /// what its answer announced (remaining, reset in epoch ms).
-    fn release(&self, account: &str, budget: Option<(u32, u64)>);
+    /// `first`: the account has not answered this instance yet, and `cap` is the slow
+    /// start's, which does not hold once another instance had an answer from it.
+    fn reserve(&self, account: &str, cap: u32, reset_ms: u64, first: bool) -> Reserve;
+    /// Ends an attempt reserved (granted or unavailable), never waiting.
+    fn release(&self, account: &str, ended: Ended);
+}
+
+/// How an attempt reserved with [`Flight::reserve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Answered (the account's slow start is over for every instance), with the budget
+    /// the answer announced (remaining, reset in epoch ms), if any.
+    Served(Option<(u32, u64)>),
+    /// Refused, failed, or never sent.
+    Other,
 }
 
 /// What a reservation found.
@@ -381,6 +392,9 @@ pub trait Flight: Send + Sync {
 pub enum Reserve {
     /// Counted: the attempt may go.
     Granted,
+    /// Counted, and a `first` attempt: another instance had an answer from the account,
+    /// so the slow start is over here too.
+    Answered,
     /// The budget has no room for another with the attempts every instance has under
     /// way.
     Refused,

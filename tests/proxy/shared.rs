@@ -743,3 +743,30 @@ fn an_attempt_under_way_on_one_instance_counts_against_the_budget_on_all() {
     eventually("A is served again", || a.chat().status == 200);
     assert_eq!(uses_of(&mock, 1), 4);
 }
+
+/// The slow start is the instances' together: while nothing is known of an account, one
+/// probe goes among them all, the others' requests wait for its answer (not alongside
+/// it), and that answer lets them go.
+#[test]
+fn one_probe_goes_among_all_instances_and_its_answer_lets_the_others_go() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 1);
+    let b = proxy_on(&mock, &redis.url(), 1);
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+    mock.plan(&key(1), &["gate:1"]);
+    let addr = a.addr();
+    let probe = thread::spawn(move || raw_chat(&addr));
+    eventually("A's probe reaches the upstream", || uses_of(&mock, 1) == 1);
+    let addr = b.addr();
+    let held = thread::spawn(move || raw_chat(&addr));
+    eventually("B's request waits", || status(&b)["requests_waiting"] == 1);
+    assert_eq!(uses_of(&mock, 1), 1, "B sent nothing alongside A's probe");
+    mock.release();
+    assert_eq!(probe.join().unwrap(), 200);
+    assert_eq!(held.join().unwrap(), 200);
+    assert_eq!(uses_of(&mock, 1), 2);
+}
