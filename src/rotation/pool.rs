@@ -1273,6 +1273,18 @@ mod tests {
         }
     }
 
+    /// A pool of `entries` that reserves through a [`Ledger`], and where its facts go.
+    fn shared_with_ledger(
+        entries: Vec<KeyEntry>,
+        t: Now,
+    ) -> (Pool, Arc<Ledger>, std::sync::mpsc::Receiver<Fact>) {
+        let pool = fresh(entries, t);
+        let ledger = Arc::new(Ledger::default());
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        (pool, ledger, rx)
+    }
+
     fn with_budget(remaining: u32) -> Outcome {
         Outcome::Served {
             budget: Some(crate::rotation::policy::Budget {
@@ -1286,13 +1298,11 @@ mod tests {
     #[test]
     fn attempts_with_an_account_that_announces_a_budget_are_reserved_and_released() {
         let t = now();
-        let pool = fresh(vec![entry(0)], t);
-        let ledger = Arc::new(Ledger::default());
-        let (tx, _rx) = std::sync::mpsc::sync_channel(64);
-        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        let (pool, ledger, _facts) = shared_with_ledger(vec![entry(0)], t);
         let account = state::fingerprint(&entry(0).key);
-        // Nothing known of the budget yet: counted with no cap, so that the others
-        // count it against the budget its answer announces.
+        // Nothing known of the budget yet: the slow start's probe, one among all the
+        // instances, and counted, so that the others count it against the budget its
+        // answer announces.
         let _ = record(&pool, &entry(0), with_budget(3), t);
         // Known: each attempt is reserved against it and released with its answer's.
         let _ = record(&pool, &entry(0), with_budget(2), t);
@@ -1320,10 +1330,7 @@ mod tests {
     #[test]
     fn an_answer_to_another_instance_ends_the_slow_start_here() {
         let t = now();
-        let pool = fresh(vec![entry(0)], t);
-        let ledger = Arc::new(Ledger::default());
-        let (tx, _rx) = std::sync::mpsc::sync_channel(64);
-        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        let (pool, ledger, _facts) = shared_with_ledger(vec![entry(0)], t);
         let account = state::fingerprint(&entry(0).key);
         // Nothing known here: the first attempt is the slow start's probe, which Redis
         // lets go with word that the account answered another instance.
@@ -1349,10 +1356,7 @@ mod tests {
     #[test]
     fn a_refused_reservation_books_its_account_until_freed_and_the_next_key_goes() {
         let t = now();
-        let pool = fresh(vec![entry(0), entry(1)], t);
-        let ledger = Arc::new(Ledger::default());
-        let (tx, _rx) = std::sync::mpsc::sync_channel(64);
-        pool.share(tx, Arc::clone(&ledger) as Arc<dyn Flight>);
+        let (pool, ledger, _facts) = shared_with_ledger(vec![entry(0), entry(1)], t);
         let _ = record(&pool, &entry(0), with_budget(3), t);
         let _ = record(&pool, &entry(1), with_budget(3), t);
         let first = state::fingerprint(&entry(0).key);
