@@ -1,7 +1,8 @@
 //! Attempts under way counted across instances (`--redis`): the [`Flight`] that pools
 //! reserve attempts through when an account's answers announce a budget, so that the
 //! instances together never have more attempts under way with it than the budget allows
-//! (each alone would count only its own).
+//! (each alone would count only its own), and before its first answer, so that one
+//! slow-start probe goes among them all.
 //!
 //! - A request reserves on a connection it borrows from a few kept open, with a timeout
 //!   of a few milliseconds; with none free, no answer in time, or Redis away, the

@@ -282,6 +282,9 @@ pub struct Slot {
     /// An answer came back from this key's account: its budget, if answers announce
     /// one, is known, and the slow start is over.
     pub answered: bool,
+    /// Another instance had an answer from the account (`--redis`): the slow start is
+    /// over, but the budget is not known here until an answer of this instance's own.
+    pub answered_elsewhere: bool,
     /// When the account's probe (its first attempt in flight while nothing was known of
     /// its budget) went out: the slow start holds other attempts until
     /// [`PATIENCE`] after it.
@@ -302,14 +305,23 @@ impl Slot {
             first_back: None,
             back_at: None,
             answered: false,
+            answered_elsewhere: false,
             probe: None,
         }
+    }
+
+    /// Whether the account's slow start is over (an answer came, here or elsewhere).
+    fn held_over(&self) -> bool {
+        self.answered || self.answered_elsewhere
     }
 
     /// Whether the slow start holds attempts with this key's account back at `now`
     /// (one is under way, and nothing is known of its budget).
     fn held(&self, now: Instant) -> bool {
-        self.allowance.is_none() && !self.answered && self.probe.is_some_and(|p| now < p + PATIENCE)
+        self.allowance.is_none()
+            && !self.answered
+            && !self.answered_elsewhere
+            && self.probe.is_some_and(|p| now < p + PATIENCE)
     }
 
     /// The model rests still running at `now`.
@@ -527,13 +539,16 @@ impl Policy {
     /// account's first answer the attempt is the slow start's probe, one among all the
     /// instances (until [`PATIENCE`] after this instance's first was held, as alone),
     /// and is counted: its answer may announce a budget, which the others must count it
-    /// against. `None` once answers announce no budget: then each instance keeps its
-    /// own count.
+    /// against. Once it was answered elsewhere, attempts are counted with no cap of this
+    /// instance's until one is answered here. `None` once answers announce no budget:
+    /// then each instance keeps its own count.
     pub fn shared_cap(&self, id: KeyId, now: Instant) -> Option<SharedCap> {
         let slot = &self.slots[id];
         let (cap, reset, first) = match slot.allowance {
             Some(a) if now < a.reset => (a.remaining, a.reset, false),
             Some(a) => (a.limit.unwrap_or(u32::MAX), a.reset, false),
+            // Answered elsewhere: counted, and capped by the budget Redis knows.
+            None if slot.answered_elsewhere && !slot.answered => (u32::MAX, now, true),
             None if !slot.answered => {
                 let patient = slot.probe.is_none_or(|p| now < p + PATIENCE);
                 (if patient { SLOW_START } else { u32::MAX }, now, true)
@@ -555,12 +570,23 @@ impl Policy {
     /// of its own.
     pub fn refused(&mut self, id: KeyId, now: Instant) {
         self.abandon(id);
-        self.full_elsewhere
-            .insert(self.slots[id].group, now + ELSEWHERE);
-        if !self.slots[id].answered {
-            for other in members(&self.ring, id) {
-                self.slots[other].probe.get_or_insert(now);
+        let mut until = now + ELSEWHERE;
+        if !self.slots[id].held_over() {
+            self.probing(id, now);
+            // Booked no longer than the hold: then requests go as alone.
+            if let Some(probe) = self.slots[id].probe {
+                until = until.min(probe + PATIENCE);
             }
+        }
+        self.full_elsewhere.insert(self.slots[id].group, until);
+    }
+
+    /// A reservation of the slow start's probe with key `id`'s account is asked for at
+    /// `now`: this instance's other requests for it wait for the probe's answer (here
+    /// or elsewhere), as for a probe of its own, rather than ask Redis too.
+    pub fn probing(&mut self, id: KeyId, now: Instant) {
+        for other in members(&self.ring, id) {
+            self.slots[other].probe.get_or_insert(now);
         }
     }
 
@@ -568,7 +594,7 @@ impl Policy {
     /// so): the slow start is over here too.
     pub fn answered_elsewhere(&mut self, id: KeyId) {
         for other in members(&self.ring, id) {
-            self.slots[other].answered = true;
+            self.slots[other].answered_elsewhere = true;
         }
     }
 
@@ -674,7 +700,7 @@ impl Policy {
             }
         }
         let slot = &self.slots[id];
-        if slot.allowance.is_none() && !slot.answered && self.load(slot.group) == 1 {
+        if slot.allowance.is_none() && !slot.held_over() && self.load(slot.group) == 1 {
             // Nothing known of the account's budget: this attempt is its probe.
             for other in members(&self.ring, id) {
                 self.slots[other].probe = Some(now);
@@ -773,10 +799,12 @@ impl Policy {
         now: Instant,
     ) -> Option<Change> {
         if !self.slots[id].answered {
-            // The slow start is over for the account.
+            // The slow start is over for the account, and a refusal of a reservation
+            // for its probe no longer books it.
             for other in members(&self.ring, id) {
                 self.slots[other].answered = true;
             }
+            self.full_elsewhere.remove(&self.slots[id].group);
         }
         let slot = &mut self.slots[id];
         let news = slot.rest_end.is_none_or(|end| sent.at >= end);
@@ -2143,8 +2171,8 @@ mod tests {
         let later = t0 + ms(100);
         let probe = p.shared_cap(0, later).map(|c| (c.cap, c.first));
         assert_eq!(probe, Some((SLOW_START, true)));
-        // It did: the slow start is over here too, and an account without a budget is
-        // no longer reserved.
+        // It did: the slow start is over here too; until an answer here, attempts are
+        // counted in Redis with no cap of this instance's.
         let id = p.choose(later, &[], None).unwrap();
         p.count(id);
         p.answered_elsewhere(id);
@@ -2153,7 +2181,17 @@ mod tests {
             pick(&mut p, later, &[]).is_some(),
             "more than one at a time"
         );
-        assert_eq!(p.shared_cap(0, later), None);
+        let counted = p.shared_cap(0, later).map(|c| (c.cap, c.first));
+        assert_eq!(counted, Some((u32::MAX, true)));
+        // A refusal while held books the account no longer than the hold.
+        let mut r = fresh(&[4]);
+        let id = r.choose(t0, &[], None).unwrap();
+        r.count(id);
+        r.refused(id, t0);
+        let id = r.choose(t0 + ms(1500), &[], None).unwrap();
+        r.count(id);
+        r.refused(id, t0 + ms(1500));
+        assert!(pick(&mut r, t0 + PATIENCE, &[]).is_some());
         // A probe elsewhere that takes longer than PATIENCE holds no longer than one of
         // this instance's own: then attempts go, counted, with no cap.
         let mut q = fresh(&[4]);

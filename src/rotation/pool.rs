@@ -1340,17 +1340,25 @@ mod tests {
             .unwrap()
             .insert(account.clone(), Reserve::Answered);
         let (first, _) = pool.pick(t, &[], None).unwrap();
-        // So the next goes at once, while the first is under way, and an account
-        // without a budget is not reserved again.
+        // So the next goes at once, while the first is under way: counted in Redis
+        // with no cap of this instance's, until an answer here says the budget.
         let (second, _) = pool.pick(t, &[], None).unwrap();
-        assert_eq!(*ledger.asked.lock().unwrap(), [(account.clone(), 1, true)]);
+        let asked = [
+            (account.clone(), 1, true),
+            (account.clone(), u32::MAX, true),
+        ];
+        assert_eq!(*ledger.asked.lock().unwrap(), asked);
         first.finish(Outcome::SERVED, None, t);
         drop(second);
-        // Only the reserved one is released, as answered.
+        let served = (account.clone(), Ended::Served(None));
         assert_eq!(
             *ledger.released.lock().unwrap(),
-            [(account, Ended::Served(None))]
+            [served, (account.clone(), Ended::Other)]
         );
+        // Answered here: an account without a budget is no longer reserved.
+        let (third, _) = pool.pick(t, &[], None).unwrap();
+        drop(third);
+        assert_eq!(ledger.asked.lock().unwrap().len(), 2);
     }
 
     #[test]
