@@ -1183,9 +1183,13 @@ impl Policy {
         let Some(window) = self.windows.get_mut(&self.slots[id].group) else {
             return;
         };
-        if window.since.is_some_and(|since| since >= until) {
+        if window
+            .since
+            .is_some_and(|since| since + SAME_WINDOW >= until)
+        {
             // This window, or a later one, already began there (another of the
-            // account's keys brought the same news).
+            // account's keys, or another instance, brought the same news: an end
+            // converted between clocks on two instances can differ by a millisecond).
             return;
         }
         // A window that has not begun yet served nothing to learn from.
@@ -2321,6 +2325,35 @@ mod tests {
         for _ in 0..3 {
             assert!(pick(&mut q, t2, &[]).is_some(), "no cap");
         }
+    }
+
+    /// The same window's end, as two instances converted it between clocks, a
+    /// millisecond apart: the second word ends nothing, so the part learned stays.
+    #[test]
+    fn a_window_end_heard_twice_a_millisecond_apart_keeps_the_part_learned() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[0], Strategy::RoundRobin);
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        let _ = p.record(id, limited(secs(5)), at(t0), t0);
+        let t1 = t0 + secs(5);
+        for _ in 0..2 {
+            let (id, _) = pick(&mut p, t1, &[]).unwrap();
+            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        }
+        // This instance's own 429 ends window 2, and another's word of it comes after.
+        let (id, _) = pick(&mut p, t1 + ms(200), &[]).unwrap();
+        let t2 = t1 + secs(5);
+        let _ = p.record(
+            id,
+            limited(secs(5) - ms(200)),
+            at(t1 + ms(200)),
+            t1 + ms(200),
+        );
+        let _ = p.merge_rest(0, t2 + ms(1), 0, false, t1 + ms(210));
+        let t3 = t2 + ms(1);
+        assert!(pick(&mut p, t3, &[]).is_some());
+        assert!(pick(&mut p, t3, &[]).is_some());
+        assert_eq!(pick(&mut p, t3, &[]), None, "this instance's part was two");
     }
 
     /// A window whose first attempt was refused (the rest doubles) teaches no size.
