@@ -1,8 +1,9 @@
 //! Attempts under way counted across instances (`--redis`): the [`Flight`] that pools
 //! reserve attempts through when an account's answers announce a budget, so that the
 //! instances together never have more attempts under way with it than the budget allows
-//! (each alone would count only its own), and before its first answer, so that one
-//! slow-start probe goes among them all.
+//! (each alone would count only its own), before its first answer, so that one
+//! slow-start probe goes among them all, and in a counted window (no budget
+//! announced), so that they fill it together as one instance would.
 //!
 //! - A request reserves on a connection it borrows from a few kept open, with a timeout
 //!   of a few milliseconds; with none free, no answer in time, or Redis away, the
@@ -37,7 +38,7 @@ use redis::{Client, Connection, Script};
 use crate::persist::shared::{self, Link};
 use crate::persist::team::{Side, Team};
 use crate::rotation::pool::epoch_ms;
-use crate::rotation::pools::{Ended, Flight, Reserve};
+use crate::rotation::pools::{Ask, Ended, Flight, Reserve};
 
 /// The longest a request waits for Redis to reserve an attempt.
 const RESERVE_TIMEOUT: Duration = Duration::from_millis(5);
@@ -95,6 +96,10 @@ struct Net {
     added: u32,
     served: bool,
     budget: Option<(u32, u64)>,
+    /// Successes per counted window (its start, epoch ms).
+    windows: HashMap<u64, u32>,
+    /// Counted windows a 429 said are full (their starts).
+    full: Vec<u64>,
 }
 
 /// A change to this instance's count in Redis, for the lender.
@@ -245,10 +250,17 @@ impl Flights {
         for r in batch {
             let net = changes.entry(r.account).or_default();
             match r.ended {
-                Some(Ended::Served(budget)) => {
+                Some(Ended::Served { budget, window }) => {
                     net.ended += 1;
                     net.served = true;
                     net.budget = shared::newer_budget(net.budget, budget);
+                    if let Some(start) = window {
+                        *net.windows.entry(start).or_default() += 1;
+                    }
+                }
+                Some(Ended::Limited(start)) => {
+                    net.ended += 1;
+                    net.full.push(start);
                 }
                 Some(Ended::Other) => net.ended += 1,
                 None => net.added += 1,
@@ -261,6 +273,8 @@ impl Flights {
                 added,
                 served,
                 budget,
+                windows,
+                full,
             } = net;
             if failed.is_none() {
                 let (remaining, reset) = match budget {
@@ -277,6 +291,13 @@ impl Flights {
                     .arg(shared::FLIGHT_TTL_MS)
                     .arg(i64::from(n) - i64::from(added))
                     .arg(if served { "1" } else { "0" })
+                    .arg(shared::window_counts(&windows))
+                    .arg(
+                        full.iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
                     .invoke(con);
                 failed = done.err();
             }
@@ -399,7 +420,11 @@ impl Flights {
 }
 
 impl Flight for Flights {
-    fn reserve(&self, account: &str, cap: u32, reset_ms: u64, first: bool) -> Reserve {
+    fn linked(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn reserve(&self, account: &str, ask: Ask) -> Reserve {
         // Counted before Redis is asked: a mend meanwhile counts too many, never too few.
         let count = self.count(account, |c| {
             c.held += 1;
@@ -430,13 +455,14 @@ impl Flight for Flights {
             .key(shared::flight_key(account))
             .arg(self.team.id())
             .arg(count.held - 1)
-            .arg(cap)
-            .arg(reset_ms)
+            .arg(ask.cap)
+            .arg(ask.reset_ms)
             .arg(now_ms)
             .arg(shared::instance_prefix())
             .arg(shared::FLIGHT_TTL_MS)
             .arg(count.seq)
-            .arg(if first { "1" } else { "0" })
+            .arg(if ask.first { "1" } else { "0" })
+            .arg(ask.window.map_or(String::new(), |start| start.to_string()))
             .invoke(&mut con);
         match answer {
             Ok(1) => {
@@ -446,6 +472,10 @@ impl Flight for Flights {
             Ok(2) => {
                 self.give_back(con);
                 Reserve::Answered
+            }
+            Ok(3) => {
+                self.give_back(con);
+                Reserve::Begun
             }
             Ok(_) => {
                 self.give_back(con);

@@ -8,6 +8,8 @@
 //! ends in the same place: rests and pauses keep the later end, budgets the latest-sent
 //! word, marks are set or cleared.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Every Redis key and channel this proxy uses starts with this.
@@ -144,24 +146,37 @@ pub fn decode_freed(text: &[u8]) -> Option<String> {
 /// Reserves an attempt with an account: KEYS = [its flight key]; ARGV = [this instance,
 /// its own attempts under way with the account, the budget it knows (cap), that
 /// budget's reset (epoch ms), now (epoch ms), the heartbeat key prefix, the count's
-/// lifetime (ms), this reservation's number, '1' when the cap is the slow start's].
-/// Counts the attempts of every other instance whose heartbeat lives (and forgets those
-/// of instances gone), drops the slow start's cap once the account answered an instance
-/// (`a`), takes the fewer of the two budgets when Redis holds one for the same or a
-/// later window, and counts one more for this instance if there is room, noting the
-/// highest number granted (`s:ID`, for [`MEND`]). Returns 1, or 2 when it dropped the
-/// slow start's cap, or 0 when there is no room; a refusal marks the account so that
-/// the next release announces that one ended.
+/// lifetime (ms), this reservation's number, '1' when the cap is the slow start's, the
+/// start of the account's counted window (epoch ms) or '']. Counts the attempts of
+/// every other instance whose heartbeat lives (and forgets those of instances gone),
+/// drops the slow start's cap once the account answered an instance (`a`), and in a
+/// counted window (`ws`) drops the cap until the instances together sent (`wn`) what
+/// the window before (`ps`) served (`pv`), unless the window is older than that one
+/// was long (the current one's successes are `wv`; a window that begins more than
+/// 500 ms after the current one makes it the one before), and refuses all once a 429
+/// said the window is full (`wf`). Takes the fewer of the two budgets when
+/// Redis holds one for the same or a later window, and counts one more for this
+/// instance if there is room, noting the highest number granted (`s:ID`, for
+/// [`MEND`]). Returns 1, or 2 when it dropped the slow start's cap, or 3 when other
+/// attempts went in the counted window before this one, or 0 when there is no room; a
+/// refusal marks the account so that the next release announces that one ended.
 pub const RESERVE: &str = r"
 local me, mine, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local reset, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local others, r, t, answered = 0, nil, nil, false
+local ws, wn, wv, ps, pv, wf = nil, 0, 0, nil, 0, false
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local f, v = all[i], all[i + 1]
   if f == 'r' then r = tonumber(v)
   elseif f == 't' then t = tonumber(v)
   elseif f == 'a' then answered = ARGV[9] == '1'
+  elseif f == 'ws' then ws = tonumber(v)
+  elseif f == 'wn' then wn = tonumber(v) or 0
+  elseif f == 'wv' then wv = tonumber(v) or 0
+  elseif f == 'ps' then ps = tonumber(v)
+  elseif f == 'pv' then pv = tonumber(v) or 0
+  elseif f == 'wf' then wf = true
   elseif string.sub(f, 2, 2) == ':' then
     local id = string.sub(f, 3)
     if id == me then
@@ -170,6 +185,21 @@ for i = 1, #all, 2 do
   end
 end
 if answered then cap = 4294967295 end
+local start, counted = tonumber(ARGV[10]), false
+if start then
+  if not ws or start > ws + 500 then
+    if ws then redis.call('HSET', KEYS[1], 'ps', string.format('%d', ws), 'pv', wv)
+    else redis.call('HDEL', KEYS[1], 'ps', 'pv') end
+    redis.call('HSET', KEYS[1], 'ws', ARGV[10], 'wn', 0, 'wv', 0)
+    redis.call('HDEL', KEYS[1], 'wf')
+    ps, pv, ws, wn, wf = ws, ws and wv or 0, start, 0, false
+  end
+  if start + 500 >= ws then
+    counted = true
+    if wf then cap = 0
+    elseif not ps or pv <= 0 or now >= ws + (ws - ps) or wn < pv then cap = 4294967295 end
+  end
+end
 if r and t and now < t and t + 500 >= reset and r < cap then cap = r end
 if others + mine >= cap then
   redis.call('HSET', KEYS[1], 'w', '1')
@@ -177,22 +207,28 @@ if others + mine >= cap then
   return 0
 end
 redis.call('HINCRBY', KEYS[1], 'i:' .. me, 1)
+if counted then redis.call('HINCRBY', KEYS[1], 'wn', 1) end
 local seq = tonumber(ARGV[8])
 if seq > (tonumber(redis.call('HGET', KEYS[1], 's:' .. me) or '0') or 0) then
   redis.call('HSET', KEYS[1], 's:' .. me, seq)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 if answered then return 2 end
+if counted and wn > 0 then return 3 end
 return 1
 ";
 
 /// Ends reserved attempts: KEYS = [the flight key, the channel]; ARGV = [this instance,
 /// the remaining budget their answers announced or '', that budget's reset (epoch ms),
 /// the [`freed_message`], the count's lifetime (ms), how many ended less how many went
-/// uncounted, '1' when one of them was answered]. Counts that many fewer for this
-/// instance (never below 0), notes that the account answered (`a`: its slow start is
-/// over), keeps the budget of the latest window (the fewest left within one), and
-/// publishes the message when a reservation was refused since the last release.
+/// uncounted, '1' when one of them was answered, the successes per counted window as
+/// `start:n,…` (see [`window_counts`]), the starts of counted windows a 429 said are
+/// full as `start,…`]. Counts that many fewer for this instance (never below 0), notes
+/// that the account answered (`a`: its slow start is over), adds the successes to the
+/// current window or the one before, whichever began then, marks the current window
+/// full (`wf`) if a 429 said so, keeps the budget of the latest window (the fewest left
+/// within one), and publishes the message when a reservation was refused since the
+/// last release.
 pub const RELEASE: &str = r"
 local f = 'i:' .. ARGV[1]
 local n = (tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0) - tonumber(ARGV[6])
@@ -203,6 +239,21 @@ else redis.call('HDEL', KEYS[1], f) end
 if ARGV[7] == '1' then
   redis.call('HSET', KEYS[1], 'a', '1')
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if ARGV[8] ~= '' then
+  local ws = tonumber(redis.call('HGET', KEYS[1], 'ws') or '')
+  local ps = tonumber(redis.call('HGET', KEYS[1], 'ps') or '')
+  for start, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
+    start = tonumber(start)
+    if ws and math.abs(start - ws) <= 500 then redis.call('HINCRBY', KEYS[1], 'wv', n)
+    elseif ps and math.abs(start - ps) <= 500 then redis.call('HINCRBY', KEYS[1], 'pv', n) end
+  end
+end
+if ARGV[9] ~= '' then
+  local ws = tonumber(redis.call('HGET', KEYS[1], 'ws') or '')
+  for start in string.gmatch(ARGV[9], '%d+') do
+    if ws and math.abs(tonumber(start) - ws) <= 500 then redis.call('HSET', KEYS[1], 'wf', '1') end
+  end
 end
 if ARGV[2] ~= '' then
   local r, t = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -241,6 +292,13 @@ else
 end
 return n
 ";
+
+/// Successes per counted window (start in epoch ms → how many), as [`RELEASE`] reads
+/// them: `start:n,start:n`.
+pub fn window_counts(windows: &HashMap<u64, u32>) -> String {
+    let counts: Vec<String> = windows.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+    counts.join(",")
+}
 
 /// Of two budgets (remaining, reset in epoch ms) announced for an account, the one
 /// [`RELEASE`] would keep: the later window's, or within one window (resets 500 ms

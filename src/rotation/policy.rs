@@ -43,8 +43,12 @@
 //!   went, one at a time goes (a probe) until a 429 says the window is full: requests
 //!   let go at a reset do not all go at once into a window that holds fewer. A window
 //!   whose first attempt was refused (the rest escalates) teaches nothing. Instances
-//!   sharing the pool each count their own successes, and a 429 another instance saw
-//!   ends the window here too, so each learns its part and the parts add up.
+//!   sharing the pool (`--redis`) count the window together while Redis answers:
+//!   every attempt in it is reserved with the window's start, the size is the
+//!   successes all of them had in the window before, and the one-at-a-time holds once
+//!   they sent that many together; a 429 another instance saw ends the window here
+//!   too. Without word from Redis, each instance's own part of the window (its own
+//!   successes in the one before) caps it, as it would alone.
 //! - Instances sharing the pool (`--redis`) count each other's attempts under way with
 //!   an account ([`Policy::shared_cap`] says against what cap they reserve;
 //!   [`Policy::refused`] books an account a reservation found full).
@@ -435,6 +439,9 @@ pub struct Policy {
     /// instance has under way (`--redis`): booked until another instance's attempt ends
     /// (see [`Policy::freed`]) or until the instant held, whichever comes first.
     full_elsewhere: HashMap<usize, Instant>,
+    /// Windows are counted with the other instances, in Redis (`--redis`, linked): a
+    /// reservation says when one is full, not this instance's own count.
+    together: bool,
 }
 
 /// What instances sharing the pool reserve an attempt with an account against,
@@ -448,6 +455,10 @@ pub struct SharedCap {
     /// The account has not answered here yet: the cap is the slow start's, which an
     /// answer to another instance lifts.
     pub first: bool,
+    /// When the account's window began (a rest's end), counted with the other
+    /// instances': the cap holds only once they together sent what the window before
+    /// served.
+    pub window: Option<Instant>,
 }
 
 /// How long a refused reservation books its account when no word comes that another
@@ -499,6 +510,7 @@ impl Policy {
             loads,
             windows: HashMap::new(),
             full_elsewhere: HashMap::new(),
+            together: false,
         }
     }
 
@@ -553,12 +565,50 @@ impl Policy {
                 let patient = slot.probe.is_none_or(|p| now < p + PATIENCE);
                 (if patient { SLOW_START } else { u32::MAX }, now, true)
             }
-            // This instance's part of the window is spent: its probes, one at a time
-            // across the instances.
-            None if self.windows.get(&slot.group).is_some_and(|w| w.full(now)) => (1, now, false),
-            None => return None,
+            None => {
+                let window = self.windows.get(&slot.group)?;
+                if self.together
+                    && let Some(since) = window.since
+                {
+                    // Counted in Redis with every instance's: one at a time once the
+                    // window took what the one before held, all together. (Its start
+                    // may be a moment ahead here: the key came back by another
+                    // instance's word of the same reset.)
+                    return Some(SharedCap {
+                        cap: 1,
+                        reset: now,
+                        first: false,
+                        window: Some(since),
+                    });
+                }
+                // This instance's part of the window is spent: its probes, one at a time
+                // across the instances.
+                if !window.full(now) {
+                    return None;
+                }
+                (1, now, false)
+            }
         };
-        Some(SharedCap { cap, reset, first })
+        Some(SharedCap {
+            cap,
+            reset,
+            first,
+            window: None,
+        })
+    }
+
+    /// Whether key `id`'s account, with the attempt counted with it, has more under way
+    /// than this instance's own part of its window allows (as without Redis: once the
+    /// part is spent, one at a time).
+    pub fn full_alone(&self, id: KeyId, now: Instant) -> bool {
+        let group = self.slots[id].group;
+        self.load(group) > 1 && self.windows.get(&group).is_some_and(|w| w.full(now))
+    }
+
+    /// Whether windows are counted with the other instances sharing the pool (through
+    /// Redis, while it is linked) rather than by this instance alone.
+    pub fn count_together(&mut self, together: bool) {
+        self.together = together;
     }
 
     /// Ends the attempt with key `id` that [`Policy::pick`] counted at `now`, because its
@@ -587,6 +637,15 @@ impl Policy {
     pub fn probing(&mut self, id: KeyId, now: Instant) {
         for other in members(&self.ring, id) {
             self.slots[other].probe.get_or_insert(now);
+        }
+    }
+
+    /// Other instances sent attempts with key `id`'s account in its window that began at
+    /// `since` before this instance's first (its reservation said so): a 429 for this
+    /// one is not the window's first attempt refused, so it does not lengthen the rest.
+    pub fn window_begun_elsewhere(&mut self, id: KeyId, since: Instant) {
+        for other in members(&self.ring, id) {
+            self.slots[other].first_back.get_or_insert(since);
         }
     }
 
@@ -620,6 +679,7 @@ impl Policy {
             Some(a) if now < a.reset => Some(a.remaining),
             Some(a) => a.limit,
             None if slot.held(now) => Some(SLOW_START),
+            None if self.together => None,
             None => self
                 .windows
                 .get(&slot.group)
@@ -1141,8 +1201,10 @@ impl Policy {
 /// A merge is never news for this instance's storms or log.
 impl Policy {
     /// Another instance rests key `id` until `until` (a 429 or a spent budget, or with
-    /// `credits` a 402) after `strikes` refusals in a row. Returns whether anything
-    /// changed.
+    /// `credits` a 402) after `strikes` refusals in a row. A 429 or a spent budget rests
+    /// the key's whole account, as here (the other keys' facts follow, but a request
+    /// picked between two of them would go into the full window). Returns whether
+    /// anything changed.
     pub fn merge_rest(
         &mut self,
         id: KeyId,
@@ -1151,23 +1213,33 @@ impl Policy {
         credits: bool,
         now: Instant,
     ) -> bool {
-        let slot = &mut self.slots[id];
-        if !slot.state.usable() || until <= now {
+        if !self.slots[id].state.usable() || until <= now {
             return false;
         }
-        let before = slot.clone();
-        let end = later(slot.state.until().filter(|u| *u > now), until);
-        slot.state = match slot.state {
-            KeyState::OutOfCredits { .. } => KeyState::OutOfCredits { until: end },
-            _ if credits => KeyState::OutOfCredits { until: end },
-            _ => KeyState::Cooling { until: end },
+        let keys: Vec<KeyId> = match credits {
+            true => vec![id],
+            false => members(&self.ring, id).collect(),
         };
-        slot.rest_end = Some(later(slot.rest_end, until));
-        slot.strikes = slot.strikes.max(strikes);
-        if !credits && before.state.until().is_none_or(|u| u < until) {
-            slot.limited_at = Some(now);
+        let mut changed = false;
+        for key in keys {
+            let slot = &mut self.slots[key];
+            if !slot.state.usable() {
+                continue;
+            }
+            let before = slot.clone();
+            let end = later(slot.state.until().filter(|u| *u > now), until);
+            slot.state = match slot.state {
+                KeyState::OutOfCredits { .. } => KeyState::OutOfCredits { until: end },
+                _ if credits => KeyState::OutOfCredits { until: end },
+                _ => KeyState::Cooling { until: end },
+            };
+            slot.rest_end = Some(later(slot.rest_end, until));
+            slot.strikes = slot.strikes.max(strikes);
+            if !credits && before.state.until().is_none_or(|u| u < until) {
+                slot.limited_at = Some(now);
+            }
+            changed |= *slot != before;
         }
-        let changed = *slot != before;
         if !credits {
             self.window_ended_elsewhere(id, until, strikes == 0, now);
         }
@@ -1180,9 +1252,8 @@ impl Policy {
     /// next window starts at `until`. Each instance counts its own part, and the parts
     /// add up to the window.
     fn window_ended_elsewhere(&mut self, id: KeyId, until: Instant, teaches: bool, now: Instant) {
-        let Some(window) = self.windows.get_mut(&self.slots[id].group) else {
-            return;
-        };
+        // Known here from now on, even before this instance's first attempt with it.
+        let window = self.windows.entry(self.slots[id].group).or_default();
         if window
             .since
             .is_some_and(|since| since + SAME_WINDOW >= until)
@@ -1193,8 +1264,8 @@ impl Policy {
             return;
         }
         // A window that has not begun yet served nothing to learn from.
-        let teaches = teaches && window.since.is_some_and(|since| since <= now);
-        window.close(until, until, teaches);
+        let begun = window.since.is_some_and(|since| since <= now);
+        window.close(until, until, teaches && begun);
     }
 
     /// Another instance rests key `id` for `models` until `until`.
@@ -2083,6 +2154,7 @@ mod tests {
             cap,
             reset,
             first: false,
+            window: None,
         })
     }
 
@@ -2095,6 +2167,7 @@ mod tests {
             cap: SLOW_START,
             reset: t0,
             first: true,
+            window: None,
         };
         assert_eq!(p.shared_cap(0, t0), Some(probe));
         let (id, _) = pick(&mut p, t0, &[]).unwrap();
@@ -2299,14 +2372,16 @@ mod tests {
         let (id, _) = pick(&mut p, t0, &[]).unwrap();
         let _ = p.record(id, limited(secs(5)), at(t0), t0);
         let t1 = t0 + secs(5);
-        // Window 2: two served here; another instance's 429 ends it (both keys' facts).
+        // Window 2: two served here; another instance's 429 ends it (both keys' facts:
+        // the first rests the whole account, as a 429 here would).
         for _ in 0..2 {
             let (id, _) = pick(&mut p, t1, &[]).unwrap();
             let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
         }
         let t2 = t1 + secs(5);
         assert!(p.merge_rest(0, t2, 0, false, t1 + ms(200)));
-        assert!(p.merge_rest(1, t2, 0, false, t1 + ms(200)));
+        assert_eq!(p.state(1), KeyState::Cooling { until: t2 });
+        assert!(!p.merge_rest(1, t2, 0, false, t1 + ms(200)), "nothing new");
         // Window 3: this instance's part is two, then one probe at a time.
         let burst: Vec<KeyId> = (0..2).map(|_| pick(&mut p, t2, &[]).unwrap().0).collect();
         assert_eq!(pick(&mut p, t2, &[]), None, "this instance's part was two");
@@ -2325,6 +2400,67 @@ mod tests {
         for _ in 0..3 {
             assert!(pick(&mut q, t2, &[]).is_some(), "no cap");
         }
+    }
+
+    /// With Redis linked, an account's window is counted with the other instances':
+    /// every attempt in it is reserved with the window's start, this instance's own part
+    /// caps nothing, and a 429 for an attempt that others' attempts preceded in the
+    /// window does not lengthen the rest.
+    #[test]
+    fn with_redis_a_window_is_counted_together_and_the_part_here_caps_nothing() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[0], Strategy::RoundRobin);
+        p.count_together(true);
+        // Window 1 began at a rest's end unknown: nothing to count in.
+        let (id, _) = pick(&mut p, t0, &[]).unwrap();
+        assert_eq!(p.shared_cap(id, t0), None);
+        let _ = p.record(id, limited(secs(5)), at(t0), t0);
+        // Window 2 (begun at t1): counted, but no size known yet (no window before
+        // seen whole).
+        let t1 = t0 + secs(5);
+        let window = |p: &Policy, t| p.shared_cap(0, t).and_then(|c| c.window);
+        assert_eq!(window(&p, t1), Some(t1));
+        for _ in 0..2 {
+            let (id, _) = pick(&mut p, t1, &[]).unwrap();
+            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        }
+        let (id, _) = pick(&mut p, t1 + ms(200), &[]).unwrap();
+        let _ = p.record(
+            id,
+            limited(secs(5) - ms(200)),
+            at(t1 + ms(200)),
+            t1 + ms(200),
+        );
+        // Window 3: the size of window 2 holds in it (Redis knows it, from every
+        // instance's answers): this instance's part of two caps nothing here.
+        let t2 = t1 + secs(5);
+        assert_eq!(window(&p, t2), Some(t2));
+        for _ in 0..3 {
+            assert!(pick(&mut p, t2, &[]).is_some(), "no cap of this instance's");
+        }
+        // Redis unlinked: the part here caps again (two sent already, one more than
+        // two under way is too many).
+        assert!(p.full_alone(0, t2));
+        p.count_together(false);
+        assert_eq!(pick(&mut p, t2, &[]), None);
+        // Others sent in the window first: a 429 for this instance's first attempt in it
+        // is not the window's first refused, so the rest is as announced.
+        let mut q = grouped(&[0], Strategy::RoundRobin);
+        q.count_together(true);
+        let (id, _) = pick(&mut q, t0, &[]).unwrap();
+        let _ = q.record(id, limited(secs(5)), at(t0), t0);
+        let id = q.choose(t1, &[], None).unwrap();
+        q.count(id);
+        q.window_begun_elsewhere(id, t1);
+        let _ = q.commit(id, t1 + ms(300));
+        let change = q.record(id, limited(secs(5)), at(t1 + ms(300)), t1 + ms(300));
+        assert_eq!(until_of(change), t1 + ms(300) + secs(5), "not doubled");
+        // A window another instance saw end is known here before this instance's first
+        // attempt with the account: its next attempt counts in it.
+        let mut r = grouped(&[0], Strategy::RoundRobin);
+        r.count_together(true);
+        assert!(r.merge_rest(0, t1, 0, false, t0));
+        assert_eq!(window(&r, t1), Some(t1));
     }
 
     /// The same window's end, as two instances converted it between clocks, a

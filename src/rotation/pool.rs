@@ -19,11 +19,11 @@ use crate::persist::shared::{Fact, Reason};
 use crate::persist::state::{
     self, KeyStatus, Saved, SavedModelRest, SavedState, ScopedRest, StateFile,
 };
-use crate::rotation::policy::{Allowance, ModelRest, Models};
+use crate::rotation::policy::{Allowance, ModelRest, Models, Scope};
 use crate::rotation::policy::{
     Change, KeyId, KeyState, Outcome, Outlook, Policy, Sent, Slot, Strategy,
 };
-use crate::rotation::pools::{Ended, Flight, Reserve};
+use crate::rotation::pools::{Ask, Ended, Flight, Reserve};
 
 /// The clock, read once per event by the caller: monotonic for rests, wall-clock for what
 /// is remembered and shown.
@@ -135,6 +135,8 @@ pub struct Ticket<'p> {
     open: bool,
     /// The account this attempt is counted against in Redis (`--redis`), and where.
     reserved: Option<(Arc<str>, Arc<dyn Flight>)>,
+    /// The start of the counted window it was reserved in (epoch ms).
+    window: Option<u64>,
 }
 
 impl Ticket<'_> {
@@ -150,10 +152,17 @@ impl Ticket<'_> {
         let change = self.pool.finish(&self, outcome, why, now);
         if let Some((account, flight)) = self.reserved.take() {
             let ended = match outcome {
-                Outcome::Served { budget } => Ended::Served(budget.and_then(|budget| {
-                    let reset = now.wall.checked_add(budget.reset)?;
-                    Some((budget.remaining, epoch_ms(reset)))
-                })),
+                Outcome::Served { budget } => Ended::Served {
+                    budget: budget.and_then(|budget| {
+                        let reset = now.wall.checked_add(budget.reset)?;
+                        Some((budget.remaining, epoch_ms(reset)))
+                    }),
+                    window: self.window,
+                },
+                // A limit on the whole key (not one model's) fills the window for all.
+                Outcome::RateLimited {
+                    scope: Scope::Key, ..
+                } => self.window.map_or(Ended::Other, Ended::Limited),
                 _ => Ended::Other,
             };
             flight.release(&account, ended);
@@ -287,6 +296,9 @@ impl Pool {
         model: Option<&str>,
     ) -> Option<(Ticket<'_>, Option<Change>)> {
         let mut inner = self.lock();
+        // Windows are counted with the others while Redis answers, else here alone.
+        let together = inner.flight.as_ref().is_some_and(|flight| flight.linked());
+        inner.policy.count_together(together);
         // A refused reservation books its account, so the next turn picks another (or
         // none); the bound only guards against counts that disagree.
         for _ in 0..4 {
@@ -304,6 +316,7 @@ impl Pool {
                 model: model.map(Box::from),
                 open: true,
                 reserved: None,
+                window: None,
             };
             let ask = inner.flight.as_ref().and_then(|flight| {
                 let shared = inner.policy.shared_cap(id, now.mono)?;
@@ -317,18 +330,39 @@ impl Pool {
             let freed = inner.freed;
             // Redis is asked without the lock: other requests decide meanwhile.
             drop(inner);
-            let reset = now.to_wall_ms(shared.reset);
-            let reserved = flight.reserve(&account, shared.cap, reset, shared.first);
+            let ask = Ask {
+                cap: shared.cap,
+                reset_ms: now.to_wall_ms(shared.reset),
+                first: shared.first,
+                window: shared.window.map(|since| now.to_wall_ms(since)),
+            };
+            let reserved = flight.reserve(&account, ask);
             inner = self.lock();
             let id = inner.index.get(&ticket.entry.key).copied();
             match (reserved, id) {
-                (Reserve::Granted | Reserve::Answered | Reserve::Unavailable, Some(id))
-                    if inner.policy.still_serves(id, model, now.mono) =>
+                (Reserve::Unavailable, Some(id))
+                    if shared.window.is_some() && inner.policy.full_alone(id, now.mono) =>
                 {
-                    if reserved == Reserve::Answered {
-                        inner.policy.answered_elsewhere(id);
+                    // No word from Redis on a counted window: this instance's own part
+                    // of it decides, as without Redis, for the rest of this pick.
+                    ticket.open = false;
+                    inner.policy.abandon(id);
+                    inner.policy.count_together(false);
+                    flight.release(&account, Ended::Other);
+                }
+                (
+                    Reserve::Granted | Reserve::Answered | Reserve::Begun | Reserve::Unavailable,
+                    Some(id),
+                ) if inner.policy.still_serves(id, model, now.mono) => {
+                    match (reserved, shared.window) {
+                        (Reserve::Answered, _) => inner.policy.answered_elsewhere(id),
+                        (Reserve::Begun, Some(since)) => {
+                            inner.policy.window_begun_elsewhere(id, since);
+                        }
+                        _ => {}
                     }
                     ticket.reserved = Some((account, flight));
+                    ticket.window = ask.window;
                     let change = inner.commit(id, now);
                     return Some((ticket, change));
                 }
@@ -343,7 +377,10 @@ impl Pool {
                         inner.policy.abandon(id);
                     }
                 }
-                (Reserve::Granted | Reserve::Answered | Reserve::Unavailable, _) => {
+                (
+                    Reserve::Granted | Reserve::Answered | Reserve::Begun | Reserve::Unavailable,
+                    _,
+                ) => {
                     // The key went, or began a rest, while Redis was asked.
                     ticket.open = false;
                     if let Some(id) = id {
@@ -1260,13 +1297,14 @@ mod tests {
     }
 
     impl Flight for Ledger {
-        fn reserve(&self, account: &str, cap: u32, _reset_ms: u64, first: bool) -> Reserve {
-            self.asked
-                .lock()
-                .unwrap()
-                .push((account.into(), cap, first));
+        fn reserve(&self, account: &str, ask: Ask) -> Reserve {
+            let asked = (account.into(), ask.cap, ask.first);
+            self.asked.lock().unwrap().push(asked);
             let answers = self.answers.lock().unwrap();
             answers.get(account).copied().unwrap_or(Reserve::Granted)
+        }
+        fn linked(&self) -> bool {
+            true
         }
         fn release(&self, account: &str, ended: Ended) {
             self.released.lock().unwrap().push((account.into(), ended));
@@ -1314,8 +1352,20 @@ mod tests {
         assert_eq!(
             *ledger.released.lock().unwrap(),
             [
-                (account.clone(), Ended::Served(Some((3, reset)))),
-                (account.clone(), Ended::Served(Some((2, reset))))
+                (
+                    account.clone(),
+                    Ended::Served {
+                        budget: Some((3, reset)),
+                        window: None
+                    }
+                ),
+                (
+                    account.clone(),
+                    Ended::Served {
+                        budget: Some((2, reset)),
+                        window: None
+                    }
+                )
             ]
         );
         // An attempt dropped unfinished (never sent) is released too; a failure carries
@@ -1350,7 +1400,13 @@ mod tests {
         assert_eq!(*ledger.asked.lock().unwrap(), asked);
         first.finish(Outcome::SERVED, None, t);
         drop(second);
-        let served = (account.clone(), Ended::Served(None));
+        let served = (
+            account.clone(),
+            Ended::Served {
+                budget: None,
+                window: None,
+            },
+        );
         assert_eq!(
             *ledger.released.lock().unwrap(),
             [served, (account.clone(), Ended::Other)]
@@ -1359,6 +1415,48 @@ mod tests {
         let (third, _) = pool.pick(t, &[], None).unwrap();
         drop(third);
         assert_eq!(ledger.asked.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_counted_window_is_reserved_and_without_word_from_redis_the_part_here_decides() {
+        let t = now();
+        let after = |ms: u64| Now {
+            mono: t.mono + Duration::from_millis(ms),
+            wall: t.wall + Duration::from_millis(ms),
+        };
+        let (pool, ledger, _facts) = shared_with_ledger(vec![entry(0)], t);
+        let account = state::fingerprint(&entry(0).key);
+        // A 429 ends a window whose start nobody knows; the next, from t + 5 s, serves
+        // two and ends with a 429: both are counted in Redis with that window's start.
+        let _ = record(&pool, &entry(0), Outcome::SERVED, t);
+        let _ = record(&pool, &entry(0), rest(5), t);
+        let t2 = after(5_000);
+        let _ = record(&pool, &entry(0), Outcome::SERVED, t2);
+        let _ = record(&pool, &entry(0), Outcome::SERVED, t2);
+        let _ = record(&pool, &entry(0), rest(5), after(5_100));
+        let start = Some(epoch_ms(t2.wall));
+        let released: Vec<Ended> = ledger.released.lock().unwrap()[1..]
+            .iter()
+            .map(|(_, e)| *e)
+            .collect();
+        let served = Ended::Served {
+            budget: None,
+            window: start,
+        };
+        let full = Ended::Limited(epoch_ms(t2.wall));
+        assert_eq!(released, [served, served, full]);
+        // Redis gives no word in the next window: this instance's own part (two) caps
+        // the attempts, as without Redis.
+        ledger
+            .answers
+            .lock()
+            .unwrap()
+            .insert(account, Reserve::Unavailable);
+        let t3 = after(10_100);
+        let first = pool.pick(t3, &[], None).expect("within the part");
+        let second = pool.pick(t3, &[], None).expect("within the part");
+        assert!(pool.pick(t3, &[], None).is_none(), "the part here is spent");
+        drop((first, second));
     }
 
     #[test]

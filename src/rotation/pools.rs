@@ -363,27 +363,53 @@ pub trait Sharing: Send + Sync {
     fn freed(&self, account: &str) -> bool;
 }
 
-/// The attempts every instance sharing the pool has under way with an account, counted
-/// in Redis (`flights.rs`), so that together they never have more than its announced
-/// budget allows. An account is known by its tag: the smallest fingerprint of its keys.
+/// The attempts every instance sharing the pool makes with an account, counted in Redis
+/// (`flights.rs`): those under way, so that together they never have more than its
+/// announced budget (or the slow start's one probe) allows, and those in its counted
+/// window, so that together they fill it as one instance would. An account is known by
+/// its name in Redis (a hash of its keys-file account name, or its key's fingerprint).
 pub trait Flight: Send + Sync {
-    /// Asks for one more attempt with `account`, whose budget allows `cap` under way in
-    /// the window that resets at `reset_ms` (epoch ms). Never waits on Redis more than
-    /// a few milliseconds: when it would, the answer is [`Reserve::Unavailable`].
-    /// `first`: the account has not answered this instance yet, and `cap` is the slow
-    /// start's, which does not hold once another instance had an answer from it.
-    fn reserve(&self, account: &str, cap: u32, reset_ms: u64, first: bool) -> Reserve;
+    /// Asks for one more attempt with `account` on the terms of `ask`. Never waits on
+    /// Redis more than a few milliseconds: when it would, the answer is
+    /// [`Reserve::Unavailable`].
+    fn reserve(&self, account: &str, ask: Ask) -> Reserve;
+    /// Whether Redis answers reservations now (else they go on this instance's count).
+    fn linked(&self) -> bool;
     /// Ends an attempt reserved (granted or unavailable), never waiting.
     fn release(&self, account: &str, ended: Ended);
+}
+
+/// What an attempt is reserved against (see [`Flight::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// The most attempts under way with the account, every instance's together.
+    pub cap: u32,
+    /// The reset of the window the cap is for (epoch ms).
+    pub reset_ms: u64,
+    /// The account has not answered this instance yet: `cap` is the slow start's, which
+    /// does not hold once another instance had an answer from it.
+    pub first: bool,
+    /// When the account's counted window began (epoch ms; answers announce no budget):
+    /// every instance's attempts in it are counted together, and `cap` holds only once
+    /// they sent what the window before served (and while the window is no older than
+    /// that one was).
+    pub window: Option<u64>,
 }
 
 /// How an attempt reserved with [`Flight::reserve`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     /// Answered (the account's slow start is over for every instance), with the budget
-    /// the answer announced (remaining, reset in epoch ms), if any.
-    Served(Option<(u32, u64)>),
-    /// Refused, failed, or never sent.
+    /// the answer announced (remaining, reset in epoch ms), if any, and the start of the
+    /// counted window it was reserved in (epoch ms), if any.
+    Served {
+        budget: Option<(u32, u64)>,
+        window: Option<u64>,
+    },
+    /// Refused with a rate limit in the counted window that began then (epoch ms): the
+    /// window is full for every instance.
+    Limited(u64),
+    /// Refused otherwise, failed, or never sent.
     Other,
 }
 
@@ -395,6 +421,8 @@ pub enum Reserve {
     /// Counted, and a `first` attempt: another instance had an answer from the account,
     /// so the slow start is over here too.
     Answered,
+    /// Counted, in a counted window in which other attempts went before it.
+    Begun,
     /// The budget has no room for another with the attempts every instance has under
     /// way.
     Refused,

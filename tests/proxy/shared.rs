@@ -770,3 +770,52 @@ fn one_probe_goes_among_all_instances_and_its_answer_lets_the_others_go() {
     assert_eq!(held.join().unwrap(), 200);
     assert_eq!(uses_of(&mock, 1), 2);
 }
+
+/// A window without budget headers is counted with every instance's attempts: once the
+/// instances together sent what the window before served, one attempt at a time goes,
+/// whichever instance it is on.
+#[test]
+fn once_the_instances_together_sent_a_windows_size_one_attempt_goes_at_a_time() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 1);
+    let b = proxy_on(&mock, &redis.url(), 1);
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+    let ready = |p: &Proxy| key_state(p, 1) == "ready";
+    // The slow start's probe, then a 429 ends a window nobody saw begin.
+    assert_eq!(a.chat().status, 200);
+    mock.plan(&key(1), &["429:1"]);
+    assert_eq!(a.chat().status, 429);
+    eventually("the rest ends on both", || ready(&a) && ready(&b));
+    // The next window serves one answer on each instance, then a 429 on B ends it: its
+    // size is two.
+    assert_eq!(a.chat().status, 200);
+    assert_eq!(b.chat().status, 200);
+    mock.plan(&key(1), &["429:1"]);
+    assert_eq!(b.chat().status, 429);
+    eventually("the rest ends on both", || ready(&a) && ready(&b));
+    // In this window A alone sends the two, then a third, held under way upstream.
+    assert_eq!(a.chat().status, 200);
+    assert_eq!(a.chat().status, 200);
+    let sent = uses_of(&mock, 1);
+    mock.plan(&key(1), &["gate:1"]);
+    let addr = a.addr();
+    let probe = thread::spawn(move || raw_chat(&addr));
+    eventually("A's probe reaches the upstream", || {
+        uses_of(&mock, 1) == sent + 1
+    });
+    // B's own part of the window (one) is unused, but the window is full: B sends
+    // nothing while A's probe is under way.
+    let refused = b.chat();
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(
+        uses_of(&mock, 1),
+        sent + 1,
+        "B sent nothing beside A's probe"
+    );
+    mock.release();
+    assert_eq!(probe.join().unwrap(), 200);
+}
