@@ -23,9 +23,10 @@
 //!   (`message_start` … `message_stop`), `:streamGenerateContent` Gemini's.
 //! - `429:S` OpenRouter's own rate limit, reset now+S seconds in the `X-RateLimit-Reset`
 //!   header (epoch ms) and in `error.metadata.headers`; `429body:S` the body only;
-//!   `429retry:S` only `Retry-After: S`; `429bare` no reset at all; `429provider` a
-//!   provider's rate limit (`metadata.provider_name`); `429day` a daily limit named only
-//!   in the message (`free-models-per-day`).
+//!   `429retry:S` only `Retry-After: S`; `429ms:MS` a reset MS milliseconds away (the
+//!   header only); `429bare` no reset at all; `429provider` a provider's rate limit
+//!   (`metadata.provider_name`); `429day` a daily limit named only in the message
+//!   (`free-models-per-day`).
 //! - `sse429:S`, `sse402`, `sse500`: a 200 stream whose first event is an error with that
 //!   code (429 with its reset S seconds away in `error.metadata.headers`).
 //! - `401`, `402`, `403`, `500`, `502`, `503`: OpenRouter error bodies; `401echo` a 401
@@ -321,6 +322,11 @@ fn respond(out: &mut TcpStream, rq: &Incoming, state: &Shared) -> io::Result<boo
                 &[]
             };
             json_reply(out, 429, headers, &body)
+        }
+        "429ms" => {
+            let reset = (now_ms() + arg.parse::<u64>().unwrap_or(300)).to_string();
+            let body = json!({"error": {"code": 429, "message": "Rate limit exceeded: limit_rpm/mock/model: limited to 1 requests per second"}});
+            json_reply(out, 429, &[("X-RateLimit-Reset", &reset)], &body)
         }
         "429retry" => json_reply(
             out,

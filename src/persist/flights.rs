@@ -98,8 +98,8 @@ struct Net {
     budget: Option<(u32, u64)>,
     /// Successes per counted window (its start, epoch ms).
     windows: HashMap<u64, u32>,
-    /// Counted windows a 429 said are full (their starts).
-    full: Vec<u64>,
+    /// Counted windows a 429 said are full (their starts), and until when.
+    full: Vec<(u64, u64)>,
 }
 
 /// A change to this instance's count in Redis, for the lender.
@@ -258,9 +258,9 @@ impl Flights {
                         *net.windows.entry(start).or_default() += 1;
                     }
                 }
-                Some(Ended::Limited(start)) => {
+                Some(Ended::Limited { window, until }) => {
                     net.ended += 1;
-                    net.full.push(start);
+                    net.full.push((window, until));
                 }
                 Some(Ended::Other) => net.ended += 1,
                 None => net.added += 1,
@@ -292,12 +292,7 @@ impl Flights {
                     .arg(i64::from(n) - i64::from(added))
                     .arg(if served { "1" } else { "0" })
                     .arg(shared::window_counts(&windows))
-                    .arg(
-                        full.iter()
-                            .map(u64::to_string)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
+                    .arg(shared::window_ends(&full))
                     .invoke(con);
                 failed = done.err();
             }

@@ -120,9 +120,12 @@ pub fn instance_key(id: &str) -> String {
 /// away is gone after this.
 pub const FLIGHT_TTL_MS: u64 = 600_000;
 
-/// The hash that counts the attempts under way with `account` (a key fingerprint, see
-/// `Flight`): a field `i:ID` per instance, the budget its answers announced (`r`, left
-/// until `t`, epoch ms), and `w` while a reservation waits for room.
+/// The hash that counts the attempts with `account` (its name in Redis, see `Flight`):
+/// per instance its attempts under way (`i:ID`) and its latest reservation's number
+/// (`s:ID`); the budget its answers announced (`r`, left until `t`, epoch ms); `w`
+/// while a reservation waits for room; `a` once it answered an instance; and its
+/// counted window (`ws` its start, `wn` attempts, `wv` successes, `wf` the end of the
+/// rest a 429 in it began; `ps`, `pv` the window before's start and successes).
 pub fn flight_key(account: &str) -> String {
     format!("{PREFIX}flight:{account}")
 }
@@ -153,8 +156,9 @@ pub fn decode_freed(text: &[u8]) -> Option<String> {
 /// counted window (`ws`) drops the cap until the instances together sent (`wn`) what
 /// the window before (`ps`) served (`pv`), unless the window is older than that one
 /// was long (the current one's successes are `wv`; a window that begins more than
-/// 500 ms after the current one makes it the one before), and refuses all once a 429
-/// said the window is full (`wf`). Takes the fewer of the two budgets when
+/// 500 ms after the current one makes it the one before, and so does one that begins
+/// where the rest a 429 began ends), and refuses all once a 429 said the window is full
+/// (`wf`). Takes the fewer of the two budgets when
 /// Redis holds one for the same or a later window, and counts one more for this
 /// instance if there is room, noting the highest number granted (`s:ID`, for
 /// [`MEND`]). Returns 1, or 2 when it dropped the slow start's cap, or 3 when other
@@ -164,7 +168,7 @@ pub const RESERVE: &str = r"
 local me, mine, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local reset, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local others, r, t, answered = 0, nil, nil, false
-local ws, wn, wv, ps, pv, wf = nil, 0, 0, nil, 0, false
+local ws, wn, wv, ps, pv, wf = nil, 0, 0, nil, 0, nil
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local f, v = all[i], all[i + 1]
@@ -176,7 +180,7 @@ for i = 1, #all, 2 do
   elseif f == 'wv' then wv = tonumber(v) or 0
   elseif f == 'ps' then ps = tonumber(v)
   elseif f == 'pv' then pv = tonumber(v) or 0
-  elseif f == 'wf' then wf = true
+  elseif f == 'wf' then wf = tonumber(v)
   elseif string.sub(f, 2, 2) == ':' then
     local id = string.sub(f, 3)
     if id == me then
@@ -187,12 +191,12 @@ end
 if answered then cap = 4294967295 end
 local start, counted = tonumber(ARGV[10]), false
 if start then
-  if not ws or start > ws + 500 then
+  if not ws or start > ws + 500 or (wf and start + 500 >= wf) then
     if ws then redis.call('HSET', KEYS[1], 'ps', string.format('%d', ws), 'pv', wv)
     else redis.call('HDEL', KEYS[1], 'ps', 'pv') end
     redis.call('HSET', KEYS[1], 'ws', ARGV[10], 'wn', 0, 'wv', 0)
     redis.call('HDEL', KEYS[1], 'wf')
-    ps, pv, ws, wn, wf = ws, ws and wv or 0, start, 0, false
+    ps, pv, ws, wn, wf = ws, ws and wv or 0, start, 0, nil
   end
   if start + 500 >= ws then
     counted = true
@@ -222,13 +226,13 @@ return 1
 /// the remaining budget their answers announced or '', that budget's reset (epoch ms),
 /// the [`freed_message`], the count's lifetime (ms), how many ended less how many went
 /// uncounted, '1' when one of them was answered, the successes per counted window as
-/// `start:n,…` (see [`window_counts`]), the starts of counted windows a 429 said are
-/// full as `start,…`]. Counts that many fewer for this instance (never below 0), notes
-/// that the account answered (`a`: its slow start is over), adds the successes to the
-/// current window or the one before, whichever began then, marks the current window
-/// full (`wf`) if a 429 said so, keeps the budget of the latest window (the fewest left
-/// within one), and publishes the message when a reservation was refused since the
-/// last release.
+/// `start:n,…` (see [`window_counts`]), the counted windows a 429 said are full and
+/// the end of the rest it began, as `start:end,…`]. Counts that many fewer for this
+/// instance (never below 0), notes that the account answered (`a`: its slow start is
+/// over), adds the successes to the current window or the one before, whichever began
+/// then, marks the current window full until the latest such end (`wf`), keeps the
+/// budget of the latest window (the fewest left within one), and publishes the message
+/// when a reservation was refused since the last release.
 pub const RELEASE: &str = r"
 local f = 'i:' .. ARGV[1]
 local n = (tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0) - tonumber(ARGV[6])
@@ -251,8 +255,12 @@ if ARGV[8] ~= '' then
 end
 if ARGV[9] ~= '' then
   local ws = tonumber(redis.call('HGET', KEYS[1], 'ws') or '')
-  for start in string.gmatch(ARGV[9], '%d+') do
-    if ws and math.abs(tonumber(start) - ws) <= 500 then redis.call('HSET', KEYS[1], 'wf', '1') end
+  local wf = tonumber(redis.call('HGET', KEYS[1], 'wf') or '')
+  for start, till in string.gmatch(ARGV[9], '(%d+):(%d+)') do
+    if ws and math.abs(tonumber(start) - ws) <= 500 and (not wf or tonumber(till) > wf) then
+      redis.call('HSET', KEYS[1], 'wf', till)
+      wf = tonumber(till)
+    end
   end
 end
 if ARGV[2] ~= '' then
@@ -298,6 +306,13 @@ return n
 pub fn window_counts(windows: &HashMap<u64, u32>) -> String {
     let counts: Vec<String> = windows.iter().map(|(s, n)| format!("{s}:{n}")).collect();
     counts.join(",")
+}
+
+/// Counted windows a 429 said are full and the ends of the rests it began (epoch ms),
+/// as [`RELEASE`] reads them: `start:end,start:end`.
+pub fn window_ends(full: &[(u64, u64)]) -> String {
+    let ends: Vec<String> = full.iter().map(|(s, e)| format!("{s}:{e}")).collect();
+    ends.join(",")
 }
 
 /// Of two budgets (remaining, reset in epoch ms) announced for an account, the one

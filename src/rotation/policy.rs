@@ -552,8 +552,10 @@ impl Policy {
     /// instances (until [`PATIENCE`] after this instance's first was held, as alone),
     /// and is counted: its answer may announce a budget, which the others must count it
     /// against. Once it was answered elsewhere, attempts are counted with no cap of this
-    /// instance's until one is answered here. `None` once answers announce no budget:
-    /// then each instance keeps its own count.
+    /// instance's until one is answered here. Once answers announce no budget, the
+    /// attempts in a window whose start is known are counted together while Redis is
+    /// linked ([`Policy::count_together`]; the window before's size caps them there);
+    /// else `None`, and each instance keeps its own count, probes aside.
     pub fn shared_cap(&self, id: KeyId, now: Instant) -> Option<SharedCap> {
         let slot = &self.slots[id];
         let (cap, reset, first) = match slot.allowance {
@@ -942,8 +944,12 @@ impl Policy {
                 s.limited_at = Some(now);
                 s.strikes = s.strikes.max(strikes);
             }
-            let rested = KeyState::Cooling {
-                until: later(s.state.until().filter(|u| *u > now), until),
+            // Out of credits stays so (and is shared so): only a 429's rest covers the
+            // whole account.
+            let end = later(s.state.until().filter(|u| *u > now), until);
+            let rested = match s.state {
+                KeyState::OutOfCredits { .. } => KeyState::OutOfCredits { until: end },
+                _ => KeyState::Cooling { until: end },
             };
             if other != id && s.state != rested {
                 others += 1;
@@ -1249,8 +1255,8 @@ impl Policy {
     /// Another instance's 429 ended key `id`'s account's window, with a rest until
     /// `until`: as with one of this instance's own, what this instance sent in it is its
     /// part of the window's size (unless the 429 escalated, `teaches` false), and the
-    /// next window starts at `until`. Each instance counts its own part, and the parts
-    /// add up to the window.
+    /// next window starts at `until`. Each instance counts its own part (what caps it
+    /// when Redis does not answer; while it does, the window is counted there).
     fn window_ended_elsewhere(&mut self, id: KeyId, until: Instant, teaches: bool, now: Instant) {
         // Known here from now on, even before this instance's first attempt with it.
         let window = self.windows.entry(self.slots[id].group).or_default();
@@ -2035,6 +2041,25 @@ mod tests {
         assert_eq!(pick(&mut p, t0 + secs(3599), &[]), None);
         assert_eq!(p.outlook(t0, None).next_free, Some(t0 + hour));
         assert_eq!(pick(&mut p, t0 + hour, &[]), Some((0, Some(Change::Back))));
+    }
+
+    /// A 429 on an account-mate rests a key that is out of credits no shorter, and
+    /// leaves it out of credits (so other instances do not take its long rest for a
+    /// 429 of the whole account).
+    #[test]
+    fn a_429_on_a_mate_leaves_a_key_out_of_credits_as_it_is() {
+        let t0 = Instant::now();
+        let mut p = grouped(&[0, 0], Strategy::RoundRobin);
+        let hour = secs(3600);
+        let _ = p.record(0, Outcome::OutOfCredits { rest: hour }, at(t0), t0);
+        let _ = p.record(1, limited(secs(5)), at(t0), t0);
+        assert_eq!(p.state(0), KeyState::OutOfCredits { until: t0 + hour });
+        assert_eq!(
+            p.state(1),
+            KeyState::Cooling {
+                until: t0 + secs(5)
+            }
+        );
     }
 
     #[test]

@@ -159,10 +159,17 @@ impl Ticket<'_> {
                     }),
                     window: self.window,
                 },
-                // A limit on the whole key (not one model's) fills the window for all.
+                // A limit on the whole key (not one model's) that began a rest (not an
+                // echo) fills the window for all, until the rest ends.
                 Outcome::RateLimited {
                     scope: Scope::Key, ..
-                } => self.window.map_or(Ended::Other, Ended::Limited),
+                } => match (self.window, change) {
+                    (Some(window), Some(Change::Resting { until, .. })) => Ended::Limited {
+                        window,
+                        until: now.to_wall_ms(until),
+                    },
+                    _ => Ended::Other,
+                },
                 _ => Ended::Other,
             };
             flight.release(&account, ended);
@@ -1443,7 +1450,11 @@ mod tests {
             budget: None,
             window: start,
         };
-        let full = Ended::Limited(epoch_ms(t2.wall));
+        // The 429 began a rest: the window is full for all until it ends.
+        let full = Ended::Limited {
+            window: epoch_ms(t2.wall),
+            until: epoch_ms(after(10_100).wall),
+        };
         assert_eq!(released, [served, served, full]);
         // Redis gives no word in the next window: this instance's own part (two) caps
         // the attempts, as without Redis.

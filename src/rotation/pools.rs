@@ -406,9 +406,9 @@ pub enum Ended {
         budget: Option<(u32, u64)>,
         window: Option<u64>,
     },
-    /// Refused with a rate limit in the counted window that began then (epoch ms): the
-    /// window is full for every instance.
-    Limited(u64),
+    /// Refused with a rate limit that began a rest, in a counted window: the window is
+    /// full for every instance until the rest ends (both epoch ms).
+    Limited { window: u64, until: u64 },
     /// Refused otherwise, failed, or never sent.
     Other,
 }

@@ -819,3 +819,30 @@ fn once_the_instances_together_sent_a_windows_size_one_attempt_goes_at_a_time() 
     mock.release();
     assert_eq!(probe.join().unwrap(), 200);
 }
+
+/// A 429 marks its counted window full for every instance only until the rest it
+/// began ends, however short: then the next window serves.
+#[test]
+fn a_window_full_after_a_short_rest_serves_again_when_the_rest_ends() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let a = proxy_on(&mock, &redis.url(), 1);
+    let b = proxy_on(&mock, &redis.url(), 1);
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+    let ready = |p: &Proxy| key_state(p, 1) == "ready";
+    // The slow start's probe, then a 429 ends a window nobody saw begin.
+    assert_eq!(a.chat().status, 200);
+    mock.plan(&key(1), &["429:1"]);
+    assert_eq!(a.chat().status, 429);
+    eventually("the rest ends on both", || ready(&a) && ready(&b));
+    // A counted window: one answer, then a 429 whose reset is 300 ms away.
+    assert_eq!(a.chat().status, 200);
+    mock.plan(&key(1), &["429ms:300"]);
+    assert_eq!(a.chat().status, 429);
+    // The next window begins where that rest ends: both instances are served.
+    eventually("A is served again", || a.chat().status == 200);
+    eventually("B is served again", || b.chat().status == 200);
+}
