@@ -2389,20 +2389,27 @@ mod tests {
 
     /// Another instance's 429 ends the window here too: what this instance served in
     /// it is its part of the next one, so the instances' parts add up to the window.
+    /// A 429 at `t0` (window 1, begun nobody knows when), then two answers in window 2
+    /// (from the rest's end, returned).
+    fn two_served_after_a_429(p: &mut Policy, t0: Instant) -> Instant {
+        let (id, _) = pick(p, t0, &[]).unwrap();
+        let _ = p.record(id, limited(secs(5)), at(t0), t0);
+        let t1 = t0 + secs(5);
+        for _ in 0..2 {
+            let (id, _) = pick(p, t1, &[]).unwrap();
+            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
+        }
+        t1
+    }
+
     #[test]
     fn a_window_another_instance_saw_end_caps_this_instances_part_of_the_next() {
         let t0 = Instant::now();
         let mut p = grouped(&[0, 0], Strategy::RoundRobin);
-        // Window 1: this instance's own 429 (nothing known before).
-        let (id, _) = pick(&mut p, t0, &[]).unwrap();
-        let _ = p.record(id, limited(secs(5)), at(t0), t0);
-        let t1 = t0 + secs(5);
-        // Window 2: two served here; another instance's 429 ends it (both keys' facts:
-        // the first rests the whole account, as a 429 here would).
-        for _ in 0..2 {
-            let (id, _) = pick(&mut p, t1, &[]).unwrap();
-            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
-        }
+        // Window 1: this instance's own 429; window 2: two served here, and another
+        // instance's 429 ends it (both keys' facts: the first rests the whole account,
+        // as a 429 here would).
+        let t1 = two_served_after_a_429(&mut p, t0);
         let t2 = t1 + secs(5);
         assert!(p.merge_rest(0, t2, 0, false, t1 + ms(200)));
         assert_eq!(p.state(1), KeyState::Cooling { until: t2 });
@@ -2494,13 +2501,7 @@ mod tests {
     fn a_window_end_heard_twice_a_millisecond_apart_keeps_the_part_learned() {
         let t0 = Instant::now();
         let mut p = grouped(&[0], Strategy::RoundRobin);
-        let (id, _) = pick(&mut p, t0, &[]).unwrap();
-        let _ = p.record(id, limited(secs(5)), at(t0), t0);
-        let t1 = t0 + secs(5);
-        for _ in 0..2 {
-            let (id, _) = pick(&mut p, t1, &[]).unwrap();
-            let _ = p.record(id, Outcome::SERVED, at(t1), t1 + ms(100));
-        }
+        let t1 = two_served_after_a_429(&mut p, t0);
         // This instance's own 429 ends window 2, and another's word of it comes after.
         let (id, _) = pick(&mut p, t1 + ms(200), &[]).unwrap();
         let t2 = t1 + secs(5);

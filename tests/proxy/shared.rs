@@ -771,6 +771,24 @@ fn one_probe_goes_among_all_instances_and_its_answer_lets_the_others_go() {
     assert_eq!(uses_of(&mock, 1), 2);
 }
 
+/// Whether key 1 serves on `proxy` (no rest).
+fn ready(proxy: &Proxy) -> bool {
+    key_state(proxy, 1) == "ready"
+}
+
+/// Two instances on `redis` with key 1, past the slow start's probe and a first window
+/// that a 429 ended (nobody saw it begin): the next window's start is known to both.
+fn two_in_a_counted_window(mock: &Mock, redis: &Redis) -> (Proxy, Proxy) {
+    let a = proxy_on(mock, &redis.url(), 1);
+    let b = proxy_on(mock, &redis.url(), 1);
+    eventually("both instances reach Redis", || linked(&a) && linked(&b));
+    assert_eq!(a.chat().status, 200);
+    mock.plan(&key(1), &["429:1"]);
+    assert_eq!(a.chat().status, 429);
+    eventually("the rest ends on both", || ready(&a) && ready(&b));
+    (a, b)
+}
+
 /// A window without budget headers is counted with every instance's attempts: once the
 /// instances together sent what the window before served, one attempt at a time goes,
 /// whichever instance it is on.
@@ -781,15 +799,7 @@ fn once_the_instances_together_sent_a_windows_size_one_attempt_goes_at_a_time() 
     }
     let redis = Redis::start();
     let mock = Mock::start();
-    let a = proxy_on(&mock, &redis.url(), 1);
-    let b = proxy_on(&mock, &redis.url(), 1);
-    eventually("both instances reach Redis", || linked(&a) && linked(&b));
-    let ready = |p: &Proxy| key_state(p, 1) == "ready";
-    // The slow start's probe, then a 429 ends a window nobody saw begin.
-    assert_eq!(a.chat().status, 200);
-    mock.plan(&key(1), &["429:1"]);
-    assert_eq!(a.chat().status, 429);
-    eventually("the rest ends on both", || ready(&a) && ready(&b));
+    let (a, b) = two_in_a_counted_window(&mock, &redis);
     // The next window serves one answer on each instance, then a 429 on B ends it: its
     // size is two.
     assert_eq!(a.chat().status, 200);
@@ -829,15 +839,7 @@ fn a_window_full_after_a_short_rest_serves_again_when_the_rest_ends() {
     }
     let redis = Redis::start();
     let mock = Mock::start();
-    let a = proxy_on(&mock, &redis.url(), 1);
-    let b = proxy_on(&mock, &redis.url(), 1);
-    eventually("both instances reach Redis", || linked(&a) && linked(&b));
-    let ready = |p: &Proxy| key_state(p, 1) == "ready";
-    // The slow start's probe, then a 429 ends a window nobody saw begin.
-    assert_eq!(a.chat().status, 200);
-    mock.plan(&key(1), &["429:1"]);
-    assert_eq!(a.chat().status, 429);
-    eventually("the rest ends on both", || ready(&a) && ready(&b));
+    let (a, b) = two_in_a_counted_window(&mock, &redis);
     // A counted window: one answer, then a 429 whose reset is 300 ms away.
     assert_eq!(a.chat().status, 200);
     mock.plan(&key(1), &["429ms:300"]);
