@@ -157,8 +157,8 @@ pub fn decode_freed(text: &[u8]) -> Option<String> {
 /// the window before (`ps`) served (`pv`), unless the window is older than that one
 /// was long (the current one's successes are `wv`; a window that begins more than
 /// 500 ms after the current one makes it the one before, and so does one that begins
-/// where the rest a 429 began ends), and refuses all once a 429 said the window is full
-/// (`wf`). Takes the fewer of the two budgets when
+/// where the rest a 429 began ends), and refuses all once a 429 said the window is full,
+/// until that rest ends (`wf`), by the clock at the latest. Takes the fewer of the two budgets when
 /// Redis holds one for the same or a later window, and counts one more for this
 /// instance if there is room, noting the highest number granted (`s:ID`, for
 /// [`MEND`]). Returns 1, or 2 when it dropped the slow start's cap, or 3 when other
@@ -200,7 +200,7 @@ if start then
   end
   if start + 500 >= ws then
     counted = true
-    if wf then cap = 0
+    if wf and now < wf then cap = 0
     elseif not ps or pv <= 0 or now >= ws + (ws - ps) or wn < pv then cap = 4294967295 end
   end
 end

@@ -607,6 +607,11 @@ impl Policy {
         self.load(group) > 1 && self.windows.get(&group).is_some_and(|w| w.full(now))
     }
 
+    /// When key `id`'s account's counted window began (or begins: a rest's end).
+    pub fn window_start(&self, id: KeyId) -> Option<Instant> {
+        self.windows.get(&self.slots[id].group)?.since
+    }
+
     /// Whether windows are counted with the other instances sharing the pool (through
     /// Redis, while it is linked) rather than by this instance alone.
     pub fn count_together(&mut self, together: bool) {
@@ -948,7 +953,9 @@ impl Policy {
             // whole account.
             let end = later(s.state.until().filter(|u| *u > now), until);
             let rested = match s.state {
-                KeyState::OutOfCredits { .. } => KeyState::OutOfCredits { until: end },
+                KeyState::OutOfCredits { until } if until > now => {
+                    KeyState::OutOfCredits { until: end }
+                }
                 _ => KeyState::Cooling { until: end },
             };
             if other != id && s.state != rested {

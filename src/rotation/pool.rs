@@ -149,7 +149,7 @@ impl Ticket<'_> {
     /// Returns a change worth a log line.
     pub fn finish(mut self, outcome: Outcome, why: Option<&str>, now: Now) -> Option<Change> {
         self.open = false;
-        let change = self.pool.finish(&self, outcome, why, now);
+        let (change, next_window) = self.pool.finish(&self, outcome, why, now);
         if let Some((account, flight)) = self.reserved.take() {
             let ended = match outcome {
                 Outcome::Served { budget } => Ended::Served {
@@ -159,14 +159,12 @@ impl Ticket<'_> {
                     }),
                     window: self.window,
                 },
-                // A limit on the whole key (not one model's) that began a rest (not an
-                // echo) fills the window for all, until the rest ends.
-                Outcome::RateLimited {
-                    scope: Scope::Key, ..
-                } => match (self.window, change) {
-                    (Some(window), Some(Change::Resting { until, .. })) => Ended::Limited {
+                // A 429 that rested the account (not for one model's limit, not an
+                // echo) fills the window for all, until the next one begins.
+                Outcome::RateLimited { .. } => match (self.window, next_window) {
+                    (Some(window), Some(next)) => Ended::Limited {
                         window,
-                        until: now.to_wall_ms(until),
+                        until: now.to_wall_ms(next),
                     },
                     _ => Ended::Other,
                 },
@@ -408,9 +406,11 @@ impl Pool {
         outcome: Outcome,
         why: Option<&str>,
         now: Now,
-    ) -> Option<Change> {
+    ) -> (Option<Change>, Option<Instant>) {
         let mut inner = self.lock();
-        let id = *inner.index.get(&ticket.entry.key)?;
+        let Some(&id) = inner.index.get(&ticket.entry.key) else {
+            return (None, None);
+        };
         let stats = &mut inner.stats[id];
         stats.requests += 1;
         match outcome {
@@ -440,7 +440,14 @@ impl Pool {
             }
             inner.send(facts);
         }
-        change
+        // A rest of the whole key: where its account's next window begins.
+        let next_window = match change {
+            Some(Change::Resting {
+                scope: Scope::Key, ..
+            }) => inner.policy.window_start(id),
+            _ => None,
+        };
+        (change, next_window)
     }
 
     fn abandon(&self, entry: &KeyEntry) {
@@ -1468,6 +1475,43 @@ mod tests {
         let second = pool.pick(t3, &[], None).expect("within the part");
         assert!(pool.pick(t3, &[], None).is_none(), "the part here is spent");
         drop((first, second));
+    }
+
+    /// A 429 marks its window full until the account's next window begins, even when
+    /// the key itself rests longer (out of credits meanwhile).
+    #[test]
+    fn a_window_is_marked_full_until_the_next_begins_not_until_a_keys_own_rest() {
+        let t = now();
+        let after = |ms: u64| Now {
+            mono: t.mono + Duration::from_millis(ms),
+            wall: t.wall + Duration::from_millis(ms),
+        };
+        let acme = |n: u8| KeyEntry {
+            account: Some("acme".into()),
+            ..entry(n)
+        };
+        let (pool, ledger, _facts) = shared_with_ledger(vec![acme(0), acme(1)], t);
+        let _ = record(&pool, &acme(0), Outcome::SERVED, t);
+        let _ = record(&pool, &acme(0), rest(5), t);
+        let t2 = after(5_000);
+        // Two attempts with key 0: the first finds it out of credits for an hour, the
+        // second gets a 429 for the account, whose next window begins in 10 s (the
+        // window's first attempts were refused: the rest doubles).
+        let other = [Arc::new(acme(1))];
+        let (first, _) = pool.pick(t2, &other, None).unwrap();
+        let (second, _) = pool.pick(t2, &other, None).unwrap();
+        assert_eq!(**second.entry(), acme(0));
+        let credits = Outcome::OutOfCredits {
+            rest: Duration::from_secs(3600),
+        };
+        first.finish(credits, None, t2);
+        second.finish(rest(5), None, t2);
+        let last = ledger.released.lock().unwrap().last().unwrap().1;
+        let full = Ended::Limited {
+            window: epoch_ms(t2.wall),
+            until: epoch_ms(after(15_000).wall),
+        };
+        assert_eq!(last, full, "not the key's hour");
     }
 
     #[test]
