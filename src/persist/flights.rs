@@ -291,8 +291,8 @@ impl Flights {
                     .arg(shared::FLIGHT_TTL_MS)
                     .arg(i64::from(n) - i64::from(added))
                     .arg(if served { "1" } else { "0" })
-                    .arg(shared::window_counts(&windows))
-                    .arg(shared::window_ends(&full))
+                    .arg(shared::number_pairs(&windows))
+                    .arg(shared::number_pairs(full))
                     .invoke(con);
                 failed = done.err();
             }

@@ -8,7 +8,7 @@
 //! ends in the same place: rests and pauses keep the later end, budgets the latest-sent
 //! word, marks are set or cleared.
 
-use std::collections::HashMap;
+use std::fmt::Display;
 
 use serde::{Deserialize, Serialize};
 
@@ -226,7 +226,7 @@ return 1
 /// the remaining budget their answers announced or '', that budget's reset (epoch ms),
 /// the [`freed_message`], the count's lifetime (ms), how many ended less how many went
 /// uncounted, '1' when one of them was answered, the successes per counted window as
-/// `start:n,…` (see [`window_counts`]), the counted windows a 429 said are full and
+/// `start:n,…` (see [`number_pairs`]), the counted windows a 429 said are full and
 /// the end of the rest it began, as `start:end,…`]. Counts that many fewer for this
 /// instance (never below 0), notes that the account answered (`a`: its slow start is
 /// over), adds the successes to the current window or the one before, whichever began
@@ -301,18 +301,12 @@ end
 return n
 ";
 
-/// Successes per counted window (start in epoch ms → how many), as [`RELEASE`] reads
-/// them: `start:n,start:n`.
-pub fn window_counts(windows: &HashMap<u64, u32>) -> String {
-    let counts: Vec<String> = windows.iter().map(|(s, n)| format!("{s}:{n}")).collect();
-    counts.join(",")
-}
-
-/// Counted windows a 429 said are full and the ends of the rests it began (epoch ms),
-/// as [`RELEASE`] reads them: `start:end,start:end`.
-pub fn window_ends(full: &[(u64, u64)]) -> String {
-    let ends: Vec<String> = full.iter().map(|(s, e)| format!("{s}:{e}")).collect();
-    ends.join(",")
+/// Pairs of numbers as [`RELEASE`] reads them: `a:b,a:b` (successes per counted
+/// window, start → how many; and windows a 429 said are full, start → the end of the
+/// rest it began; all times epoch ms).
+pub fn number_pairs<A: Display, B: Display>(pairs: impl IntoIterator<Item = (A, B)>) -> String {
+    let pairs: Vec<String> = pairs.into_iter().map(|(a, b)| format!("{a}:{b}")).collect();
+    pairs.join(",")
 }
 
 /// Of two budgets (remaining, reset in epoch ms) announced for an account, the one

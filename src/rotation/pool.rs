@@ -1090,6 +1090,14 @@ mod tests {
         Pool::new(entries, &StateFile::default(), Strategy::RoundRobin, t)
     }
 
+    /// `t`, `by` later on both clocks.
+    fn shifted(t: Now, by: Duration) -> Now {
+        Now {
+            mono: t.mono + by,
+            wall: t.wall + by,
+        }
+    }
+
     fn now() -> Now {
         Now {
             mono: Instant::now(),
@@ -1192,10 +1200,7 @@ mod tests {
         assert_eq!(pool.take_snapshot(t, true), None, "nothing changed since");
 
         // Restarted 100 s later: 200 s of rest are left.
-        let later = Now {
-            mono: t.mono + Duration::from_secs(100),
-            wall: t.wall + Duration::from_secs(100),
-        };
+        let later = shifted(t, Duration::from_secs(100));
         let restarted = Pool::new(
             vec![entry(0), entry(1), entry(2)],
             &remembered,
@@ -1209,10 +1214,7 @@ mod tests {
             Some(later.mono + Duration::from_secs(200))
         );
         // Restarted after the rest ended: ready again.
-        let much_later = Now {
-            mono: t.mono + Duration::from_secs(400),
-            wall: t.wall + Duration::from_secs(400),
-        };
+        let much_later = shifted(t, Duration::from_secs(400));
         assert_eq!(
             Pool::new(
                 vec![entry(0)],
@@ -1279,10 +1281,7 @@ mod tests {
         );
         assert!(pool.pick(t, &[], Some("x/z:free")).is_none());
         let remembered = pool.take_snapshot(t, false).unwrap();
-        let later = Now {
-            mono: t.mono + Duration::from_secs(100),
-            wall: t.wall + Duration::from_secs(100),
-        };
+        let later = shifted(t, Duration::from_secs(100));
         let restarted = Pool::new(vec![entry(0)], &remembered, Strategy::RoundRobin, later);
         assert!(restarted.pick(later, &[], Some("x/z:free")).is_none());
         assert!(restarted.pick(later, &[], Some("x/paid")).is_some());
@@ -1308,6 +1307,13 @@ mod tests {
         answers: Mutex<HashMap<String, Reserve>>,
         asked: Mutex<Vec<(String, u32, bool)>>,
         released: Mutex<Vec<Released>>,
+    }
+
+    impl Ledger {
+        /// Answers reservations with `account` so from now on.
+        fn answer(&self, account: impl Into<String>, reserve: Reserve) {
+            self.answers.lock().unwrap().insert(account.into(), reserve);
+        }
     }
 
     impl Flight for Ledger {
@@ -1398,11 +1404,7 @@ mod tests {
         let account = state::fingerprint(&entry(0).key);
         // Nothing known here: the first attempt is the slow start's probe, which Redis
         // lets go with word that the account answered another instance.
-        ledger
-            .answers
-            .lock()
-            .unwrap()
-            .insert(account.clone(), Reserve::Answered);
+        ledger.answer(account.clone(), Reserve::Answered);
         let (first, _) = pool.pick(t, &[], None).unwrap();
         // So the next goes at once, while the first is under way: counted in Redis
         // with no cap of this instance's, until an answer here says the budget.
@@ -1434,10 +1436,7 @@ mod tests {
     #[test]
     fn a_counted_window_is_reserved_and_without_word_from_redis_the_part_here_decides() {
         let t = now();
-        let after = |ms: u64| Now {
-            mono: t.mono + Duration::from_millis(ms),
-            wall: t.wall + Duration::from_millis(ms),
-        };
+        let after = |ms: u64| shifted(t, Duration::from_millis(ms));
         let (pool, ledger, _facts) = shared_with_ledger(vec![entry(0)], t);
         let account = state::fingerprint(&entry(0).key);
         // A 429 ends a window whose start nobody knows; the next, from t + 5 s, serves
@@ -1465,11 +1464,7 @@ mod tests {
         assert_eq!(released, [served, served, full]);
         // Redis gives no word in the next window: this instance's own part (two) caps
         // the attempts, as without Redis.
-        ledger
-            .answers
-            .lock()
-            .unwrap()
-            .insert(account, Reserve::Unavailable);
+        ledger.answer(account, Reserve::Unavailable);
         let t3 = after(10_100);
         let first = pool.pick(t3, &[], None).expect("within the part");
         let second = pool.pick(t3, &[], None).expect("within the part");
@@ -1482,10 +1477,7 @@ mod tests {
     #[test]
     fn a_window_is_marked_full_until_the_next_begins_not_until_a_keys_own_rest() {
         let t = now();
-        let after = |ms: u64| Now {
-            mono: t.mono + Duration::from_millis(ms),
-            wall: t.wall + Duration::from_millis(ms),
-        };
+        let after = |ms: u64| shifted(t, Duration::from_millis(ms));
         let acme = |n: u8| KeyEntry {
             account: Some("acme".into()),
             ..entry(n)
@@ -1521,16 +1513,9 @@ mod tests {
         let _ = record(&pool, &entry(0), with_budget(3), t);
         let _ = record(&pool, &entry(1), with_budget(3), t);
         let first = state::fingerprint(&entry(0).key);
-        ledger
-            .answers
-            .lock()
-            .unwrap()
-            .insert(first.clone(), Reserve::Refused);
+        ledger.answer(first.clone(), Reserve::Refused);
         // Key 0's account is full elsewhere: key 1 goes, and key 0 is not asked again.
-        let later = Now {
-            mono: t.mono + Duration::from_secs(1),
-            wall: t.wall + Duration::from_secs(1),
-        };
+        let later = shifted(t, Duration::from_secs(1));
         for _ in 0..3 {
             let (ticket, _) = pool.pick(later, &[], None).unwrap();
             assert_eq!(**ticket.entry(), entry(1));
@@ -1563,16 +1548,8 @@ mod tests {
         // Redis too slow: the attempt goes, counted here (and in Redis when it can be),
         // and is released like a granted one.
         let before = ledger.released.lock().unwrap().len();
-        ledger
-            .answers
-            .lock()
-            .unwrap()
-            .insert(first.clone(), Reserve::Unavailable);
-        ledger
-            .answers
-            .lock()
-            .unwrap()
-            .insert(state::fingerprint(&entry(1).key), Reserve::Unavailable);
+        ledger.answer(first.clone(), Reserve::Unavailable);
+        ledger.answer(state::fingerprint(&entry(1).key), Reserve::Unavailable);
         let (ticket, _) = pool.pick(t, &[], None).unwrap();
         ticket.finish(with_budget(3), None, t);
         assert_eq!(ledger.released.lock().unwrap().len(), before + 1);
@@ -1684,10 +1661,7 @@ mod tests {
             let report = pool.report(t);
             assert_eq!(report.paused_seconds, Some(5));
             assert!(pool.pick(t, &[], None).is_none(), "paused");
-            let later = Now {
-                mono: t.mono + Duration::from_secs(6),
-                wall: t.wall + Duration::from_secs(6),
-            };
+            let later = shifted(t, Duration::from_secs(6));
             let (ticket, _) = pool.pick(later, &[], Some("a/b:free")).unwrap();
             assert_eq!(**ticket.entry(), entry(1), "key 0 is invalid");
         }
